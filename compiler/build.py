@@ -1,0 +1,142 @@
+"""Compile an ONNX model into one deployable shared library.
+
+``compile_model`` runs frontend → pipeline → ``tvm.compile`` → ``export_library`` and
+links kiln's metadata (interface, target, versions, source hash) into the ``.so``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+import compiler
+from compiler.errors import KilnError, TargetError, ToolMissingError
+from compiler.frontend import ImportedModel, import_onnx
+from compiler.metadata import LibraryMetadata, TensorSpec, metadata_source
+from compiler.pipeline import build_pipeline
+from targets.registry import TargetPreset, resolve_target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CompileOptions:
+    """What to build: for which target, with which fixed shapes and tuning records."""
+
+    target: str | TargetPreset = "host"
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    db: str | Path | None = None
+    precision: str = "fp32"
+
+
+@dataclass
+class CompileReport:
+    """What was built, and how long each phase took."""
+
+    output: Path
+    target: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    kernels: int
+    seconds_import: float
+    seconds_build: float
+    seconds_export: float
+    size_bytes: int
+
+    @property
+    def seconds_total(self) -> float:
+        return self.seconds_import + self.seconds_build + self.seconds_export
+
+
+def _linker(preset: TargetPreset):
+    """The ``fcompile`` for ``export_library``: the host compiler or the preset's cross compiler."""
+    from tvm.support import cc
+
+    if not preset.is_cross:
+        return None
+    if shutil.which(preset.cross_compiler) is None:
+        raise ToolMissingError(
+            f"target '{preset.name}' needs the cross compiler {preset.cross_compiler}, which is not installed; "
+            f"install it with: apt-get install {preset.cross_package}"
+        )
+    triple = preset.cross_triple
+    return cc.cross_compiler(preset.cross_compiler, get_target_triple=lambda: triple)
+
+
+def count_kernels(mod) -> int:
+    """Number of TIR kernels in a built (or lowered) module."""
+    import tvm
+
+    return sum(1 for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+
+
+def build_imported(imported: ImportedModel, output: str | Path, options: CompileOptions) -> CompileReport:
+    """Build an already imported model; see ``compile_model``."""
+    import tvm
+
+    preset = resolve_target(options.target)
+    if options.precision != "fp32":
+        raise KilnError(f"precision '{options.precision}' is not supported yet; use fp32")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fcompile = _linker(preset)  # fail on a missing tool before the slow part
+    t0 = time.perf_counter()
+    try:
+        target = preset.tvm_target()
+    except Exception as err:  # TVM's own error types for a bad target
+        raise TargetError(f"TVM refused target '{preset.name}': {str(err).splitlines()[0]}") from None
+    with tvm.transform.PassContext(opt_level=3):
+        lowered = build_pipeline(preset, options.db)(imported.mod)
+        kernels = count_kernels(lowered)
+        executable = tvm.compile(lowered, target, relax_pipeline=None)
+    t1 = time.perf_counter()
+    meta = LibraryMetadata(
+        inputs=imported.inputs,
+        outputs=imported.outputs,
+        target=dict(preset.target, host=preset.host) if preset.host else dict(preset.target),
+        target_name=preset.name,
+        device=preset.device,
+        precision=options.precision,
+        kiln_version=compiler.__version__,
+        tvm_version=tvm.__version__,
+        source_sha256=imported.sha256,
+        source_name=imported.name,
+        opset=imported.opset,
+        default_kernels=kernels,
+    )
+    with tempfile.TemporaryDirectory(prefix="kiln-export-") as tmp:
+        meta_cc = Path(tmp) / "kiln_metadata.cc"
+        meta_cc.write_text(metadata_source(meta))
+        # Write next to the destination, then rename: a failed export never leaves half a library.
+        partial = output.with_name(output.name + ".partial")
+        try:
+            executable.export_library(str(partial), fcompile=fcompile, addons=[str(meta_cc)])
+            partial.replace(output)
+        finally:
+            partial.unlink(missing_ok=True)
+    t2 = time.perf_counter()
+    log.info("built %s for %s: %d kernels", output, preset.name, kernels)
+    return CompileReport(output, preset.name, imported.inputs, imported.outputs, kernels,
+                         0.0, t1 - t0, t2 - t1, output.stat().st_size)
+
+
+def compile_model(
+    model: str | Path | onnx.ModelProto, output: str | Path, options: CompileOptions | None = None, **kwargs
+) -> CompileReport:
+    """Compile ``model`` (ONNX path or ModelProto) into the shared library ``output``.
+
+    ``kwargs`` are ``CompileOptions`` fields, e.g. ``compile_model(m, "m.so", target="x86-avx2")``.
+    """
+    options = options or CompileOptions(**kwargs)
+    t0 = time.perf_counter()
+    imported = import_onnx(model, options.input_shapes)
+    seconds_import = time.perf_counter() - t0
+    report = build_imported(imported, output, options)
+    report.seconds_import = seconds_import
+    return report

@@ -1,0 +1,229 @@
+"""kiln's command line: a thin layer over the Python API.
+
+Every user error (``KilnError``) prints one line on stderr and exits with code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from compiler.errors import InputError, KilnError
+
+log = logging.getLogger("kiln")
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from compiler.build import CompileOptions, compile_model
+    from compiler.frontend import parse_input_shapes
+
+    options = CompileOptions(target=args.target, input_shapes=parse_input_shapes(args.input_shape),
+                             db=args.db, precision=args.precision)
+    report = compile_model(args.model, args.output, options)
+    print(f"wrote {report.output} ({report.size_bytes / 1e6:.1f} MB) for target '{report.target}': "
+          f"{report.kernels} kernels, compiled in {report.seconds_total:.1f} s")
+    for spec in report.inputs:
+        print(f"  input  {spec.describe()}")
+    for spec in report.outputs:
+        print(f"  output {spec.describe()}")
+    return 0
+
+
+def _load_inputs(args: argparse.Namespace, model) -> dict[str, np.ndarray]:
+    if not args.inputs:
+        return model.random_inputs(seed=0, fill=args.fill)
+    path = Path(args.inputs)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as err:
+        raise InputError(f"--inputs {path}: not a readable .npz file ({err})") from None
+
+
+def _print_top(outputs: dict[str, np.ndarray], n: int) -> None:
+    for name, value in outputs.items():
+        flat = value.reshape(-1)
+        top = np.argsort(flat)[::-1][:n]
+        print(f"{name}: top-{n} " + ", ".join(f"{int(i)}={float(flat[i]):.5f}" for i in top))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from compiler.runtime import load
+
+    model = load(args.library, threads=args.threads)
+    inputs = _load_inputs(args, model)
+    outputs = model.run(inputs)
+    print(f"ran {args.library} on {model.metadata.device} with {model.threads} threads")
+    for name, value in outputs.items():
+        print(f"  output {name}: {value.dtype}[{'x'.join(map(str, value.shape))}]")
+    if args.print_top:
+        _print_top(outputs, args.print_top)
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"wrote outputs to {args.output}")
+    if args.bench:
+        stats = model.benchmark(args.bench, inputs)
+        print(f"kiln         {stats.describe()}")
+    if args.reference:
+        _compare_reference(args, model, inputs, outputs, stats if args.bench else None)
+    return 0
+
+
+def _compare_reference(args, model, inputs, outputs, stats) -> None:
+    from compiler.frontend import read_model
+    from compiler.reference import OnnxRuntimeReference, max_abs_diff
+
+    proto, data, _ = read_model(args.reference)
+    from compiler.metadata import sha256_bytes
+
+    if sha256_bytes(data) != model.metadata.source_sha256:
+        print(f"note: {args.reference} is not the file this library was compiled from (sha256 differs)")
+    ref = OnnxRuntimeReference(proto, model.threads)
+    diff, rel = max_abs_diff(outputs, ref.run(inputs))
+    print(f"onnxruntime agreement: max abs diff {diff:.3g} ({rel:.3g} of output scale)")
+    if stats is not None:
+        ref_stats = ref.benchmark(inputs, args.bench)
+        print(f"onnxruntime  {ref_stats.describe()}")
+        print(f"kiln / onnxruntime latency (p50): {stats.p50_ms / ref_stats.p50_ms:.2f}x "
+              f"(same process, {model.threads} threads)")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from compiler.inspect import inspect_path
+
+    info = inspect_path(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            if isinstance(value, list):
+                print(f"{key}:")
+                for item in value:
+                    print(f"  {item}")
+            else:
+                print(f"{key}: {value}")
+    return 0
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from targets.registry import list_presets
+
+    presets = list_presets()
+    if args.json:
+        print(json.dumps([p.to_json() for p in presets], indent=2))
+        return 0
+    for p in presets:
+        extra = f"  (cross: {p.cross_compiler})" if p.cross_compiler else ""
+        print(f"{p.name:14s} {p.device:5s} {p.description}{extra}")
+    print('\nor a TVM target JSON object, e.g. --target \'{"kind": "llvm", "mcpu": "znver3"}\'')
+    return 0
+
+
+def _cmd_example(args: argparse.Namespace) -> int:
+    from compiler.examples import EXAMPLES, example_model
+
+    if not args.name:
+        for e in EXAMPLES.values():
+            print(f"{e.name:14s} {e.description}")
+        return 0
+    import onnx
+
+    out = Path(args.output or f"{args.name}.onnx")
+    onnx.save(example_model(args.name, seed=args.seed), out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on a built-in model: compile for this machine, run, compare with ONNX Runtime."""
+    import onnx
+
+    from compiler.build import compile_model
+    from compiler.examples import example_model
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_path, lib_path = workdir / f"{args.name}.onnx", workdir / f"{args.name}.so"
+    onnx.save(example_model(args.name), model_path)
+    print(f"1. wrote the example model {model_path}")
+    report = compile_model(model_path, lib_path, target="host")
+    print(f"2. compiled it for this machine into {lib_path} in {report.seconds_total:.1f} s ({report.kernels} kernels)")
+    print("3. running it next to ONNX Runtime:")
+    run_args = argparse.Namespace(library=str(lib_path), threads=args.threads, inputs=None, fill="random",
+                                  print_top=5, output=None, bench=args.bench, reference=str(model_path))
+    return _cmd_run(run_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln", description="Compile ONNX models into deployable libraries with TVM.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="compile an ONNX model into one shared library")
+    p.add_argument("model", help="ONNX file")
+    p.add_argument("-o", "--output", required=True, help="the .so to write")
+    p.add_argument("--target", default="host", help="preset name (see `kiln targets`) or TVM target JSON")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help="fix an input's shape")
+    p.add_argument("--db", help="tuning database directory whose records to apply")
+    p.add_argument("--precision", default="fp32", choices=["fp32"], help="numeric precision")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("run", help="run a compiled library")
+    p.add_argument("library")
+    p.add_argument("--inputs", help=".npz keyed by input name")
+    p.add_argument("--fill", choices=["random", "zeros"], default="random", help="inputs when --inputs is not given")
+    p.add_argument("-o", "--output", help=".npz to write the outputs to")
+    p.add_argument("--print-top", type=int, metavar="N", help="print the N largest values of each output")
+    p.add_argument("--bench", type=int, metavar="N", help="time N runs and print p50/p90/p99")
+    p.add_argument("--reference", metavar="MODEL.onnx", help="compare with ONNX Runtime on the same inputs")
+    p.add_argument("--threads", type=int, help="CPU threads (default: this machine's cores)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("inspect", help="show what a library or ONNX model holds")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("targets", help="list target presets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_targets)
+
+    p = sub.add_parser("example", help="write a built-in example model (no name: list them)")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-o", "--output", help="where to write the .onnx (default NAME.onnx)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_example)
+
+    p = sub.add_parser("demo", help="compile a built-in model for this machine and compare it with ONNX Runtime")
+    p.add_argument("name", nargs="?", default="squeezenet")
+    p.add_argument("--workdir", default="kiln-demo")
+    p.add_argument("--bench", type=int, default=20)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except KilnError as err:
+        if args.debug:
+            raise
+        print(f"kiln: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kiln: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

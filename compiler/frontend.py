@@ -1,0 +1,242 @@
+"""ONNX → Relax: load, validate, fix shapes and import a model.
+
+Expects a path to an ONNX file or an ``onnx.ModelProto``. Guarantees either an
+``ImportedModel`` (a Relax IRModule with static input shapes and the weights bound as
+constants, plus the input/output specs) or one ``ModelError`` / ``InputError`` whose
+message says what is wrong and what to do. Validation happens before TVM sees the
+model, so malformed input never reaches TVM's importer.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from compiler.errors import InputError, ModelError, UnsupportedOperatorError
+from compiler.metadata import TensorSpec, sha256_bytes
+
+log = logging.getLogger(__name__)
+
+# The Relax importer's oldest well-covered opset; older models are upgraded first.
+MIN_OPSET = 13
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class ImportedModel:
+    """A Relax module ready for kiln's pass pipeline, with its interface."""
+
+    mod: object  # tvm.IRModule
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    opset: int
+    sha256: str
+    name: str
+    onnx_model: onnx.ModelProto  # the validated, shape-fixed model (for reference runs)
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["data:1x3x224x224", ...]`` → ``{"data": (1, 3, 224, 224)}``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition(":")
+        if not sep or not name or not re.fullmatch(r"\d+(x\d+)*", dims):
+            raise InputError(f"--input-shape '{spec}' is not NAME:DxDxD (e.g. data:1x3x224x224)")
+        shapes[name] = tuple(int(d) for d in dims.split("x"))
+    return shapes
+
+
+def read_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, str]:
+    """Parse an ONNX file (or take a ModelProto); returns the model, its bytes and a name."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model.SerializeToString(), model.graph.name or "model"
+    path = Path(model)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such file")
+    data = path.read_bytes()
+    if not data:
+        raise ModelError(f"{path}: the file is empty")
+    try:
+        proto = onnx.load_model_from_string(data)
+    except (DecodeError, RuntimeError, ValueError) as err:
+        raise ModelError(f"{path}: not a readable ONNX model (truncated or not protobuf: {err})") from None
+    return proto, data, path.stem
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ONNX_DOMAINS:
+            return int(imp.version)
+    return 0
+
+
+def _check_structure(model: onnx.ModelProto, where: str) -> None:
+    graph = model.graph
+    if not graph.node:
+        raise ModelError(f"{where}: the graph is empty (no nodes)")
+    if not graph.output:
+        raise ModelError(f"{where}: the graph has no outputs")
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{where}: invalid ONNX model: {first}") from None
+
+
+def find_unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, int, list[str]]]:
+    """(op type, count, first node names) for every op TVM's Relax importer lacks."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    supported = set(_get_convert_map())
+    counts: Counter[str] = Counter()
+    names: dict[str, list[str]] = defaultdict(list)
+    for i, node in enumerate(model.graph.node):
+        key = node.op_type if node.domain in ONNX_DOMAINS else f"{node.domain}.{node.op_type}"
+        if node.domain in ONNX_DOMAINS and node.op_type in supported:
+            continue
+        counts[key] += 1
+        if len(names[key]) < 3:
+            names[key].append(node.name or f"#{i}")
+    return [(op, n, names[op]) for op, n in counts.most_common()]
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
+    t = value_info.type.tensor_type
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def resolve_input_specs(
+    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], where: str
+) -> list[TensorSpec]:
+    """Static specs for the graph inputs; ``shapes`` fixes dynamic (or any) dims."""
+    inputs = _graph_inputs(model)
+    known = [i.name for i in inputs]
+    for name in shapes:
+        if name not in known:
+            raise InputError(f"--input-shape names '{name}', but the model's inputs are: {', '.join(known)}")
+    specs = []
+    for vi in inputs:
+        if not vi.type.HasField("tensor_type"):
+            raise ModelError(f"{where}: input '{vi.name}' is not a tensor (sequences and maps are not supported)")
+        elem = vi.type.tensor_type.elem_type
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name
+        except (KeyError, TypeError):
+            raise ModelError(f"{where}: input '{vi.name}' has an unknown element type {elem}") from None
+        dims = _dims(vi)
+        if vi.name in shapes:
+            fixed = shapes[vi.name]
+            if dims and len(fixed) != len(dims):
+                raise InputError(
+                    f"--input-shape {vi.name}: gives rank {len(fixed)}, the model's input has rank {len(dims)} "
+                    f"({'x'.join(map(str, dims))})"
+                )
+            dims = list(fixed)
+        dynamic = [d for d in dims if not isinstance(d, int) or d <= 0]
+        if dynamic:
+            example = "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in dims)
+            raise InputError(
+                f"input '{vi.name}' has dynamic dimensions {dims}; fix them with "
+                f"--input-shape {vi.name}:{example.replace('N', '1')} (replace the 1s with your sizes)"
+            )
+        specs.append(TensorSpec(vi.name, tuple(int(d) for d in dims), dtype))
+    return specs
+
+
+def _fix_input_shapes(model: onnx.ModelProto, specs: list[TensorSpec]) -> None:
+    by_name = {s.name: s for s in specs}
+    for vi in model.graph.input:
+        spec = by_name.get(vi.name)
+        if spec is None:
+            continue
+        shape = vi.type.tensor_type.shape
+        del shape.dim[:]
+        for d in spec.shape:
+            shape.dim.add().dim_value = d
+
+
+def prepare_onnx(
+    model: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> tuple[onnx.ModelProto, list[TensorSpec], str, str]:
+    """Validate, upgrade and shape-fix an ONNX model without touching TVM.
+
+    Returns the prepared model, its input specs, the sha256 of the source bytes and a name.
+    """
+    proto, data, name = read_model(model)
+    where = name if isinstance(model, onnx.ModelProto) else str(model)
+    _check_structure(proto, where)
+    unknown_domains = sorted({n.domain for n in proto.graph.node if n.domain not in ONNX_DOMAINS})
+    unsupported = find_unsupported_ops(proto)
+    if unsupported:
+        listing = "; ".join(f"{op} ×{n} (e.g. {', '.join(names)})" for op, n, names in unsupported)
+        hint = f" Custom domains {unknown_domains} are not supported." if unknown_domains else ""
+        raise UnsupportedOperatorError(
+            f"{where}: {sum(n for _, n, _ in unsupported)} nodes use operators TVM's Relax ONNX importer "
+            f"does not support: {listing}.{hint} Replace them (e.g. re-export with other ops) and retry."
+        )
+    specs = resolve_input_specs(proto, input_shapes or {}, where)
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())  # never mutate the caller's model
+    _fix_input_shapes(proto, specs)
+    opset = _opset(proto)
+    if 0 < opset < MIN_OPSET:
+        log.info("upgrading %s from opset %d to %d", where, opset, MIN_OPSET)
+        try:
+            proto = onnx.version_converter.convert_version(proto, MIN_OPSET)
+        except Exception as err:  # the converter raises bare RuntimeErrors from C++
+            log.warning("could not upgrade opset %d → %d (%s); importing as is", opset, MIN_OPSET, err)
+    if proto.ir_version < 4:  # initializers listed as inputs would become runtime inputs
+        proto.ir_version = 4
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise ModelError(f"{where}: shape inference failed (shapes in the model do not fit together): {first}") from None
+    return proto, specs, sha256_bytes(data), name
+
+
+def _output_specs(mod, model: onnx.ModelProto) -> list[TensorSpec]:
+    from tvm import relax
+
+    ret = mod["main"].ret_ty  # TVM 0.27 calls struct info "types": TensorType, TupleType
+    fields = ret.fields if isinstance(ret, relax.TupleType) else [ret]
+    names = [o.name for o in model.graph.output]
+    specs = []
+    for name, f in zip(names, fields):
+        if not isinstance(f, relax.TensorType) or f.shape is None:
+            raise ModelError(f"output '{name}' is not a tensor with a known shape; kiln supports tensor outputs")
+        # -1 marks a dimension only known at run time (e.g. the number of detected boxes).
+        shape = tuple(int(d.value) if hasattr(d, "value") else -1 for d in f.shape.values)
+        specs.append(TensorSpec(name, shape, str(f.dtype)))
+    return specs
+
+
+def import_onnx(
+    model: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> ImportedModel:
+    """Validate and import an ONNX model into Relax (weights bound as constants)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    proto, specs, digest, name = prepare_onnx(model, input_shapes)
+    try:
+        mod = from_onnx(
+            proto,
+            shape_dict={s.name: list(s.shape) for s in specs},
+            dtype_dict={s.name: s.dtype for s in specs},
+            keep_params_in_input=False,
+        )
+    except Exception as err:  # TVM's importer raises many types; report them as one user error
+        first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        raise ModelError(f"{name}: TVM's ONNX importer failed: {first}") from err
+    return ImportedModel(mod, specs, _output_specs(mod, proto), _opset(proto), digest, name, proto)

@@ -1,0 +1,55 @@
+"""``kiln inspect``: what a compiled library or an ONNX model holds, as plain data."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from compiler.metadata import read_metadata
+
+
+def inspect_library(path: Path) -> dict[str, Any]:
+    meta = read_metadata(path)
+    info = asdict(meta)
+    info["inputs"] = [s.describe() for s in meta.inputs]
+    info["outputs"] = [s.describe() for s in meta.outputs]
+    info["file"] = str(path)
+    info["size_bytes"] = path.stat().st_size
+    return info
+
+
+def inspect_onnx(path: Path) -> dict[str, Any]:
+    from compiler.frontend import _graph_inputs, _opset, find_unsupported_ops, read_model, _dims
+
+    model, data, name = read_model(path)
+    from compiler.metadata import sha256_bytes
+
+    ops = Counter(n.op_type for n in model.graph.node)
+    return {
+        "file": str(path),
+        "name": name,
+        "opset": _opset(model),
+        "ir_version": model.ir_version,
+        "sha256": sha256_bytes(data),
+        "inputs": [f"{i.name}: {'x'.join(map(str, _dims(i)))}" for i in _graph_inputs(model)],
+        "outputs": [f"{o.name}: {'x'.join(map(str, _dims(o)))}" for o in model.graph.output],
+        "nodes": len(model.graph.node),
+        "operators": [f"{op} x{n}" for op, n in ops.most_common()],
+        "unsupported": [f"{op} x{n} (e.g. {', '.join(names)})" for op, n, names in find_unsupported_ops(model)],
+    }
+
+
+def inspect_path(path: str | Path) -> dict[str, Any]:
+    """Library metadata for a ``.so``; interface and operator census for an ONNX file."""
+    path = Path(path)
+    with open(path, "rb") if path.is_file() else _missing(path) as f:
+        magic = f.read(4)
+    return inspect_library(path) if magic == b"\x7fELF" else inspect_onnx(path)
+
+
+def _missing(path: Path):
+    from compiler.errors import KilnError
+
+    raise KilnError(f"{path}: no such file")

@@ -1,0 +1,229 @@
+"""Load a kiln library and run it: numpy in, numpy out.
+
+Needs only numpy and the TVM runtime (no onnx, no compiler)::
+
+    from compiler.runtime import load
+    m = load("model.so")               # threads default to this machine's cores
+    outs = m.run({"data": x})          # or m.run(x) / m.run([x, y]); dict of outputs by ONNX name
+    print(m.inputs, m.outputs, m.benchmark(50))
+
+Every mismatch between the inputs given and what the model expects raises
+``InputError`` (a ``ValueError``) naming the input and the expected shape and dtype,
+before TVM sees the data. One loaded model may be called from several threads: calls
+are serialised by a lock (the Relax VM keeps per-call state).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from compiler.errors import DeviceError, InputError, LibraryError
+from compiler.metadata import LibraryMetadata, TensorSpec, read_metadata
+
+# Instruction-set features each x86 mcpu preset needs; running without them dies with SIGILL.
+_MCPU_NEEDS = {"haswell": "avx2", "skylake-avx512": "avx512f", "cascadelake": "avx512_vnni"}
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency percentiles in milliseconds over ``runs`` timed calls."""
+
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+
+    @classmethod
+    def from_seconds(cls, samples: Sequence[float]) -> "LatencyStats":
+        ms = np.asarray(samples, dtype=np.float64) * 1e3
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(len(ms), float(p50), float(p90), float(p99), float(ms.mean()))
+
+    def describe(self) -> str:
+        return f"p50 {self.p50_ms:.3f} ms  p90 {self.p90_ms:.3f} ms  p99 {self.p99_ms:.3f} ms  ({self.runs} runs)"
+
+
+def _host_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def check_runnable_here(meta: LibraryMetadata, path: Path) -> None:
+    """Refuse, with a clear message, a library this machine cannot run."""
+    import tvm
+
+    if meta.tvm_version != tvm.__version__:
+        raise LibraryError(
+            f"{path} was built with TVM {meta.tvm_version}, this runtime has TVM {tvm.__version__}; "
+            f"install apache-tvm=={meta.tvm_version} or recompile the model"
+        )
+    host_target = meta.target.get("host") or meta.target
+    triple = str(host_target.get("mtriple", ""))
+    machine = platform.machine().lower()
+    arch = triple.split("-")[0] if triple else machine
+    if arch and arch != machine and not (arch == "arm64" and machine == "aarch64"):
+        raise LibraryError(
+            f"{path} was built for {arch} (target '{meta.target_name}'); this machine is {machine}. "
+            "Run it on that device (see scripts/deploy_arm.md) or recompile with --target host"
+        )
+    needed = _MCPU_NEEDS.get(str(host_target.get("mcpu", "")))
+    if needed and machine == "x86_64" and needed not in _host_flags():
+        raise LibraryError(
+            f"{path} was built for '{meta.target_name}' and needs the CPU feature {needed}, "
+            "which this CPU lacks; recompile with --target host"
+        )
+    if meta.device == "cuda":
+        has_loader = tvm.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is not None
+        if not has_loader or not tvm.cuda(0).exist:
+            raise DeviceError(
+                f"{path} targets CUDA ('{meta.target_name}'); no CUDA device or driver was found on this machine. "
+                "Run it on a machine with an NVIDIA GPU and driver"
+            )
+
+
+def configure_threads(threads: int | None) -> int:
+    """Fix TVM's CPU thread pool size; returns the count actually in use.
+
+    TVM reads ``TVM_NUM_THREADS`` once, when its pool starts, and defaults to half the
+    cores (one thread on a 2-vCPU machine), so the count must be set before first use.
+    """
+    import tvm
+
+    wanted = threads or len(os.sched_getaffinity(0))
+    os.environ["TVM_NUM_THREADS"] = str(wanted)
+    os.environ.setdefault("TVM_BIND_THREADS", "0")  # no pinning: shared machines, no affinity warnings
+    return int(tvm.runtime.num_threads())
+
+
+class CompiledModel:
+    """A loaded kiln library. Use ``load`` to make one."""
+
+    def __init__(self, path: Path, meta: LibraryMetadata, threads: int):
+        import tvm
+
+        self.path = path
+        self.metadata = meta
+        self.threads = threads
+        self._tvm = tvm
+        self.device = tvm.cuda(0) if meta.device == "cuda" else tvm.cpu(0)
+        try:
+            lib = tvm.runtime.load_module(str(path))
+        except Exception as err:  # TVM reports load failures as its own error types
+            raise LibraryError(f"{path}: TVM could not load the library: {str(err).strip().splitlines()[-1]}") from None
+        self._vm = tvm.runtime.vm.VirtualMachine(lib, self.device)
+        self._main = self._vm["main"]
+        self._lock = threading.Lock()
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return list(self.metadata.inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return list(self.metadata.outputs)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(s.describe() for s in self.inputs)
+        outs = ", ".join(s.describe() for s in self.outputs)
+        return f"<kiln model {self.path.name} [{self.metadata.target_name}] ({ins}) -> ({outs})>"
+
+    def _ordered_arrays(self, inputs) -> list[np.ndarray]:
+        specs = self.metadata.inputs
+        expected = ", ".join(s.describe() for s in specs)
+        if isinstance(inputs, Mapping):
+            missing = [s.name for s in specs if s.name not in inputs]
+            extra = [k for k in inputs if k not in {s.name for s in specs}]
+            if missing or extra:
+                parts = ([f"missing {missing}"] if missing else []) + ([f"unknown {extra}"] if extra else [])
+                raise InputError(f"inputs {'; '.join(parts)}; the model expects {expected}")
+            values = [inputs[s.name] for s in specs]
+        else:
+            values = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+            if len(values) != len(specs):
+                raise InputError(f"got {len(values)} inputs, the model expects {len(specs)}: {expected}")
+        arrays = []
+        for spec, value in zip(specs, values):
+            arr = np.asarray(value)
+            if arr.dtype == object:
+                raise InputError(f"input '{spec.name}': not a numeric array; expected {spec.describe()}")
+            if arr.dtype != np.dtype(spec.dtype):
+                raise InputError(
+                    f"input '{spec.name}': dtype {arr.dtype}, expected {spec.dtype} "
+                    f"(convert with .astype(np.{spec.dtype}))"
+                )
+            if tuple(arr.shape) != tuple(spec.shape):
+                raise InputError(
+                    f"input '{spec.name}': shape {'x'.join(map(str, arr.shape)) or 'scalar'}, "
+                    f"expected {'x'.join(map(str, spec.shape))} ({spec.describe()})"
+                )
+            arrays.append(np.ascontiguousarray(arr))
+        return arrays
+
+    def _to_device(self, arrays: list[np.ndarray]) -> list:
+        return [self._tvm.runtime.tensor(a, self.device) for a in arrays]
+
+    def _call(self, tensors: list):
+        with self._lock:
+            result = self._main(*tensors)
+            if self.metadata.device != "cpu":
+                self.device.sync()
+        return result
+
+    def run(self, inputs) -> dict[str, np.ndarray]:
+        """Run once. ``inputs``: dict by input name, a list in input order, or one array.
+
+        Returns the outputs as numpy arrays keyed by ONNX output name, in graph order.
+        """
+        result = self._call(self._to_device(self._ordered_arrays(inputs)))
+        values = list(result) if not hasattr(result, "numpy") else [result]
+        return {spec.name: v.numpy() for spec, v in zip(self.metadata.outputs, values)}
+
+    def random_inputs(self, seed: int = 0, fill: str = "random") -> dict[str, np.ndarray]:
+        """Inputs of the right shapes and dtypes: seeded normal values, or zeros."""
+        rng = np.random.default_rng(seed)
+        out = {}
+        for spec in self.metadata.inputs:
+            dtype = np.dtype(spec.dtype)
+            if fill == "zeros":
+                out[spec.name] = np.zeros(spec.shape, dtype)
+            elif dtype.kind == "f":
+                out[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+            else:
+                out[spec.name] = rng.integers(0, 10, spec.shape).astype(dtype)
+        return out
+
+    def benchmark(self, runs: int = 50, inputs=None, warmup: int = 3) -> LatencyStats:
+        """Latency over ``runs`` calls (after ``warmup``), inputs already on the device."""
+        tensors = self._to_device(self._ordered_arrays(inputs if inputs is not None else self.random_inputs()))
+        for _ in range(warmup):
+            self._call(tensors)
+        samples = []
+        for _ in range(max(runs, 1)):
+            t0 = time.perf_counter()
+            self._call(tensors)
+            samples.append(time.perf_counter() - t0)
+        return LatencyStats.from_seconds(samples)
+
+
+def load(path: str | Path, threads: int | None = None) -> CompiledModel:
+    """Load a library made by ``kiln compile``; ``threads`` defaults to this machine's cores."""
+    path = Path(path)
+    meta = read_metadata(path)
+    check_runnable_here(meta, path)
+    used = configure_threads(threads)
+    return CompiledModel(path, meta, used)

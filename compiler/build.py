@@ -6,11 +6,12 @@ links kiln's metadata (interface, target, versions, source hash) into the ``.so`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -19,7 +20,8 @@ import compiler
 from compiler.errors import KilnError, TargetError, ToolMissingError
 from compiler.frontend import ImportedModel, import_onnx
 from compiler.metadata import LibraryMetadata, TensorSpec, metadata_source
-from compiler.pipeline import build_pipeline
+from compiler.pipeline import PRECISIONS, build_pipeline
+from targets.cuda import cuda_compile_hook, enable_cuda_codegen, parse_archs
 from targets.registry import TargetPreset, resolve_target
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class CompileOptions:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     db: str | Path | None = None
     precision: str = "fp32"
+    cuda_archs: str | None = None  # e.g. "sm_80,sm_90"; default: the preset's arch
 
 
 @dataclass
@@ -81,18 +84,27 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     import tvm
 
     preset = resolve_target(options.target)
-    if options.precision != "fp32":
-        raise KilnError(f"precision '{options.precision}' is not supported yet; use fp32")
+    if options.precision not in PRECISIONS:
+        raise KilnError(f"precision '{options.precision}' is not supported; use one of {', '.join(PRECISIONS)}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fcompile = _linker(preset)  # fail on a missing tool before the slow part
     t0 = time.perf_counter()
+    extra: dict = {}
+    device_compile = contextlib.nullcontext()
+    if preset.device == "cuda":
+        archs = parse_archs(options.cuda_archs, preset.target["arch"])
+        # Generate code for the oldest requested arch, so every listed GPU can run it.
+        preset = replace(preset, target=dict(preset.target, arch=archs[0]))
+        enable_cuda_codegen()
+        device_compile = cuda_compile_hook(archs)
+        extra = {"cuda_archs": archs, "cuda_ptx": archs[-1]}
     try:
         target = preset.tvm_target()
     except Exception as err:  # TVM's own error types for a bad target
         raise TargetError(f"TVM refused target '{preset.name}': {str(err).splitlines()[0]}") from None
-    with tvm.transform.PassContext(opt_level=3):
-        lowered = build_pipeline(preset, options.db)(imported.mod)
+    with tvm.transform.PassContext(opt_level=3), device_compile:
+        lowered = build_pipeline(preset, options.db, options.precision)(imported.mod)
         kernels = count_kernels(lowered)
         executable = tvm.compile(lowered, target, relax_pipeline=None)
     t1 = time.perf_counter()
@@ -109,6 +121,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         source_name=imported.name,
         opset=imported.opset,
         default_kernels=kernels,
+        extra=extra,
     )
     with tempfile.TemporaryDirectory(prefix="kiln-export-") as tmp:
         meta_cc = Path(tmp) / "kiln_metadata.cc"
@@ -134,6 +147,10 @@ def compile_model(
     ``kwargs`` are ``CompileOptions`` fields, e.g. ``compile_model(m, "m.so", target="x86-avx2")``.
     """
     options = options or CompileOptions(**kwargs)
+    # Cheap checks first: an unknown target or a missing cross compiler fails before the import.
+    preset = resolve_target(options.target)
+    _linker(preset)
+    options = replace(options, target=preset)
     t0 = time.perf_counter()
     imported = import_onnx(model, options.input_shapes)
     seconds_import = time.perf_counter() - t0

@@ -25,7 +25,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from compiler.frontend import parse_input_shapes
 
     options = CompileOptions(target=args.target, input_shapes=parse_input_shapes(args.input_shape),
-                             db=args.db, precision=args.precision)
+                             db=args.db, precision=args.precision, cuda_archs=args.cuda_arch)
     report = compile_model(args.model, args.output, options)
     print(f"wrote {report.output} ({report.size_bytes / 1e6:.1f} MB) for target '{report.target}': "
           f"{report.kernels} kernels, compiled in {report.seconds_total:.1f} s")
@@ -172,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="host", help="preset name (see `kiln targets`) or TVM target JSON")
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help="fix an input's shape")
     p.add_argument("--db", help="tuning database directory whose records to apply")
-    p.add_argument("--precision", default="fp32", choices=["fp32"], help="numeric precision")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                   help="fp16: float16 compute with float32 accumulation (CUDA, ARM64 +fullfp16)")
+    p.add_argument("--cuda-arch", help="CUDA archs to embed SASS for, e.g. sm_80,sm_90 (PTX for the newest)")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("run", help="run a compiled library")

@@ -206,12 +206,11 @@ def prepare_onnx(
     return proto, specs, sha256_bytes(data), name
 
 
-def _output_specs(mod, model: onnx.ModelProto) -> list[TensorSpec]:
+def _output_specs(mod, names: list[str]) -> list[TensorSpec]:
     from tvm import relax
 
     ret = mod["main"].ret_ty  # TVM 0.27 calls struct info "types": TensorType, TupleType
     fields = ret.fields if isinstance(ret, relax.TupleType) else [ret]
-    names = [o.name for o in model.graph.output]
     specs = []
     for name, f in zip(names, fields):
         if not isinstance(f, relax.TensorType) or f.shape is None:
@@ -222,6 +221,36 @@ def _output_specs(mod, model: onnx.ModelProto) -> list[TensorSpec]:
     return specs
 
 
+def sanitize_value_names(model: onnx.ModelProto) -> None:
+    """Rename every tensor to a C identifier, in place.
+
+    Value names become TIR/CUDA kernel argument names; ``gpu_0/data_0`` breaks nvcc.
+    Callers keep the original input/output names in the ``TensorSpec``s.
+    """
+    graph = model.graph
+    names = {i.name for i in graph.input} | {o.name for o in graph.output} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+    used: set[str] = {n for n in names if re.fullmatch(r"[A-Za-z_]\w*", n)}
+    mapping: dict[str, str] = {}
+    for name in sorted(names - used - {""}):
+        base = re.sub(r"\W", "_", name)
+        base = base if re.match(r"[A-Za-z_]", base) else f"v_{base}"
+        candidate, k = base, 1
+        while candidate in used:
+            candidate, k = f"{base}_{k}", k + 1
+        used.add(candidate)
+        mapping[name] = candidate
+    if not mapping:
+        return
+    for vi in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        vi.name = mapping.get(vi.name, vi.name)
+    for node in graph.node:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+
+
 def import_onnx(
     model: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
 ) -> ImportedModel:
@@ -229,14 +258,18 @@ def import_onnx(
     from tvm.relax.frontend.onnx import from_onnx
 
     proto, specs, digest, name = prepare_onnx(model, input_shapes)
+    output_names = [o.name for o in proto.graph.output]
+    renamed = onnx.ModelProto.FromString(proto.SerializeToString())
+    sanitize_value_names(renamed)
+    relax_inputs = _graph_inputs(renamed)  # same order as specs
     try:
         mod = from_onnx(
-            proto,
-            shape_dict={s.name: list(s.shape) for s in specs},
-            dtype_dict={s.name: s.dtype for s in specs},
+            renamed,
+            shape_dict={vi.name: list(s.shape) for vi, s in zip(relax_inputs, specs)},
+            dtype_dict={vi.name: s.dtype for vi, s in zip(relax_inputs, specs)},
             keep_params_in_input=False,
         )
     except Exception as err:  # TVM's importer raises many types; report them as one user error
         first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
         raise ModelError(f"{name}: TVM's ONNX importer failed: {first}") from err
-    return ImportedModel(mod, specs, _output_specs(mod, proto), _opset(proto), digest, name, proto)
+    return ImportedModel(mod, specs, _output_specs(mod, output_names), _opset(proto), digest, name, proto)

@@ -41,8 +41,15 @@ def _backend(kind: str):
     return {"llvm": cpu, "cuda": cuda}[kind]
 
 
-def pipeline_steps(preset: TargetPreset, db: str | Path | None = None) -> list[Step]:
-    """The ordered steps for ``preset`` (optionally applying tuning records from ``db``)."""
+PRECISIONS = ("fp32", "fp16")
+
+
+def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32") -> list[Step]:
+    """The ordered steps for ``preset`` (optionally applying tuning records from ``db``).
+
+    ``precision="fp16"`` computes in float16 with float32 accumulation (TVM's
+    ``ToMixedPrecision``); inputs and outputs keep their float32 interface.
+    """
     target = preset.tvm_target()
     backend = _backend(preset.kind)
     steps = [
@@ -53,6 +60,10 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None) -> list[S
         Step("FoldConstant", "compute weight-only expressions at compile time", relax.transform.FoldConstant),
         Step("DeadCodeElimination", "drop bindings nothing uses (e.g. Dropout masks)",
              relax.transform.DeadCodeElimination),
+        *([Step("ToMixedPrecision", "compute in float16, accumulate in float32",
+                lambda: relax.transform.ToMixedPrecision(out_dtype="float32")),
+           Step("FoldConstant", "store the weights as float16 constants", relax.transform.FoldConstant)]
+          if precision == "fp16" else []),
         *[Step(p.info.name, "target library dispatch (sort, scan, sampling)", lambda p=p: p)
           for p in backend.library_dispatch_passes(target)],
         Step("LegalizeOps", "lower every Relax operator to a TIR kernel", relax.transform.LegalizeOps),
@@ -76,10 +87,10 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None) -> list[S
     return steps
 
 
-def build_pipeline(preset: TargetPreset, db: str | Path | None = None) -> tvm.transform.Pass:
+def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32") -> tvm.transform.Pass:
     """The whole pipeline as one pass, run under the target."""
     target = preset.tvm_target()
-    passes = [step.make() for step in pipeline_steps(preset, db)]
+    passes = [step.make() for step in pipeline_steps(preset, db, precision)]
 
     @tvm.transform.module_pass(opt_level=0, name="kiln_pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:

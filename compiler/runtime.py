@@ -115,6 +115,7 @@ class CompiledModel:
 
     def __init__(self, path: Path, meta: LibraryMetadata, threads: int):
         import tvm
+        import tvm.runtime.vm  # not imported by `tvm` itself in runtime-only mode (TVM_USE_RUNTIME_LIB=1)
 
         self.path = path
         self.metadata = meta

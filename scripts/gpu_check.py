@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""CUDA check on a GPU machine: build (or take prebuilt) kiln libraries, run, compare, benchmark.
+
+For each (model, precision): load the CUDA library, run it on a seeded input, compare
+with ONNX Runtime on the same input (CUDAExecutionProvider when onnxruntime-gpu is
+installed, else CPU), and time both. Writes one JSON file.
+
+    python scripts/gpu_check.py --arch sm_90 --out gpu_check.json            # compiles here (needs full TVM)
+    python scripts/gpu_check.py --prebuilt gpu_bundle/libs --out gpu.json     # libraries built elsewhere
+
+Use ``scripts/gpu_check.sh`` for the one-shot flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from compiler.examples import example_model  # noqa: E402
+from compiler.runtime import load  # noqa: E402
+
+CASES = [("resnet50", "fp32"), ("resnet50", "fp16"), ("squeezenet", "fp32"), ("squeezenet", "fp16")]
+
+
+def lib_name(model: str, precision: str, arch: str) -> str:
+    return f"{model}-{precision}-{arch}.so"
+
+
+def build(cases: list[tuple[str, str]], arch: str, outdir: Path) -> dict[str, float]:
+    """Compile each case for CUDA ``arch``; returns compile seconds per library."""
+    from compiler.build import compile_model
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    for model, precision in cases:
+        name = lib_name(model, precision, arch)
+        t0 = time.perf_counter()
+        compile_model(example_model(model), outdir / name, target=f"cuda-{arch.replace('_', '')}",
+                      precision=precision, cuda_archs=arch)
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        print(f"built {name} in {seconds[name]} s", file=sys.stderr)
+    return seconds
+
+
+def reference_session(model, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+
+
+def check(lib: Path, model_name: str, precision: str, runs: int) -> dict:
+    model = example_model(model_name)
+    m = load(lib)
+    inputs = m.random_inputs(seed=0)
+    ours = m.run(inputs)
+    sess = reference_session(model, os.cpu_count() or 1)
+    ref = sess.run(None, inputs)
+    expected = ref[0]
+    got = next(iter(ours.values())).reshape(expected.shape)
+    diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
+    scale = float(np.max(np.abs(expected)))
+    top1 = bool(np.argmax(got) == np.argmax(expected))
+    top5 = len(set(np.argsort(got.ravel())[-5:]) & set(np.argsort(expected.ravel())[-5:]))
+    stats = m.benchmark(runs, inputs, warmup=10)
+    for _ in range(5):
+        sess.run(None, inputs)
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, inputs)
+        samples.append(time.perf_counter() - t0)
+    ref_p50 = float(np.median(samples) * 1e3)
+    return {
+        "library": lib.name, "model": model_name, "precision": precision,
+        "cuda_archs": m.metadata.extra.get("cuda_archs"),
+        "max_abs_diff": diff, "max_rel_diff": diff / scale if scale else diff,
+        "top1_agrees": top1, "top5_overlap": top5,
+        "kiln_p50_ms": round(stats.p50_ms, 3), "kiln_p99_ms": round(stats.p99_ms, 3),
+        "onnxruntime_provider": sess.get_providers()[0], "onnxruntime_p50_ms": round(ref_p50, 3),
+        "ratio": round(stats.p50_ms / ref_p50, 3),
+    }
+
+
+def gpu_name() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"unknown ({err})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="sm_90")
+    parser.add_argument("--prebuilt", help="directory of libraries built by `--build-only`")
+    parser.add_argument("--build-only", metavar="DIR", help="only compile the libraries into DIR (no GPU needed)")
+    parser.add_argument("--cases", nargs="+", default=[f"{m}:{p}" for m, p in CASES], help="MODEL:PRECISION")
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--out", default="gpu_check.json")
+    args = parser.parse_args()
+    cases = [tuple(c.split(":")) for c in args.cases]
+    if args.build_only:
+        build(cases, args.arch, Path(args.build_only))
+        return
+    compile_seconds: dict[str, float] = {}
+    libdir = Path(args.prebuilt) if args.prebuilt else Path("gpu_check_libs")
+    if not args.prebuilt:
+        compile_seconds = build(cases, args.arch, libdir)
+    rows, errors = [], []
+    for model, precision in cases:
+        lib = libdir / lib_name(model, precision, args.arch)
+        if not lib.is_file():
+            errors.append(f"{lib.name}: not built")
+            continue
+        try:
+            rows.append(check(lib, model, precision, args.runs))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+        except Exception as err:  # report every case, keep going
+            errors.append(f"{lib.name}: {type(err).__name__}: {err}")
+            print(errors[-1], file=sys.stderr)
+    result = {"gpu": gpu_name(), "host": platform.node(), "python": platform.python_version(),
+              "compiled_on_this_machine": not args.prebuilt, "compile_seconds": compile_seconds,
+              "rows": rows, "errors": errors}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The CLI end to end, as a user runs it: exit codes, one-line errors, files in and out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def kiln(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compiler", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_example_compile_run_roundtrip(tmp_path):
+    model, lib = tmp_path / "tiny.onnx", tmp_path / "tiny.so"
+    assert kiln("example", "tiny", "-o", str(model)).returncode == 0
+    done = kiln("compile", str(model), "-o", str(lib), "--target", "host")
+    assert done.returncode == 0, done.stderr
+    assert "input  data: float32[1x3x32x32]" in done.stdout
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", data=x)
+    done = kiln("run", str(lib), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz"),
+                "--print-top", "3", "--bench", "5", "--reference", str(model), "--threads", "2")
+    assert done.returncode == 0, done.stderr
+    assert "p50" in done.stdout and "p99" in done.stdout and "kiln / onnxruntime latency" in done.stdout
+    assert "with 2 threads" in done.stdout
+    diff = float(done.stdout.split("max abs diff ")[1].split()[0])
+    assert diff < 1e-4
+    with np.load(tmp_path / "out.npz") as out:
+        assert out.files == ["prob"] and out["prob"].shape == (1, 10)
+    info = kiln("inspect", str(lib), "--json")
+    assert info.returncode == 0 and '"source_sha256"' in info.stdout
+
+
+def test_listings():
+    assert "squeezenet" in kiln("example").stdout
+    out = kiln("targets").stdout
+    assert "x86-avx2" in out and "host" in out
+
+
+def _assert_user_error(done: subprocess.CompletedProcess, *words: str) -> None:
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kiln: error:"), done.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path, tiny_lib):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x01garbage" * 50)
+    _assert_user_error(kiln("compile", str(junk), "-o", str(tmp_path / "x.so")), "junk.onnx")
+    _assert_user_error(kiln("compile", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "x.so")), "no such file")
+    _assert_user_error(kiln("compile", str(junk), "-o", "x.so", "--target", "pentium"), "unknown target")
+    np.savez(tmp_path / "wrong.npz", data=np.zeros((1, 3, 8, 8), np.float32))
+    _assert_user_error(kiln("run", str(tiny_lib), "--inputs", str(tmp_path / "wrong.npz")), "expected 1x3x32x32")
+    (tmp_path / "bad.npz").write_text("nope")
+    _assert_user_error(kiln("run", str(tiny_lib), "--inputs", str(tmp_path / "bad.npz")), "not a readable .npz")
+    _assert_user_error(kiln("run", str(junk)), "not an ELF")
+    _assert_user_error(kiln("example", "alexnet9000"), "unknown example")
+
+
+def test_pickled_npz_is_refused(tmp_path, tiny_lib):
+    np.savez(tmp_path / "obj.npz", data=np.array([{"a": 1}], dtype=object))
+    _assert_user_error(kiln("run", str(tiny_lib), "--inputs", str(tmp_path / "obj.npz")), "not a readable .npz")
+
+
+def test_debug_shows_traceback(tmp_path):
+    done = kiln("--debug", "compile", str(tmp_path / "missing.onnx"), "-o", "x.so")
+    assert done.returncode != 0 and "Traceback" in done.stderr

@@ -1,0 +1,122 @@
+"""The runtime loader: metadata, validation of inputs, threads, benchmarks, refusing foreign libraries."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from compiler.errors import DeviceError, InputError, LibraryError
+from compiler.metadata import read_metadata
+from compiler.runtime import check_runnable_here, load
+
+
+def test_metadata_is_inside_the_library(tiny_lib, tiny_onnx):
+    import hashlib
+
+    import tvm
+
+    meta = read_metadata(tiny_lib)
+    assert [s.name for s in meta.inputs] == ["data"] and meta.inputs[0].shape == (1, 3, 32, 32)
+    assert [s.name for s in meta.outputs] == ["prob"] and meta.outputs[0].dtype == "float32"
+    assert meta.tvm_version == tvm.__version__ and meta.precision == "fp32"
+    assert meta.source_sha256 == hashlib.sha256(tiny_onnx.read_bytes()).hexdigest()
+    assert meta.target["kind"] == "llvm"
+
+
+def test_run_dict_positional_and_array_agree(tiny_lib):
+    m = load(tiny_lib)
+    x = m.random_inputs()["data"]
+    a = m.run({"data": x})["prob"]
+    b = m.run([x])["prob"]
+    c = m.run(x)["prob"]
+    assert a.shape == (1, 10) and np.allclose(a.sum(), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_non_contiguous_input_is_accepted(tiny_lib):
+    m = load(tiny_lib)
+    x = m.random_inputs()["data"]
+    fortran = np.asfortranarray(x)
+    assert not fortran.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(m.run(fortran)["prob"], m.run(x)["prob"])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"data": np.zeros((1, 3, 16, 16), np.float32)}, r"input 'data': shape 1x3x16x16, expected 1x3x32x32"),
+    ({"data": np.zeros((3, 32, 32), np.float32)}, r"expected 1x3x32x32"),
+    ({"data": np.zeros((1, 3, 32, 32), np.float64)}, r"input 'data': dtype float64, expected float32"),
+    ({}, r"missing \['data'\]"),
+    ({"data": np.zeros((1, 3, 32, 32), np.float32), "extra": np.zeros(1)}, r"unknown \['extra'\]"),
+    ([np.zeros((1, 3, 32, 32), np.float32)] * 2, r"got 2 inputs, the model expects 1"),
+    ({"data": np.array([object()] * 3)}, r"not a numeric array"),
+])
+def test_bad_inputs_are_clear_value_errors(tiny_lib, bad, message):
+    m = load(tiny_lib)
+    with pytest.raises(ValueError, match=message) as err:
+        m.run(bad)
+    assert isinstance(err.value, InputError)
+
+
+def test_threads_are_explicit(tiny_lib):
+    m = load(tiny_lib, threads=2)
+    assert m.threads == 2  # TVM alone would pick 1 on a 2-vCPU machine
+
+
+def test_benchmark_reports_percentiles(tiny_lib):
+    stats = load(tiny_lib).benchmark(10)
+    assert stats.runs == 10 and 0 < stats.p50_ms <= stats.p90_ms <= stats.p99_ms
+
+
+def test_concurrent_calls_are_correct(tiny_lib):
+    m = load(tiny_lib)
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(4)]
+    expected = [m.run(x)["prob"] for x in xs]
+    errors = []
+
+    def worker(i: int) -> None:
+        for _ in range(10):
+            if not np.array_equal(m.run(xs[i])["prob"], expected[i]):
+                errors.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_non_kiln_files_are_refused(tmp_path):
+    import tvm
+
+    other = tmp_path / "other.so"
+    other.write_bytes(open(tvm.runtime.__file__.replace("__init__.py", "../lib/libtvm_runtime.so"), "rb").read(4096))
+    with pytest.raises(LibraryError):
+        load(other)
+    with pytest.raises(LibraryError, match="no such library"):
+        load(tmp_path / "missing.so")
+    text = tmp_path / "text.so"
+    text.write_text("hello")
+    with pytest.raises(LibraryError, match="not an ELF"):
+        load(text)
+
+
+def test_foreign_libraries_are_refused_before_loading(tiny_lib):
+    meta = read_metadata(tiny_lib)
+    arm = replace(meta, target={"kind": "llvm", "mtriple": "aarch64-linux-gnu"}, target_name="rpi4")
+    with pytest.raises(LibraryError, match="built for aarch64"):
+        check_runnable_here(arm, tiny_lib)
+    newer = replace(meta, tvm_version="9.9.9")
+    with pytest.raises(LibraryError, match="TVM 9.9.9"):
+        check_runnable_here(newer, tiny_lib)
+    cuda = replace(meta, device="cuda", target_name="cuda-sm80")
+    import tvm
+
+    if not tvm.cuda(0).exist:
+        with pytest.raises(DeviceError, match="targets CUDA"):
+            check_runnable_here(cuda, tiny_lib)

@@ -15,6 +15,7 @@ from typing import Callable
 import tvm
 from tvm import relax
 
+from schedules.defaults import default_schedule_pass
 from targets.registry import TargetPreset
 
 
@@ -76,6 +77,9 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     if db is not None:
         steps.append(Step("MetaScheduleApplyDatabase", "use tuned schedules from the tuning database",
                           lambda: relax.transform.MetaScheduleApplyDatabase(str(db))))
+    if preset.device == "cpu":
+        steps.append(Step("kiln default CPU schedules", "parallel, vectorized, tiled kernels for everything not tuned",
+                          lambda: default_schedule_pass(target)))
     if preset.device == "cuda":
         steps.append(Step("dlight GPU rules", "schedule untuned kernels onto GPU threads", _gpu_default_schedules))
     steps += [

@@ -88,12 +88,35 @@ def check_runnable_here(meta: LibraryMetadata, path: Path) -> None:
             "which this CPU lacks; recompile with --target host"
         )
     if meta.device == "cuda":
-        has_loader = tvm.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is not None
-        if not has_loader or not tvm.cuda(0).exist:
+        problem = _cuda_problem()
+        if problem:
             raise DeviceError(
-                f"{path} targets CUDA ('{meta.target_name}'); no CUDA device or driver was found on this machine. "
+                f"{path} targets CUDA ('{meta.target_name}'); {problem}. "
                 "Run it on a machine with an NVIDIA GPU and driver"
             )
+
+
+def _cuda_problem() -> str | None:
+    """Why CUDA libraries cannot run in this process, or None when they can."""
+    import tvm
+
+    if tvm.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is None:
+        # TVM loads its CUDA runtime at import and silently skips it when the driver is missing;
+        # load it again here to report the actual reason.
+        import ctypes
+
+        from tvm.base import _LOADED_LIBS
+
+        runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+        try:
+            ctypes.CDLL(str(runtime_dir / "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_GLOBAL)
+        except OSError as err:
+            return f"no CUDA device or driver was found on this machine (TVM's CUDA runtime did not load: {err})"
+        if tvm.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is None:
+            return "this TVM build has no CUDA runtime"
+    if not tvm.cuda(0).exist:
+        return "no CUDA device was found on this machine"
+    return None
 
 
 def configure_threads(threads: int | None) -> int:

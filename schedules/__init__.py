@@ -1,0 +1,1 @@
+"""Everything about schedules: default (untuned) CPU schedules today; tuning lives here too."""

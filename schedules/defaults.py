@@ -1,0 +1,127 @@
+"""Default schedules for CPU kernels that have no tuning record.
+
+``default_schedule_pass`` visits every TIR PrimFunc of a (fused, legalized) Relax module.
+A function already marked ``tirx.is_scheduled`` (e.g. by ``MetaScheduleApplyDatabase``,
+which runs before) is left alone: tuning records win. Every other function goes through
+``CPU_RULES`` in order; the first rule that returns a schedule wins, and the function is
+marked scheduled with the rule's name in the ``kiln.default_schedule`` attribute.
+Functions no rule accepts stay as they are (naive, serial loops, still correct).
+
+The vector width comes from the target (``schedules.vector_spec``), so the same rules
+produce AVX2, AVX-512 and NEON code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+from schedules.rules import ChannelVectorized, Injective, ParallelFallback, SpatialVectorized
+
+log = logging.getLogger(__name__)
+
+SCHEDULED_ATTR = "tirx.is_scheduled"  # what dlight and MetaScheduleApplyDatabase set
+RULE_ATTR = "kiln.default_schedule"  # which kiln rule scheduled a function
+
+CPU_RULES: tuple[ScheduleRule, ...] = (ChannelVectorized(), SpatialVectorized(), Injective(), ParallelFallback())
+
+
+@dataclass
+class ScheduleStats:
+    """How the kernels of one module were scheduled."""
+
+    tuned: list[str] = field(default_factory=list)  # already scheduled (tuning database)
+    by_rule: dict[str, list[str]] = field(default_factory=dict)  # rule name -> functions
+    declined: list[str] = field(default_factory=list)  # no rule accepted: naive loops
+
+    @property
+    def defaulted(self) -> int:
+        return sum(len(v) for v in self.by_rule.values())
+
+    def describe(self) -> str:
+        rules = ", ".join(f"{k} {len(v)}" for k, v in sorted(self.by_rule.items()))
+        return (f"{len(self.tuned)} tuned, {self.defaulted} default-scheduled ({rules or 'none'}), "
+                f"{len(self.declined)} unscheduled")
+
+
+def _is_scheduled(func: tirx.PrimFunc) -> bool:
+    return func.attrs is not None and SCHEDULED_ATTR in func.attrs and bool(func.attrs[SCHEDULED_ATTR])
+
+
+def _target_of(func: tirx.PrimFunc, target: Target | None) -> Target:
+    own = func.attrs.get("target") if func.attrs is not None else None
+    return own or target or Target.current(allow_none=False)
+
+
+def schedule_func(func: tirx.PrimFunc, target: Target, rules: tuple[ScheduleRule, ...] = CPU_RULES
+                  ) -> tuple[tirx.PrimFunc, str | None]:
+    """Schedule one PrimFunc with the first accepting rule; returns (function, rule name or None)."""
+    for rule in rules:
+        if not rule.is_target_available(target):
+            continue
+        sch = rule.apply(func, target, False)
+        if sch is None:
+            continue
+        if not isinstance(sch, s_tir.Schedule):
+            sch = sch[0]
+        name = type(rule).__name__
+        return sch.mod["main"].with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, name), name
+    return func, None
+
+
+def default_schedule_pass(target: Target | None = None, rules: tuple[ScheduleRule, ...] = CPU_RULES,
+                          stats: ScheduleStats | None = None) -> tvm.transform.Pass:
+    """A module pass giving every unscheduled PrimFunc a CPU default schedule.
+
+    Expects legalized and fused TIR (after ``FuseTIR``; ``MetaScheduleApplyDatabase`` may
+    have run). Guarantees: tuned functions unchanged; each other function either scheduled
+    by a rule (and marked ``tirx.is_scheduled``) or left untouched. ``stats``, when given,
+    is filled in; a one-line summary is logged at INFO either way.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="KilnDefaultCPUSchedule")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        result = stats if stats is not None else ScheduleStats()
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            name = gvar.name_hint
+            if _is_scheduled(func):
+                result.tuned.append(name)
+                continue
+            new, rule = schedule_func(func, _target_of(func, target), rules)
+            if rule is None:
+                result.declined.append(name)
+                continue
+            result.by_rule.setdefault(rule, []).append(name)
+            updates[gvar] = new
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        log.info("default CPU schedules: %s", result.describe())
+        if result.declined:
+            log.debug("unscheduled kernels: %s", ", ".join(result.declined))
+        return mod
+
+    return _pass
+
+
+def schedule_summary(mod: tvm.IRModule) -> Counter:
+    """Count the PrimFuncs of a scheduled module by who scheduled them (rule name, 'tuned', 'none')."""
+    counts: Counter = Counter()
+    for _, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            attrs = func.attrs if func.attrs is not None else {}
+            if RULE_ATTR in attrs:
+                counts[str(attrs[RULE_ATTR])] += 1
+            elif SCHEDULED_ATTR in attrs and bool(attrs[SCHEDULED_ATTR]):
+                counts["tuned"] += 1
+            else:
+                counts["none"] += 1
+    return counts

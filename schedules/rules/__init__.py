@@ -1,0 +1,6 @@
+"""kiln's rule-based CPU schedules, most specific first (the first rule that accepts a kernel wins)."""
+
+from schedules.rules.elementwise import Injective, ParallelFallback
+from schedules.rules.reduction import ChannelVectorized, SpatialVectorized
+
+__all__ = ["ChannelVectorized", "SpatialVectorized", "Injective", "ParallelFallback"]

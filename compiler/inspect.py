@@ -17,6 +17,10 @@ def inspect_library(path: Path) -> dict[str, Any]:
     info["outputs"] = [s.describe() for s in meta.outputs]
     info["file"] = str(path)
     info["size_bytes"] = path.stat().st_size
+    if meta.device == "cuda":
+        from targets.cuda import fatbin_entries
+
+        info["cuda_device_code"] = [f"{e.kind} {e.arch} ({e.size} bytes)" for e in fatbin_entries(path.read_bytes())]
     return info
 
 

@@ -95,6 +95,39 @@ def _compare_reference(args, model, inputs, outputs, stats) -> None:
               f"(same process, {model.threads} threads)")
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from compiler.frontend import parse_input_shapes
+    from schedules.tune import TuneOptions, parse_budget, tune_model
+
+    options = TuneOptions(
+        target=args.target, trials=args.trials,
+        budget_seconds=parse_budget(args.budget) if args.budget else None, per_task=args.per_task,
+        trials_per_iter=args.trials_per_iter, threads=args.threads,
+        input_shapes=parse_input_shapes(args.input_shape), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+        progress=not args.no_progress,
+    )
+    report = tune_model(args.model, args.db, options)
+    print(f"tuned {args.model} for '{report.target}' with {report.threads} threads into {report.db}: "
+          f"{report.trials_run} trials this run ({report.trials_before} before), {report.seconds:.0f} s, "
+          f"stopped by {report.stopped_by}")
+    print(f"{'task':48s} {'weight':>6s} {'trials':>6s} {'best (us)':>10s}")
+    for t in report.tasks:
+        best = f"{t.best_ms * 1e3:10.1f}" if t.best_ms is not None else f"{'-':>10s}"
+        print(f"{t.name[:48]:48s} {t.weight:6.0f} {t.trials:6d} {best}  {t.note}")
+    if report.estimated_ms is not None:
+        print(f"estimated end-to-end kernel time: {report.estimated_ms:.3f} ms")
+    print(f"use it: kiln compile {args.model} --target {args.target} --db {args.db} -o OUT.so")
+    return 0
+
+
+def _cmd_tune_report(args: argparse.Namespace) -> int:
+    from schedules.report import tune_report
+
+    summary = tune_report(args.db, args.output)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from compiler.inspect import inspect_path
 
@@ -176,6 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp16: float16 compute with float32 accumulation (CUDA, ARM64 +fullfp16)")
     p.add_argument("--cuda-arch", help="CUDA archs to embed SASS for, e.g. sm_80,sm_90 (PTX for the newest)")
     p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("tune", help="search kernel schedules with MetaSchedule into a tuning database")
+    p.add_argument("model", help="ONNX file")
+    p.add_argument("--db", required=True, help="tuning database directory (created; resumed when it exists)")
+    p.add_argument("--target", default="host")
+    p.add_argument("--trials", type=int, help="total trials for this model, counting those already in --db")
+    p.add_argument("--budget", help="wall-clock budget, e.g. 30m or 8h (ends cleanly on time)")
+    p.add_argument("--per-task", type=int, help="at most N trials per kernel")
+    p.add_argument("--trials-per-iter", type=int, default=16, help="candidates measured per batch")
+    p.add_argument("--threads", type=int, help="threads to measure with (default: this machine's cores)")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on RPC servers registered with this tracker")
+    p.add_argument("--rpc-key", help="device key of those RPC servers")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("tune-report", help="summarise a tuning database: JSON and a latency curve")
+    p.add_argument("db")
+    p.add_argument("-o", "--output", default=None, help="PNG to write (default: DB/curve.png)")
+    p.set_defaults(func=_cmd_tune_report)
 
     p = sub.add_parser("run", help="run a compiled library")
     p.add_argument("library")

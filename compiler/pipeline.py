@@ -16,6 +16,7 @@ import tvm
 from tvm import relax
 
 from schedules.defaults import default_schedule_pass
+from schedules.database import apply_database_pass
 from targets.registry import TargetPreset
 
 
@@ -76,7 +77,7 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     ]
     if db is not None:
         steps.append(Step("MetaScheduleApplyDatabase", "use tuned schedules from the tuning database",
-                          lambda: relax.transform.MetaScheduleApplyDatabase(str(db))))
+                          lambda: apply_database_pass(db)))
     if preset.device == "cpu":
         steps.append(Step("kiln default CPU schedules", "parallel, vectorized, tiled kernels for everything not tuned",
                           lambda: default_schedule_pass(target)))
@@ -89,6 +90,21 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
           for p in backend.finalize_passes(target)],
     ]
     return steps
+
+
+def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32") -> tvm.transform.Pass:
+    """The steps before scheduling: what MetaSchedule extracts its tuning tasks from."""
+    steps = pipeline_steps(preset, None, precision)
+    last = max(i for i, step in enumerate(steps) if step.name == "FuseTIR")
+    target = preset.tvm_target()
+    passes = [step.make() for step in steps[: last + 1]]
+
+    @tvm.transform.module_pass(opt_level=0, name="kiln_tuning_input")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
 
 
 def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32") -> tvm.transform.Pass:

@@ -188,10 +188,12 @@ class ChannelVectorized(CPUScheduleRule):
         if len(reads) != 2 or str(out_buf.dtype) != "float32":
             return None
         spatial = set(a.out_vars)
-        plain = [all(isinstance(x.min, tirx.Var) for x in r.region) for _, r in reads]
+        plain = [all(isinstance(x.min, (tirx.Var, tirx.IntImm)) for x in r.region) for _, r in reads]
         last = a.out_dims[-1]
-        # The weight: a read indexed by plain vars only; if both are, the one with the output's last axis.
-        order = sorted(range(2), key=lambda k: (not plain[k], last not in vars_of(reads[k][1])))
+        # The weight: a read indexed by plain vars only, touching the fewest output axes
+        # (conv: W[f, c, kh, kw] vs. X[n, c, y, x]); on a tie (matmul) the one with the last axis.
+        order = sorted(range(2), key=lambda k: (not plain[k], len(spatial & vars_of(reads[k][1])),
+                                                last not in vars_of(reads[k][1])))
         w, d = order[0], order[1]
         w_vars, d_vars = vars_of(reads[w][1]), vars_of(reads[d][1])
         only_w = [v for v in a.out_vars if v in w_vars and v not in d_vars]

@@ -1,0 +1,383 @@
+"""``kiln tune``: MetaSchedule tuning that runs unattended, resumes, and stops on budget.
+
+Expects an ONNX model and a tuning directory. Guarantees that every measured record is
+in the directory's durable database before the next batch starts (``DurableDatabase``),
+so a run killed at any moment loses nothing measured, and the next run continues from
+there: trials already in the database count toward ``--trials``, the evolutionary
+search starts from the best records, and the XGBoost cost model is reloaded from its
+last checkpoint.
+
+TVM's pieces do the work: task extraction, post-order-apply design spaces, the
+evolutionary search, the gradient task scheduler (weights tasks by their share of
+end-to-end latency), the XGBoost cost model, ``LocalRunner`` / ``RPCRunner``. kiln adds
+the in-process builder (``schedules.builder``), the durable database, skipping tasks
+with nothing to search, the wall-clock budget, progress and the run log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from compiler.errors import KilnError
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "tuning_log.jsonl"
+COST_MODEL_FILE = "cost_model.tar"
+DEFAULT_TRIALS_PER_TASK = 32
+
+
+@dataclass
+class TuneOptions:
+    """What to tune for, and for how long (trial count, wall clock, per-task cap)."""
+
+    target: str = "host"
+    trials: int | None = None  # total for this model, counting trials already in the database
+    budget_seconds: float | None = None
+    per_task: int | None = None
+    trials_per_iter: int = 16
+    threads: int | None = None
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    rpc_tracker: str | None = None  # "host:port"
+    rpc_key: str | None = None
+    precision: str = "fp32"
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class TaskSummary:
+    name: str
+    weight: float
+    trials: int
+    best_ms: float | None
+    note: str = ""
+
+
+@dataclass
+class TuneReport:
+    db: str
+    target: str
+    threads: int
+    trials_before: int
+    trials_run: int
+    seconds: float
+    stopped_by: str
+    estimated_ms: float | None
+    builder_seconds: float
+    tasks: list[TaskSummary]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def parse_budget(text: str) -> float:
+    """``"90s"``, ``"30m"``, ``"8h"``, ``"1h30m"`` → seconds."""
+    import re
+
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != text.strip().lower().replace(" ", ""):
+        raise KilnError(f"--budget '{text}' is not a duration such as 90s, 30m, 8h or 1h30m")
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def parse_tracker(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise KilnError(f"--rpc-tracker '{text}' is not HOST:PORT (e.g. 127.0.0.1:9190)")
+    return host, int(port)
+
+
+def tuning_target(preset, threads: int):
+    """The preset's TVM target with ``num-cores`` set: MetaSchedule sizes parallel loops by it."""
+    import tvm
+
+    target = dict(preset.target)
+    if target["kind"] == "llvm":
+        target["num-cores"] = threads
+    return tvm.target.Target(target, host=preset.host) if preset.host else tvm.target.Target(target)
+
+
+def _has_search_space(context) -> bool:
+    """False for tasks whose design space has a single candidate (reshape, concatenate, …)."""
+    spaces = context.generate_design_space()
+    return any(len(space.trace.decisions) > 0 for space in spaces)
+
+
+def _best_ms(database, workload) -> float | None:
+    top = database.get_top_k(workload, 1)
+    if not top:
+        return None
+    secs = [float(s) for s in top[0].run_secs]
+    return 1e3 * sum(secs) / len(secs)
+
+
+def _make_progress_callback(state: "_RunState"):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class KilnProgress(PyMeasureCallback):
+        """After each measured batch: progress bar, run log, budget check, cost-model checkpoint."""
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+            state.after_batch(task_scheduler, task_id, len(runner_results))
+
+    return KilnProgress()
+
+
+class _RunState:
+    """Everything the progress callback needs: deadline, counters, the bar, the log file."""
+
+    def __init__(self, work_dir: Path, contexts, weights, database, cost_model, total: int | None,
+                 deadline: float | None, trials_before: int, progress: bool):
+        self.work_dir = work_dir
+        self.contexts = contexts
+        self.weights = weights
+        self.database = database
+        self.cost_model = cost_model
+        self.workloads = [database.commit_workload(c.mod) for c in contexts]
+        self.deadline = deadline
+        self.trials_before = trials_before
+        self.trials_run = 0
+        self.batches = 0
+        self.start = time.monotonic()
+        self.budget_hit = False
+        self.best_estimate: float | None = None
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="trial", desc="tuning", dynamic_ncols=True)
+
+    def estimate_ms(self) -> tuple[float | None, int]:
+        """Weighted sum of the best kernel latencies (tasks measured so far), and how many are measured."""
+        total, measured = 0.0, 0
+        for workload, weight in zip(self.workloads, self.weights):
+            best = _best_ms(self.database, workload)
+            if best is not None:
+                total += weight * best
+                measured += 1
+        return (total if measured else None), measured
+
+    def after_batch(self, task_scheduler, task_id: int, count: int) -> None:
+        self.trials_run += count
+        self.batches += 1
+        estimate, measured = self.estimate_ms()
+        if estimate is not None and measured == len(self.contexts):
+            self.best_estimate = estimate if self.best_estimate is None else min(self.best_estimate, estimate)
+        elapsed = time.monotonic() - self.start
+        entry = {"elapsed_s": round(elapsed, 2), "trials": self.trials_before + self.trials_run,
+                 "task": self.contexts[task_id].task_name, "estimated_ms": estimate,
+                 "tasks_measured": measured, "tasks": len(self.contexts)}
+        with open(self.work_dir / LOG_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+        if self.bar is not None:
+            self.bar.update(count)
+            est = f"{estimate:.2f}ms" if estimate is not None else "n/a"
+            best = f"{self.best_estimate:.2f}ms" if self.best_estimate is not None else "n/a"
+            self.bar.set_postfix_str(f"est {est} ({measured}/{len(self.contexts)} tasks) best {best}")
+        if self.batches % 4 == 0:
+            save_cost_model(self.cost_model, self.work_dir)
+        if self.deadline is not None and time.monotonic() >= self.deadline and not self.budget_hit:
+            self.budget_hit = True
+            log.info("time budget reached: finishing the tasks in flight")
+            for i in range(len(self.contexts)):
+                task_scheduler.terminate_task(i)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def save_cost_model(cost_model, work_dir: Path) -> None:
+    """Checkpoint the XGBoost cost model atomically (a kill mid-save keeps the previous one)."""
+    partial = work_dir / (COST_MODEL_FILE + ".partial")
+    try:
+        cost_model.save(str(partial))
+        partial.replace(work_dir / COST_MODEL_FILE)
+    except Exception as err:  # an untrained model has nothing to save yet; XGBoost raises its own types
+        log.debug("cost model not saved: %s", err)
+        partial.unlink(missing_ok=True)
+
+
+def seed_default_schedules(contexts, database, target, builder, runner) -> int:
+    """Measure kiln's default schedule of every task without a baseline yet, and keep it.
+
+    The time becomes the task's baseline: compiling with the database applies a tuned
+    record only when it beats it, so a partially tuned model is never slower than an
+    untuned one. Where TVM can serialise the schedule's trace it is also stored as an
+    ordinary record (the search then starts from it). Returns how many records were added.
+    """
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    from schedules.defaults import CPU_RULES
+
+    pending = []
+    for context in contexts:
+        workload = database.commit_workload(context.mod)
+        if database.workload_key(workload) in database.baselines:
+            continue
+        func = context.mod["main"]
+        for rule in CPU_RULES:
+            sch = rule.apply(func, target, False) if rule.is_target_available(target) else None
+            if sch is not None:
+                sch = sch if not isinstance(sch, list) else sch[0]
+                pending.append((workload, sch, ArgInfo.from_prim_func(func)))
+                break
+    if not pending:
+        return 0
+    built = builder.build([BuilderInput(sch.mod, target) for _, sch, _ in pending])
+    runs = [(item, b) for item, b in zip(pending, built) if b.error_msg is None]
+    device = "cuda" if target.kind.name == "cuda" else "cpu"
+    futures = runner.run([RunnerInput(b.artifact_path, device, args) for (_, _, args), b in runs])
+    added = 0
+    for ((workload, sch, args), _), future in zip(runs, futures):
+        result = future.result()
+        if result.error_msg is not None or not result.run_secs:
+            log.warning("default schedule of a task did not run: %s", (result.error_msg or "")[-600:])
+            continue
+        secs = [float(s) for s in result.run_secs]
+        database.record_baseline(workload, sum(secs) / len(secs))
+        try:
+            database.commit_tuning_record(TuningRecord(sch.trace, workload, result.run_secs, target, args))
+            added += 1
+        except TypeError as err:  # TVM 0.27 cannot serialise IndexMap (layout packing) in a trace
+            log.debug("default schedule kept as baseline only: %s", err)
+    return added
+
+
+def _runner(options: TuneOptions):
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)
+    if options.rpc_tracker:
+        host, port = parse_tracker(options.rpc_tracker)
+        if not options.rpc_key:
+            raise KilnError("--rpc-tracker needs --rpc-key (the key the RPC servers registered with)")
+        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=options.rpc_key,
+                                     session_timeout_sec=120)
+        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator)
+    return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
+
+
+def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> TuneReport:
+    """Tune ``model`` (ONNX path or ModelProto) for ``options.target`` into the database ``db``."""
+    options = options or TuneOptions()
+    if options.trials is None and options.budget_seconds is None:
+        options.trials = -1  # resolved to DEFAULT_TRIALS_PER_TASK per task below
+    from compiler.frontend import import_onnx
+    from compiler.pipeline import tuning_input_pipeline
+    from schedules.builder import InProcessBuilder
+    from schedules.database import DurableDatabase
+    from targets.registry import default_threads, resolve_target
+
+    preset = resolve_target(options.target)
+    threads = options.threads or default_threads()
+    # Measurements must use the threads the library will run with (TVM's default is 1 here).
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    work_dir = Path(db)
+    database = DurableDatabase(work_dir, writable=True)
+    try:
+        return _tune(model, options, preset, threads, work_dir, database, import_onnx, tuning_input_pipeline,
+                     InProcessBuilder)
+    finally:
+        database.close()
+
+
+def _tune(model, options, preset, threads, work_dir, database, import_onnx, tuning_input_pipeline,
+          InProcessBuilder) -> TuneReport:
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    start = time.monotonic()
+    target = tuning_target(preset, threads)
+    imported = import_onnx(model, options.input_shapes)
+    with tvm.transform.PassContext(opt_level=3):
+        mod = tuning_input_pipeline(preset, options.precision)(imported.mod)
+    extracted = ms.relax_integration.extract_tasks(mod, target)
+    if not extracted:
+        raise KilnError("the model has no kernels to tune")
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        extracted, work_dir=str(work_dir / "logs"), num_threads=threads, seed=options.seed)
+    summaries: dict[str, TaskSummary] = {}
+    tunable, tunable_weights = [], []
+    for context, weight in zip(contexts, weights):
+        if _has_search_space(context):
+            tunable.append(context)
+            tunable_weights.append(float(weight))
+        else:
+            summaries[context.task_name] = TaskSummary(context.task_name, float(weight), 0, None,
+                                                       "one candidate only: default schedule, not searched")
+    builder = InProcessBuilder()
+    runner = _runner(options)
+    if preset.device == "cpu":
+        seeded = seed_default_schedules(tunable, database, target, builder, runner)
+        log.info("recorded the default schedule of %d kernels as their baseline", seeded)
+    done = {c.task_name: len(database.get_top_k(database.commit_workload(c.mod), 1 << 30)) for c in tunable}
+    trials_before = sum(done.values())
+    if options.per_task is not None:
+        keep = [i for i, c in enumerate(tunable) if done[c.task_name] < options.per_task]
+        for i, c in enumerate(tunable):
+            if i not in keep:
+                summaries[c.task_name] = TaskSummary(c.task_name, tunable_weights[i], done[c.task_name],
+                                                     _best_ms(database, database.commit_workload(c.mod)),
+                                                     "per-task cap already reached")
+        tunable, tunable_weights = [tunable[i] for i in keep], [tunable_weights[i] for i in keep]
+    trials = options.trials
+    if trials == -1:
+        trials = DEFAULT_TRIALS_PER_TASK * len(contexts)
+    remaining = (trials - trials_before) if trials is not None else 1 << 30
+    log.info("%d tasks (%d with a search space), %d trials already in %s", len(contexts), len(tunable),
+             trials_before, work_dir)
+    stopped_by = "trials"
+    state = None
+    if remaining > 0 and tunable:
+        cost_model = ms.cost_model.XGBModel(num_tuning_cores=threads, adaptive_training=True)
+        if (work_dir / COST_MODEL_FILE).is_file():
+            try:
+                cost_model.load(str(work_dir / COST_MODEL_FILE))
+                log.info("cost model warm-started from %s", work_dir / COST_MODEL_FILE)
+            except Exception as err:  # a damaged checkpoint: start fresh, the records are what matters
+                log.warning("could not load the cost model checkpoint (%s); training a new one", err)
+        deadline = start + options.budget_seconds if options.budget_seconds is not None else None
+        total = remaining if options.trials is not None else None
+        state = _RunState(work_dir, tunable, tunable_weights, database, cost_model, total, deadline,
+                          trials_before, options.progress)
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _make_progress_callback(state)]
+        try:
+            ms.tune_tasks(
+                tasks=tunable, task_weights=tunable_weights, work_dir=str(work_dir / "logs"),
+                max_trials_global=remaining, max_trials_per_task=options.per_task,
+                num_trials_per_iter=options.trials_per_iter, builder=builder, runner=runner,
+                database=database, cost_model=cost_model, measure_callbacks=callbacks,
+                task_scheduler=ms.task_scheduler.GradientBased(),
+            )
+        finally:
+            state.close()
+            save_cost_model(cost_model, work_dir)
+        stopped_by = "budget" if state.budget_hit else ("trials" if options.trials is not None else "exhausted")
+    elif remaining <= 0:
+        stopped_by = "already done"
+    for context, weight in zip(tunable, tunable_weights):
+        workload = database.commit_workload(context.mod)
+        count = len(database.get_top_k(workload, 1 << 30))
+        summaries[context.task_name] = TaskSummary(context.task_name, weight, count, _best_ms(database, workload))
+    ordered = [summaries[c.task_name] for c in contexts if c.task_name in summaries]
+    measured = [s for s in ordered if s.best_ms is not None]
+    estimate = sum(s.weight * s.best_ms for s in measured) if measured else None
+    return TuneReport(
+        db=str(work_dir), target=preset.name, threads=threads, trials_before=trials_before,
+        trials_run=state.trials_run if state else 0, seconds=round(time.monotonic() - start, 1),
+        stopped_by=stopped_by, estimated_ms=estimate, builder_seconds=round(builder.seconds, 1), tasks=ordered,
+    )

@@ -104,7 +104,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         budget_seconds=parse_budget(args.budget) if args.budget else None, per_task=args.per_task,
         trials_per_iter=args.trials_per_iter, threads=args.threads,
         input_shapes=parse_input_shapes(args.input_shape), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
-        progress=not args.no_progress,
+        progress=not args.no_progress, population=args.population,
     )
     report = tune_model(args.model, args.db, options)
     print(f"tuned {args.model} for '{report.target}' with {report.threads} threads into {report.db}: "
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on RPC servers registered with this tracker")
     p.add_argument("--rpc-key", help="device key of those RPC servers")
+    p.add_argument("--population", type=int, default=512, help="evolutionary search population (smaller: faster batches)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=_cmd_tune)
 

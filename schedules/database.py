@@ -79,6 +79,9 @@ class DurableDatabase(PyDatabase):
         self.work_dir = Path(work_dir)
         self.writable = writable
         self.skipped_lines = 0
+        # The first failed write; TVM's C++ callers turn our exception into a RuntimeError,
+        # so the tuner looks here to report it as what it is.
+        self.write_error: TuningError | None = None
         self._memory = ms.database.MemoryDatabase(module_equality=module_equality)
         self._workloads: list[Workload | None] = []
         self._lock_file = None
@@ -163,7 +166,8 @@ class DurableDatabase(PyDatabase):
             os.fsync(fd)
         except OSError as err:
             os.ftruncate(fd, start)  # keep the file ending on a complete line
-            raise TuningError(f"could not write to {path} ({err}); records written so far are safe") from None
+            self.write_error = TuningError(f"could not write to {path} ({err}); records written so far are safe")
+            raise self.write_error from None
         finally:
             os.close(fd)
 

@@ -48,6 +48,8 @@ class TuneOptions:
     precision: str = "fp32"
     seed: int = 0
     progress: bool = True
+    # Evolutionary search population (TVM's default 512); smaller means quicker batches.
+    population: int = 512
 
 
 @dataclass
@@ -291,6 +293,10 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     try:
         return _tune(model, options, preset, threads, work_dir, database, import_onnx, tuning_input_pipeline,
                      InProcessBuilder)
+    except Exception:
+        if database.write_error is not None:  # e.g. disk full, surfaced by TVM as a RuntimeError
+            raise database.write_error from None
+        raise
     finally:
         database.close()
 
@@ -300,7 +306,10 @@ def _tune(model, options, preset, threads, work_dir, database, import_onnx, tuni
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    from schedules.intrinsics import import_tensor_intrinsics
+
     start = time.monotonic()
+    import_tensor_intrinsics()  # ~11 s instead of ~100 s (see schedules/intrinsics.py)
     target = tuning_target(preset, threads)
     imported = import_onnx(model, options.input_shapes)
     with tvm.transform.PassContext(opt_level=3):
@@ -308,8 +317,10 @@ def _tune(model, options, preset, threads, work_dir, database, import_onnx, tuni
     extracted = ms.relax_integration.extract_tasks(mod, target)
     if not extracted:
         raise KilnError("the model has no kernels to tune")
+    strategy = ms.search_strategy.EvolutionarySearch(
+        population_size=options.population, init_min_unmeasured=min(50, options.population // 4))
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted, work_dir=str(work_dir / "logs"), num_threads=threads, seed=options.seed)
+        extracted, work_dir=str(work_dir / "logs"), strategy=strategy, num_threads=threads, seed=options.seed)
     summaries: dict[str, TaskSummary] = {}
     tunable, tunable_weights = [], []
     for context, weight in zip(contexts, weights):

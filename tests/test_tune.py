@@ -1,0 +1,107 @@
+"""kiln tune end to end: records land durably, SIGKILL loses nothing, the next run resumes, compile applies them."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler.build import compile_model
+from compiler.reference import OnnxRuntimeReference, max_abs_diff
+from compiler.runtime import load
+from schedules.database import RECORD_FILE, DurableDatabase
+from schedules.tune import TuneOptions, parse_budget, tune_model
+
+RNG = __import__("numpy").random.default_rng(0)
+
+
+def small_model() -> onnx.ModelProto:
+    """MatMul + bias + ReLU, then Softmax: two kernels with a search space."""
+    w = numpy_helper.from_array(RNG.standard_normal((64, 48)).astype("float32"), "w")
+    b = numpy_helper.from_array(RNG.standard_normal(48).astype("float32"), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Softmax", ["r"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 48])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tune") / "small.onnx"
+    onnx.save(small_model(), path)
+    return path
+
+
+def complete_lines(db: Path) -> list[str]:
+    path = db / RECORD_FILE
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return text[: text.rfind("\n") + 1].splitlines()
+
+
+def test_parse_budget():
+    assert parse_budget("90s") == 90 and parse_budget("30m") == 1800 and parse_budget("1h30m") == 5400
+    with pytest.raises(Exception, match="not a duration"):
+        parse_budget("8 hours")
+
+
+def test_tune_then_compile_applies_records(model_path, tmp_path):
+    db = tmp_path / "db"
+    report = tune_model(model_path, db, TuneOptions(trials=8, trials_per_iter=4, progress=False, population=64))
+    assert report.trials_run > 0 and report.trials_before >= 0
+    assert report.stopped_by == "trials"
+    assert any(t.best_ms is not None for t in report.tasks)
+    assert len(DurableDatabase(db)) >= report.trials_run
+    lib = tmp_path / "tuned.so"
+    compile_model(model_path, lib, db=db)
+    m = load(lib)
+    x = m.random_inputs(seed=1)
+    _, rel = max_abs_diff(m.run(x), OnnxRuntimeReference(model_path, 2).run(x))
+    assert rel <= 1e-4
+    again = tune_model(model_path, db, TuneOptions(trials=8, trials_per_iter=4, progress=False, population=64))
+    assert again.stopped_by == "already done" and again.trials_run == 0  # trials in the db count
+
+
+def test_budget_ends_the_run_on_time(model_path, tmp_path):
+    start = time.monotonic()
+    report = tune_model(model_path, tmp_path / "db", TuneOptions(budget_seconds=5, trials_per_iter=4, progress=False, population=64))
+    assert report.stopped_by == "budget"
+    assert time.monotonic() - start < 120  # ends after the batch in flight, not after every trial
+
+
+def test_sigkill_loses_no_record_and_the_next_run_resumes(model_path, tmp_path):
+    db = tmp_path / "db"
+    rng = random.Random(7)
+    survived: list[str] = []
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "compiler", "tune", str(model_path), "--db", str(db),
+                                 "--trials", "200", "--trials-per-iter", "4", "--population", "64", "--no-progress"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Kill at a random moment once this run has added at least one record of its own.
+        deadline = time.monotonic() + 120
+        while len(complete_lines(db)) <= len(survived) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0.0, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        lines = complete_lines(db)
+        assert lines[: len(survived)] == survived, "a completed record was lost or changed"
+        assert len(DurableDatabase(db)) == len(lines)  # every complete line parses
+        survived = lines
+    assert kills == 3 and len(survived) > 0
+    report = tune_model(model_path, db, TuneOptions(trials=len(survived) + 4, trials_per_iter=4, progress=False, population=64))
+    assert report.trials_before == len(survived)
+    assert complete_lines(db)[: len(survived)] == survived

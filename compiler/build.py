@@ -47,6 +47,7 @@ class CompileReport:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     kernels: int
+    tuned_kernels: int
     seconds_import: float
     seconds_build: float
     seconds_export: float
@@ -72,11 +73,25 @@ def _linker(preset: TargetPreset):
     return cc.cross_compiler(preset.cross_compiler, get_target_triple=lambda: triple)
 
 
-def count_kernels(mod) -> int:
-    """Number of TIR kernels in a built (or lowered) module."""
+def kernel_schedules(mod, device: str) -> dict[str, str]:
+    """Who scheduled each TIR kernel: ``tuned`` (database record), ``default:<rule>``, or ``naive``."""
     import tvm
 
-    return sum(1 for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+    from schedules.defaults import RULE_ATTR, SCHEDULED_ATTR
+
+    sources = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        attrs = func.attrs if func.attrs is not None else {}
+        if RULE_ATTR in attrs:
+            sources[gvar.name_hint] = f"default:{attrs[RULE_ATTR]}"
+        elif SCHEDULED_ATTR in attrs and bool(attrs[SCHEDULED_ATTR]):
+            # On CUDA both tuning records and dlight's rules set the same attribute.
+            sources[gvar.name_hint] = "tuned or dlight" if device == "cuda" else "tuned"
+        else:
+            sources[gvar.name_hint] = "naive"
+    return sources
 
 
 def build_imported(imported: ImportedModel, output: str | Path, options: CompileOptions) -> CompileReport:
@@ -105,7 +120,8 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         raise TargetError(f"TVM refused target '{preset.name}': {str(err).splitlines()[0]}") from None
     with tvm.transform.PassContext(opt_level=3), device_compile:
         lowered = build_pipeline(preset, options.db, options.precision)(imported.mod)
-        kernels = count_kernels(lowered)
+        schedules = kernel_schedules(lowered, preset.device)
+        kernels = len(schedules)
         executable = tvm.compile(lowered, target, relax_pipeline=None)
     t1 = time.perf_counter()
     meta = LibraryMetadata(
@@ -120,8 +136,9 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         source_sha256=imported.sha256,
         source_name=imported.name,
         opset=imported.opset,
-        default_kernels=kernels,
-        extra=extra,
+        tuned_kernels=sum(v == "tuned" for v in schedules.values()),
+        default_kernels=sum(v != "tuned" for v in schedules.values()),
+        extra=dict(extra, kernel_schedules=schedules),
     )
     with tempfile.TemporaryDirectory(prefix="kiln-export-") as tmp:
         meta_cc = Path(tmp) / "kiln_metadata.cc"
@@ -134,8 +151,8 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         finally:
             partial.unlink(missing_ok=True)
     t2 = time.perf_counter()
-    log.info("built %s for %s: %d kernels", output, preset.name, kernels)
-    return CompileReport(output, preset.name, imported.inputs, imported.outputs, kernels,
+    log.info("built %s for %s: %d kernels (%d tuned)", output, preset.name, kernels, meta.tuned_kernels)
+    return CompileReport(output, preset.name, imported.inputs, imported.outputs, kernels, meta.tuned_kernels,
                          0.0, t1 - t0, t2 - t1, output.stat().st_size)
 
 

@@ -28,7 +28,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                              db=args.db, precision=args.precision, cuda_archs=args.cuda_arch)
     report = compile_model(args.model, args.output, options)
     print(f"wrote {report.output} ({report.size_bytes / 1e6:.1f} MB) for target '{report.target}': "
-          f"{report.kernels} kernels, compiled in {report.seconds_total:.1f} s")
+          f"{report.kernels} kernels ({report.tuned_kernels} from tuning records), "
+          f"compiled in {report.seconds_total:.1f} s")
     for spec in report.inputs:
         print(f"  input  {spec.describe()}")
     for spec in report.outputs:

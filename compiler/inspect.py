@@ -15,6 +15,8 @@ def inspect_library(path: Path) -> dict[str, Any]:
     info = asdict(meta)
     info["inputs"] = [s.describe() for s in meta.inputs]
     info["outputs"] = [s.describe() for s in meta.outputs]
+    schedules = info["extra"].pop("kernel_schedules", {})
+    info["kernels"] = [f"{name}: {source}" for name, source in schedules.items()]
     info["file"] = str(path)
     info["size_bytes"] = path.stat().st_size
     if meta.device == "cuda":

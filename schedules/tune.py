@@ -9,7 +9,7 @@ last checkpoint.
 
 TVM's pieces do the work: task extraction, post-order-apply design spaces, the
 evolutionary search, the gradient task scheduler (weights tasks by their share of
-end-to-end latency), the XGBoost cost model, ``LocalRunner`` / ``RPCRunner``. kiln adds
+end-to-end latency; ``schedules.scheduler`` commits each batch as soon as it is measured), the XGBoost cost model, ``LocalRunner`` / ``RPCRunner``. kiln adds
 the in-process builder (``schedules.builder``), the durable database, skipping tasks
 with nothing to search, the wall-clock budget, progress and the run log.
 """
@@ -307,6 +307,7 @@ def _tune(model, options, preset, threads, work_dir, database, import_onnx, tuni
     from tvm.s_tir import meta_schedule as ms
 
     from schedules.intrinsics import import_tensor_intrinsics
+    from schedules.scheduler import EagerGradientScheduler
 
     start = time.monotonic()
     import_tensor_intrinsics()  # ~11 s instead of ~100 s (see schedules/intrinsics.py)
@@ -372,7 +373,7 @@ def _tune(model, options, preset, threads, work_dir, database, import_onnx, tuni
                 max_trials_global=remaining, max_trials_per_task=options.per_task,
                 num_trials_per_iter=options.trials_per_iter, builder=builder, runner=runner,
                 database=database, cost_model=cost_model, measure_callbacks=callbacks,
-                task_scheduler=ms.task_scheduler.GradientBased(),
+                task_scheduler=EagerGradientScheduler(seed=options.seed),
             )
         finally:
             state.close()

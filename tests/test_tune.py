@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from compiler.build import compile_model
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import load
 from schedules.database import RECORD_FILE, DurableDatabase
+from schedules.report import tune_report
 from schedules.tune import TuneOptions, parse_budget, tune_model
 
 RNG = __import__("numpy").random.default_rng(0)
@@ -71,6 +73,10 @@ def test_tune_then_compile_applies_records(model_path, tmp_path):
     assert rel <= 1e-4
     again = tune_model(model_path, db, TuneOptions(trials=8, trials_per_iter=4, progress=False, population=64))
     assert again.stopped_by == "already done" and again.trials_run == 0  # trials in the db count
+    summary = tune_report(db, tmp_path / "curve.png")
+    assert summary["records"] == len(DurableDatabase(db)) and summary["final_estimated_ms"] > 0
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((db / "report.json").read_text())["records"] == summary["records"]
 
 
 def test_budget_ends_the_run_on_time(model_path, tmp_path):

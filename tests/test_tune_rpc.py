@@ -118,9 +118,10 @@ def rpc_cluster(tmp_path_factory):
                                  "--host", LOOPBACK, "--port", str(server_port), "--port-end", str(server_port + 1)],
                                 logs[-1], env))
         cluster = Cluster(port, procs, logs)
-        # MetaSchedule's TuneContext imports this (~30-45 s on 2 cores); doing it here overlaps the servers' start.
-        import tvm.s_tir.tensor_intrin  # noqa: F401
+        # What tuning imports first (~11 s on 2 cores): done here, it overlaps the servers' start-up.
+        from schedules.intrinsics import import_tensor_intrinsics
 
+        import_tensor_intrinsics()
         _wait_for_servers(cluster, 2)
         yield cluster
     finally:
@@ -195,7 +196,8 @@ def test_tune_measures_through_rpc_tracker(rpc_cluster, tmp_path):
 
     model = matmul_relu()
     db = tmp_path / "db"
-    options = TuneOptions(trials=8, trials_per_iter=4, rpc_tracker=rpc_cluster.tracker, rpc_key=KEY, progress=False)
+    options = TuneOptions(trials=8, trials_per_iter=4, rpc_tracker=rpc_cluster.tracker, rpc_key=KEY, progress=False,
+                          population=64)
     with SocketWatch([p.pid for p in rpc_cluster.procs]) as watch:
         report = tune_model(model, db, options)
 
@@ -231,7 +233,7 @@ def test_bad_rpc_options_are_kiln_errors(tracker, key, words, tmp_path):
 
 
 def test_cli_bad_rpc_options_exit_2_with_one_line(tmp_path, capsys):
-    """In process (``compiler.cli.main``): a fresh ``python -m compiler`` pays ~40 s of TVM imports per call."""
+    """In process (``compiler.cli.main``): a fresh ``python -m compiler`` would pay TVM's imports per call."""
     from compiler.cli import main
 
     path = tmp_path / "m.onnx"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,9 +92,19 @@ def parse_budget(text: str) -> float:
 
 def parse_tracker(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise KilnError(f"--rpc-tracker '{text}' is not HOST:PORT (e.g. 127.0.0.1:9190)")
     return host, int(port)
+
+
+def check_rpc_options(options: "TuneOptions") -> None:
+    """Fail at once (before the slow import and task extraction) on bad RPC options."""
+    if options.rpc_tracker:
+        parse_tracker(options.rpc_tracker)
+        if not options.rpc_key:
+            raise KilnError("--rpc-tracker needs --rpc-key (the key the RPC servers registered with)")
+    elif options.rpc_key:
+        raise KilnError("--rpc-key needs --rpc-tracker HOST:PORT")
 
 
 def tuning_target(preset, threads: int):
@@ -243,8 +254,9 @@ def seed_default_schedules(contexts, database, target, builder, runner) -> int:
     device = "cuda" if target.kind.name == "cuda" else "cpu"
     futures = runner.run([RunnerInput(b.artifact_path, device, args) for (_, _, args), b in runs])
     added = 0
-    for ((workload, sch, args), _), future in zip(runs, futures):
+    for ((workload, sch, args), built_result), future in zip(runs, futures):
         result = future.result()
+        shutil.rmtree(os.path.dirname(built_result.artifact_path), ignore_errors=True)
         if result.error_msg is not None or not result.run_secs:
             log.warning("default schedule of a task did not run: %s", (result.error_msg or "")[-600:])
             continue
@@ -263,18 +275,24 @@ def _runner(options: TuneOptions):
 
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)
     if options.rpc_tracker:
+        from tvm import rpc
+
         host, port = parse_tracker(options.rpc_tracker)
-        if not options.rpc_key:
-            raise KilnError("--rpc-tracker needs --rpc-key (the key the RPC servers registered with)")
         config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=options.rpc_key,
                                      session_timeout_sec=120)
-        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator)
+        try:  # measure on every server registered under the key, one candidate each at a time
+            queue = rpc.connect_tracker(host, port).summary()["queue_info"].get(options.rpc_key, {})
+            servers = max(1, int(queue.get("free", 0)) + int(queue.get("pending", 0)))
+        except (RuntimeError, OSError, KeyError, TypeError) as err:
+            raise KilnError(f"cannot reach the RPC tracker {host}:{port} ({err}); is it running?") from None
+        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=servers)
     return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
 
 
 def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> TuneReport:
     """Tune ``model`` (ONNX path or ModelProto) for ``options.target`` into the database ``db``."""
     options = options or TuneOptions()
+    check_rpc_options(options)
     if options.trials is None and options.budget_seconds is None:
         options.trials = -1  # resolved to DEFAULT_TRIALS_PER_TASK per task below
     from compiler.frontend import import_onnx

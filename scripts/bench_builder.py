@@ -6,6 +6,8 @@ schedules for both builders (each task's design spaces replayed with fresh rando
 decisions and a fixed seed, then MetaSchedule's postprocessors, as a tuning batch
 would hand them over), and times ``builder.build`` on the same batches, one builder
 after the other in this process. Build only: the runner would be the same for both.
+A third row runs the stock builder with workers that import the tensor intrinsics the
+fast way (``schedules.intrinsics``), to show how much of its cost is that import.
 Writes JSON and prints a Markdown table.
 
     python scripts/bench_builder.py --model squeezenet --candidates 32 --batch 16 --out bench_builder.json
@@ -32,9 +34,11 @@ def extract_contexts(model_name: str, threads: int, seed: int, work_dir: str):
     from compiler.examples import example_model
     from compiler.frontend import import_onnx
     from compiler.pipeline import tuning_input_pipeline
+    from schedules.intrinsics import import_tensor_intrinsics
     from schedules.tune import tuning_target
     from targets.registry import resolve_target
 
+    import_tensor_intrinsics()  # as kiln tune does (TuneContext would otherwise import them slowly)
     preset = resolve_target("host")
     target = tuning_target(preset, threads)
     imported = import_onnx(example_model(model_name), {})
@@ -104,14 +108,14 @@ def time_builder(name: str, builder, inputs, batch: int) -> dict:
 
 
 def markdown(rows: list[dict], speedup: float | None) -> str:
-    lines = ["| builder | candidates | built | failed | seconds | per batch (s) | built / min |",
-             "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+    lines = ["| builder | candidates | built | failed | seconds | per batch (s) | built / min | kiln speedup |",
+             "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for r in rows:
         per_batch = ", ".join(f"{s:.1f}" for s in r["batch_seconds"])
         lines.append(f"| {r['builder']} | {r['candidates']} | {r['built']} | {r['failed']} | {r['seconds']:.1f} | "
-                     f"{per_batch} | {r['built_per_minute']:.1f} |")
+                     f"{per_batch} | {r['built_per_minute']:.1f} | {r['kiln_speedup']}x |")
     if speedup is not None:
-        lines.append(f"\nInProcessBuilder speedup (built candidates per minute): **{speedup:.1f}x**")
+        lines.append(f"\nInProcessBuilder vs stock LocalBuilder (built candidates per minute): **{speedup:.1f}x**")
     return "\n".join(lines)
 
 
@@ -123,6 +127,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="num-cores of the tuning target")
     parser.add_argument("--stock-timeout", type=float, default=600, help="LocalBuilder timeout_sec (its default 30 s fails here)")
     parser.add_argument("--stock-workers", type=int, default=None, help="LocalBuilder max_workers (default: CPU count)")
+    parser.add_argument("--no-fast-import-row", action="store_true",
+                        help="skip the LocalBuilder whose workers use schedules.intrinsics' fast import")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_builder.json")
     args = parser.parse_args()
@@ -132,6 +138,7 @@ def main() -> None:
 
     from schedules.builder import InProcessBuilder
 
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="kiln-bench-builder-") as work_dir:
         t0 = time.perf_counter()
         contexts, target = extract_contexts(args.model, args.threads, args.seed, work_dir)
@@ -147,18 +154,27 @@ def main() -> None:
         stock = ms.builder.LocalBuilder(timeout_sec=args.stock_timeout, max_workers=args.stock_workers)
         stock_init_s = time.perf_counter() - t0  # its constructor starts (and stops) one process pool
         rows.append(time_builder("TVM LocalBuilder", stock, inputs, args.batch))
-        rows[-1]["constructor_seconds"] = round(stock_init_s, 2)
-        rows[-1]["max_workers"] = stock.max_workers
-        rows[-1]["timeout_sec"] = args.stock_timeout
+        rows[-1].update(constructor_seconds=round(stock_init_s, 2), max_workers=stock.max_workers,
+                        timeout_sec=args.stock_timeout)
+        if not args.no_fast_import_row:
+            # The same stock builder whose workers first import the intrinsics kiln's fast way.
+            from schedules.intrinsics import import_tensor_intrinsics
+
+            stock = ms.builder.LocalBuilder(timeout_sec=args.stock_timeout, max_workers=args.stock_workers,
+                                            initializer=import_tensor_intrinsics)
+            rows.append(time_builder("TVM LocalBuilder + fast-import initializer", stock, inputs, args.batch))
+            rows[-1].update(max_workers=stock.max_workers, timeout_sec=args.stock_timeout)
 
     ours, theirs = rows[0]["built_per_minute"], rows[1]["built_per_minute"]
     speedup = ours / theirs if ours and theirs else None
+    for row in rows:
+        row["kiln_speedup"] = round(ours / row["built_per_minute"], 2) if ours and row["built_per_minute"] else None
     result = {
         "model": args.model, "target": str(target), "tasks": len(contexts), "tasks_sampled": tasks_used,
         "candidates": len(candidates), "batch": args.batch, "seed": args.seed,
         "prepare_seconds": round(prepare_s, 1), "speedup_built_per_minute": round(speedup, 2) if speedup else None,
         "builders": rows, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                      "loadavg_at_end": os.getloadavg()},
+                                      "loadavg_at_start": load_at_start, "loadavg_at_end": os.getloadavg()},
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(rows, speedup))

@@ -19,7 +19,7 @@ import onnx
 import compiler
 from compiler.errors import KilnError, TargetError, ToolMissingError
 from compiler.frontend import ImportedModel, import_onnx
-from compiler.metadata import LibraryMetadata, TensorSpec, metadata_source
+from compiler.metadata import LibraryMetadata, TensorSpec, metadata_source, seal_library
 from compiler.pipeline import PRECISIONS, build_pipeline
 from targets.cuda import cuda_compile_hook, enable_cuda_codegen, parse_archs
 from targets.registry import TargetPreset, resolve_target
@@ -147,6 +147,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         partial = output.with_name(output.name + ".partial")
         try:
             executable.export_library(str(partial), fcompile=fcompile, addons=[str(meta_cc)])
+            seal_library(partial)  # a later modification of the file is detected at load
             partial.replace(output)
         finally:
             partial.unlink(missing_ok=True)

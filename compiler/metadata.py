@@ -123,5 +123,29 @@ def read_metadata(path: str | Path) -> LibraryMetadata:
     return meta
 
 
+SEAL_MAGIC = b"KILNSEAL"
+SEAL_SIZE = len(SEAL_MAGIC) + 32
+
+
+def seal_library(path: str | Path) -> None:
+    """Append ``KILNSEAL`` + sha256(everything before it) to a library (ELF loaders ignore trailing bytes)."""
+    path = Path(path)
+    digest = hashlib.sha256(path.read_bytes()).digest()
+    with open(path, "ab") as f:
+        f.write(SEAL_MAGIC + digest)
+
+
+def verify_library(path: str | Path, data: bytes | None = None) -> None:
+    """Refuse a library whose bytes changed after ``kiln compile`` sealed it."""
+    data = Path(path).read_bytes() if data is None else data
+    body, seal = data[:-SEAL_SIZE], data[-SEAL_SIZE:]
+    if not seal.startswith(SEAL_MAGIC):
+        raise LibraryError(f"{path}: the library has no kiln seal: it was modified after compilation "
+                           "(e.g. stripped or truncated) or not made by this kiln; recompile it")
+    if hashlib.sha256(body).digest() != seal[len(SEAL_MAGIC):]:
+        raise LibraryError(f"{path}: the library was modified after compilation (its sha256 no longer matches "
+                           "the seal kiln wrote); recompile it")
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -15,6 +15,7 @@ from typing import Callable
 import tvm
 from tvm import relax
 
+from compiler.rewrites import fold_stacked_reduce
 from schedules.defaults import default_schedule_pass
 from schedules.database import apply_database_pass
 from targets.registry import TargetPreset
@@ -55,6 +56,8 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     target = preset.tvm_target()
     backend = _backend(preset.kind)
     steps = [
+        Step("FoldStackedReduce", "ONNX Sum/Max/Min become elementwise adds (no stack copy; fusable)",
+             lambda: fold_stacked_reduce),
         Step("FoldBatchnormToConv2D", "batch-norm after conv becomes conv weights and bias",
              relax.transform.FoldBatchnormToConv2D),
         Step("DecomposeOpsForInference", "remaining batch-norm/layer-norm become plain arithmetic",
@@ -81,6 +84,13 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     if preset.device == "cpu":
         steps.append(Step("kiln default CPU schedules", "parallel, vectorized, tiled kernels for everything not tuned",
                           lambda: default_schedule_pass(target)))
+        steps += [
+            Step("SplitLayoutRewritePreproc", "weight packing (marked by the default rules) becomes its own kernel",
+                 relax.transform.SplitLayoutRewritePreproc),
+            Step("FoldConstant", "pack constant weights once, at compile time", relax.transform.FoldConstant),
+            Step("DeadCodeElimination", "drop the unpacked weights and the packing kernels",
+                 relax.transform.DeadCodeElimination),
+        ]
     if preset.device == "cuda":
         steps.append(Step("dlight GPU rules", "schedule untuned kernels onto GPU threads", _gpu_default_schedules))
     steps += [

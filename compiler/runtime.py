@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from compiler.errors import DeviceError, InputError, LibraryError
-from compiler.metadata import LibraryMetadata, TensorSpec, read_metadata
+from compiler.metadata import LibraryMetadata, TensorSpec, read_metadata, verify_library
 
 # Instruction-set features each x86 mcpu preset needs; running without them dies with SIGILL.
 _MCPU_NEEDS = {"haswell": "avx2", "skylake-avx512": "avx512f", "cascadelake": "avx512_vnni"}
@@ -248,6 +248,7 @@ def load(path: str | Path, threads: int | None = None) -> CompiledModel:
     """Load a library made by ``kiln compile``; ``threads`` defaults to this machine's cores."""
     path = Path(path)
     meta = read_metadata(path)
+    verify_library(path)
     check_runnable_here(meta, path)
     used = configure_threads(threads)
     return CompiledModel(path, meta, used)

@@ -120,3 +120,17 @@ def test_foreign_libraries_are_refused_before_loading(tiny_lib):
     if not tvm.cuda(0).exist:
         with pytest.raises(DeviceError, match="targets CUDA"):
             check_runnable_here(cuda, tiny_lib)
+
+
+def test_modified_library_is_refused(tiny_lib, tmp_path):
+    data = bytearray(tiny_lib.read_bytes())
+    changed = tmp_path / "changed.so"
+    data[5000] ^= 0xFF  # one flipped bit inside the code
+    changed.write_bytes(bytes(data))
+    with pytest.raises(LibraryError, match="modified after compilation"):
+        load(changed)
+    stripped = tmp_path / "stripped.so"
+    stripped.write_bytes(tiny_lib.read_bytes()[:-40])  # the seal removed, as `strip` or truncation would
+    with pytest.raises(LibraryError, match="no kiln seal"):
+        load(stripped)
+    load(tiny_lib)  # the original still loads

@@ -9,6 +9,8 @@ model, so malformed input never reaches TVM's importer.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 from collections import Counter, defaultdict
@@ -262,14 +264,18 @@ def import_onnx(
     renamed = onnx.ModelProto.FromString(proto.SerializeToString())
     sanitize_value_names(renamed)
     relax_inputs = _graph_inputs(renamed)  # same order as specs
+    importer_output = io.StringIO()  # TVM's importer prints its failures; they become our error message
     try:
-        mod = from_onnx(
-            renamed,
-            shape_dict={vi.name: list(s.shape) for vi, s in zip(relax_inputs, specs)},
-            dtype_dict={vi.name: s.dtype for vi, s in zip(relax_inputs, specs)},
-            keep_params_in_input=False,
-        )
+        with contextlib.redirect_stdout(importer_output):
+            mod = from_onnx(
+                renamed,
+                shape_dict={vi.name: list(s.shape) for vi, s in zip(relax_inputs, specs)},
+                dtype_dict={vi.name: s.dtype for vi, s in zip(relax_inputs, specs)},
+                keep_params_in_input=False,
+            )
     except Exception as err:  # TVM's importer raises many types; report them as one user error
         first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-        raise ModelError(f"{name}: TVM's ONNX importer failed: {first}") from err
+        where = importer_output.getvalue().strip().splitlines()
+        detail = f" ({where[0][:200]})" if where else ""
+        raise ModelError(f"{name}: TVM's ONNX importer failed: {first}{detail}") from err
     return ImportedModel(mod, specs, _output_specs(mod, output_names), _opset(proto), digest, name, proto)

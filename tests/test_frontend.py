@@ -116,3 +116,18 @@ def test_value_names_become_identifiers_but_specs_keep_onnx_names():
     assert [s.name for s in imported.outputs] == ["1out"]
     text = imported.mod["main"].script()
     assert "gpu_0_data_0" in text and "gpu_0/data_0" not in text
+
+
+def test_fuzzed_models_end_in_kiln_errors(tmp_path):
+    """A bounded slice of scripts/fuzz_frontend.py: no crash, hang or non-kiln exception."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "fuzz.json"
+    done = subprocess.run([sys.executable, "scripts/fuzz_frontend.py", "--cases", "200", "--seed", "11",
+                           "--timeout", "60", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    summary = json.loads(out.read_text())
+    assert done.returncode == 0, summary["bad_cases"]
+    assert sum(summary["outcomes"].values()) == 200
+    assert any(k.startswith("kiln_error") for k in summary["outcomes"])

@@ -130,8 +130,20 @@ def _cmd_tune_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from compiler.inspect import inspect_path
+    from compiler.frontend import parse_input_shapes
+    from compiler.inspect import inspect_passes, inspect_path
 
+    if args.passes:
+        info = inspect_passes(args.path, args.target, parse_input_shapes(args.input_shape))
+        if not args.json:
+            print(f"{'pass':32s} {'bindings':>8s} {'kernels':>7s}  why")
+            for p in info["passes"]:
+                print(f"{p['pass']:32s} {p['bindings']:8d} {p['kernels']:7d}  {p['why']}")
+            print(f"kernels: TVM stock fusion {info['kernels_stock']}, kiln {info['kernels_kiln']}")
+            print("fused kernels: " + ", ".join(info["fused_kernels"]))
+            return 0
+        print(json.dumps(info, indent=2))
+        return 0
     info = inspect_path(args.path)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -246,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show what a library or ONNX model holds")
     p.add_argument("path")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--passes", action="store_true", help="ONNX model: bindings and kernels after each pass")
+    p.add_argument("--target", default="host", help="with --passes: the target whose pipeline to run")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("targets", help="list target presets")

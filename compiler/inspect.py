@@ -59,3 +59,60 @@ def _missing(path: Path):
     from compiler.errors import KilnError
 
     raise KilnError(f"{path}: no such file")
+
+
+def _count(mod) -> tuple[int, int]:
+    """(Relax bindings, TIR kernels) of a module."""
+    import tvm
+    from tvm import relax
+
+    bindings = kernels = 0
+    for _, func in mod.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            kernels += 1
+        elif isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
+            bindings += sum(len(block.bindings) for block in func.body.blocks)
+    return bindings, kernels
+
+
+def _kernel_names(mod) -> list[str]:
+    import tvm
+
+    return sorted(g.name_hint for g, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+
+
+def inspect_passes(path: str | Path, target: str = "host", input_shapes: dict | None = None) -> dict[str, Any]:
+    """Run kiln's pipeline one step at a time up to scheduling; bindings and kernels after each step.
+
+    Also counts the kernels of TVM's stock lowering (LegalizeOps, FoldConstant, FuseOps,
+    FuseTIR, nothing before) for comparison.
+    """
+    import tvm
+    from tvm import relax
+
+    from compiler.frontend import import_onnx
+    from compiler.pipeline import pipeline_steps
+    from targets.registry import resolve_target
+
+    preset = resolve_target(target)
+    imported = import_onnx(path, input_shapes or {})
+    target_obj = preset.tvm_target()
+    steps = pipeline_steps(preset)
+    last = max(i for i, s in enumerate(steps) if s.name == "FuseTIR")
+    per_pass = []
+    with target_obj, tvm.transform.PassContext(opt_level=3):
+        mod = imported.mod
+        bindings, kernels = _count(mod)
+        per_pass.append({"pass": "import", "bindings": bindings, "kernels": kernels, "why": "TVM's ONNX importer"})
+        for step in steps[: last + 1]:
+            mod = step.make()(mod)
+            bindings, kernels = _count(mod)
+            per_pass.append({"pass": step.name, "bindings": bindings, "kernels": kernels, "why": step.why})
+        stock = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                          relax.transform.FoldConstant(), relax.transform.FuseOps(),
+                                          relax.transform.FuseTIR()])(imported.mod)
+    return {
+        "model": str(path), "target": preset.name,
+        "kernels_stock": _count(stock)[1], "kernels_kiln": per_pass[-1]["kernels"],
+        "passes": per_pass, "fused_kernels": _kernel_names(mod),
+    }

@@ -71,3 +71,18 @@ def test_pickled_npz_is_refused(tmp_path, tiny_lib):
 def test_debug_shows_traceback(tmp_path):
     done = kiln("--debug", "compile", str(tmp_path / "missing.onnx"), "-o", "x.so")
     assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+def test_inspect_passes_reports_kernel_counts(tiny_onnx):
+    import json
+
+    done = kiln("inspect", str(tiny_onnx), "--passes", "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert isinstance(info["kernels_stock"], int) and isinstance(info["kernels_kiln"], int)
+    assert 0 < info["kernels_kiln"] <= info["kernels_stock"]
+    names = [p["pass"] for p in info["passes"]]
+    assert names[0] == "import" and "FuseTIR" in names and "FoldBatchnormToConv2D" in names
+    assert len(info["fused_kernels"]) == info["kernels_kiln"]
+    text = kiln("inspect", str(tiny_onnx), "--passes").stdout
+    assert "kernels: TVM stock fusion" in text

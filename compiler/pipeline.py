@@ -102,29 +102,25 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     return steps
 
 
+def _as_one_pass(preset: TargetPreset, steps: list[Step], name: str) -> tvm.transform.Pass:
+    target = preset.tvm_target()
+    passes = [step.make() for step in steps]
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
 def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32") -> tvm.transform.Pass:
     """The steps before scheduling: what MetaSchedule extracts its tuning tasks from."""
     steps = pipeline_steps(preset, None, precision)
     last = max(i for i, step in enumerate(steps) if step.name == "FuseTIR")
-    target = preset.tvm_target()
-    passes = [step.make() for step in steps[: last + 1]]
-
-    @tvm.transform.module_pass(opt_level=0, name="kiln_tuning_input")
-    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        with target:
-            return tvm.transform.Sequential(passes)(mod)
-
-    return _pipeline
+    return _as_one_pass(preset, steps[: last + 1], "kiln_tuning_input")
 
 
 def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32") -> tvm.transform.Pass:
     """The whole pipeline as one pass, run under the target."""
-    target = preset.tvm_target()
-    passes = [step.make() for step in pipeline_steps(preset, db, precision)]
-
-    @tvm.transform.module_pass(opt_level=0, name="kiln_pipeline")
-    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        with target:
-            return tvm.transform.Sequential(passes)(mod)
-
-    return _pipeline
+    return _as_one_pass(preset, pipeline_steps(preset, db, precision), "kiln_pipeline")

@@ -27,6 +27,7 @@ import numpy as np
 
 from compiler.errors import DeviceError, InputError, LibraryError
 from compiler.metadata import LibraryMetadata, TensorSpec, read_metadata, verify_library
+from targets.registry import cpu_flags
 
 # Instruction-set features each x86 mcpu preset needs; running without them dies with SIGILL.
 _MCPU_NEEDS = {"haswell": "avx2", "skylake-avx512": "avx512f", "cascadelake": "avx512_vnni"}
@@ -52,17 +53,6 @@ class LatencyStats:
         return f"p50 {self.p50_ms:.3f} ms  p90 {self.p90_ms:.3f} ms  p99 {self.p99_ms:.3f} ms  ({self.runs} runs)"
 
 
-def _host_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def check_runnable_here(meta: LibraryMetadata, path: Path) -> None:
     """Refuse, with a clear message, a library this machine cannot run."""
     import tvm
@@ -82,7 +72,7 @@ def check_runnable_here(meta: LibraryMetadata, path: Path) -> None:
             "Run it on that device (see scripts/deploy_arm.md) or recompile with --target host"
         )
     needed = _MCPU_NEEDS.get(str(host_target.get("mcpu", "")))
-    if needed and machine == "x86_64" and needed not in _host_flags():
+    if needed and machine == "x86_64" and needed not in cpu_flags():
         raise LibraryError(
             f"{path} was built for '{meta.target_name}' and needs the CPU feature {needed}, "
             "which this CPU lacks; recompile with --target host"

@@ -127,7 +127,8 @@ _ALIASES = {alias: p.name for p in PRESETS.values() for alias in p.aliases}
 
 
 @lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (x86 `flags`, ARM `Features`) from /proc/cpuinfo."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -141,7 +142,7 @@ def _cpu_flags() -> frozenset[str]:
 def detect_host() -> TargetPreset:
     """The preset matching this machine's CPU, read from its feature flags."""
     machine = platform.machine().lower()
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if machine in ("aarch64", "arm64"):
         mattr = ["+neon"] + [f"+{f}" for f in ("dotprod", "fullfp16") if f.replace("fullfp16", "asimdhp") in flags]
         target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": mattr}

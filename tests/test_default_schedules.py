@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
 import tvm
-from onnx import helper
+from onnx import helper, numpy_helper
 from tvm import tirx
 
 from compiler.build import compile_model
 from compiler.frontend import import_onnx
-from compiler.pipeline import pipeline_steps
+from compiler.pipeline import build_pipeline, pipeline_steps
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import load
 from schedules.defaults import RULE_ATTR, ScheduleStats, default_schedule_pass, schedule_summary
-from schedules.vector_spec import vector_spec
+from schedules.rules.reduction import register_tile, spatial_tile
+from schedules.vector_spec import AVX2, AVX512, NEON, vector_spec
 from targets.registry import resolve_target
 from tests.onnx_graphs import const, model
 
@@ -63,6 +66,33 @@ def softmax() -> onnx.ModelProto:
     return model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], [("x", [16, 100])], [("y", None)])
 
 
+def variadic_sum() -> onnx.ModelProto:  # ONNX Sum/Max of 3 and 2 inputs (ShuffleNet's residual Sum)
+    return model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Sum", ["c", "x", "s"], ["t"]),
+                  helper.make_node("Max", ["t", "b"], ["u"]),
+                  helper.make_node("Relu", ["u"], ["y"])],
+                 [("x", [1, 8, 6, 6]), ("s", [1, 8, 6, 6]), ("b", [1, 8, 1, 6])], [("y", None)],
+                 [const("w", 8, 8, 3, 3)])
+
+
+def shuffle_unit(size: int = 14, channels: int = 40) -> onnx.ModelProto:
+    """A ShuffleNet unit: grouped 1x1 conv, channel shuffle, depthwise 3x3, grouped 1x1, residual Sum."""
+    g, c = 4, channels
+    return model([helper.make_node("Conv", ["x", "w1"], ["a"], group=g),
+                  helper.make_node("Relu", ["a"], ["ra"]),
+                  helper.make_node("Reshape", ["ra", "s5"], ["r5"]),
+                  helper.make_node("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
+                  helper.make_node("Reshape", ["t5", "s4"], ["sh"]),
+                  helper.make_node("Conv", ["sh", "dw"], ["d"], pads=[1, 1, 1, 1], group=c),
+                  helper.make_node("Conv", ["d", "w2"], ["b"], group=g),
+                  helper.make_node("Sum", ["b", "x"], ["s"]),
+                  helper.make_node("Relu", ["s"], ["y"])],
+                 [("x", [1, c, size, size])], [("y", None)],
+                 [const("w1", c, c // g, 1, 1), const("dw", c, 1, 3, 3), const("w2", c, c // g, 1, 1),
+                  numpy_helper.from_array(np.array([1, g, c // g, size, size], np.int64), "s5"),
+                  numpy_helper.from_array(np.array([1, c, size, size], np.int64), "s4")])
+
+
 # graph -> rule expected on its main kernel(s), by a substring of the kernel name
 CASES = {
     "conv_relu": (conv_relu, {"conv2d": "ChannelVectorized"}),
@@ -72,6 +102,9 @@ CASES = {
     "batch_matmul": (batch_matmul, {"matmul": "ChannelVectorized"}),
     "pooling": (pooling, {"max_pool2d": "SpatialVectorized", "avg_pool2d": "SpatialVectorized"}),
     "softmax": (softmax, {"softmax": "ParallelFallback"}),
+    "variadic_sum": (variadic_sum, {"conv2d": "ChannelVectorized"}),
+    "shuffle_unit_14": (shuffle_unit, {"conv2d": "SpatialVectorized"}),
+    "shuffle_unit_7": (lambda: shuffle_unit(7, 24), {"conv2d": "SpatialVectorized"}),
 }
 
 
@@ -120,11 +153,28 @@ def test_scheduled_kernels_match_onnxruntime(name, tmp_path):
 
 
 def test_conv_vector_width_follows_target():
-    """AVX-512 packs 16 output channels per vector, AVX2 8, NEON 4."""
+    """AVX-512 packs 16 output channels per vector, AVX2 8, NEON 4 (times the tile's vector count)."""
     for target, lanes in [("x86-avx2", 8), ("x86-avx512", 16), ("arm64", 4)]:
         mod, _ = scheduled_module(conv_relu(), target)
-        text = kernels(mod, "conv2d")[0].script()
-        assert f"T.vectorized(T.int64({lanes}))" in text or f"T.vectorized({lanes})" in text, target
+        spec = vector_spec(resolve_target(target).tvm_target())
+        f = kernels(mod, "conv2d_add_relu")[0]
+        nvec, _ = register_tile(32, 14, spec)  # conv_relu's first conv: 32 channels, 14 wide
+        width = nvec * lanes
+        text = f.script()
+        assert f"T.vectorized(T.int64({width}))" in text or f"T.vectorized({width})" in text, target
+
+
+def test_register_tile_fits_the_registers():
+    """The accumulator tile, its weight vectors and one broadcast fit the register file; no tails."""
+    for spec in (AVX2, AVX512, NEON):
+        for channels, width in [(64, 56), (128, 28), (256, 14), (512, 7), (24, 112), (32, 13)]:
+            if channels % spec.lanes():
+                continue
+            nvec, rows = register_tile(channels, width, spec)
+            assert nvec * rows + nvec + 1 <= spec.registers, (spec.isa, channels, width)
+            assert channels % (nvec * spec.lanes()) == 0 and width % rows == 0
+    assert register_tile(64, 56, AVX2) != (1, 14)  # 3x3: 14 broadcasts per vector load is load-bound
+    assert register_tile(256, 14, AVX2, windowed=False) == (1, 14)  # 1x1: reuse each weight vector 14 times
 
 
 def test_vector_spec_from_target():
@@ -145,3 +195,76 @@ def test_tuned_kernels_are_left_alone():
     assert stats.tuned == [gv.name_hint] and stats.defaulted == 0
     assert out[gv].same_as(naive)
     assert schedule_summary(out)["tuned"] == 1
+
+
+def test_variadic_sum_becomes_adds_fused_into_the_conv():
+    """Sum/Max of N tensors are pairwise add/maximum (no stack copy), fused into the conv's epilogue."""
+    mod, _ = scheduled_module(variadic_sum())
+    names = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    assert not [n for n in names if "stack" in n], names
+    assert [n for n in names if "conv2d" in n and "add" in n and "maximum" in n and "relu" in n], names
+
+
+def lowered(onnx_model: onnx.ModelProto, target: str = "x86-avx2") -> tvm.IRModule:
+    preset = resolve_target(target)
+    with tvm.transform.PassContext(opt_level=3):
+        return build_pipeline(preset)(import_onnx(onnx_model, {}).mod)
+
+
+def test_constant_weights_are_packed_at_compile_time():
+    """The NCHWc weight copy of a conv/dense kernel runs once in FoldConstant, not on every call."""
+    for make in (conv_relu, dense):
+        mod = lowered(make())
+        funcs = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+        assert not [n for n in funcs if "weight_prepack" in n], sorted(funcs)
+        conv = [f for n, f in funcs.items() if n.endswith("_prepacked")]
+        assert conv, sorted(funcs)
+        for f in conv:
+            # conv: [F/L, C, KH, KW, L]; dense: [K, N/L, L], with L a multiple of the 8 AVX2 lanes
+            assert any(len(p.shape) in (3, 5) and int(p.shape[-1]) % 8 == 0 for p in f.params), f.params
+            assert "meta_schedule.layout_rewrite_preproc" not in f.script()
+
+
+def test_runtime_weights_are_packed_by_their_own_kernel():
+    """A matmul whose 'weight' is an input keeps a packing kernel (run per call), still correct."""
+    mod = lowered(batch_matmul())
+    names = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    assert [n for n in names if "weight_prepack" in n], names
+
+
+def test_pointwise_grouped_conv_vectorizes_whole_rows():
+    """A 1x1 grouped conv on 28x28 takes two rows per tile: 7 unrolled 8-lane vectors, never a
+    14- or 28-lane vector (LLVM scalarizes those when they are carried through the reduction loop)."""
+    mod, _ = scheduled_module(shuffle_unit(28, 40))
+    pointwise = [f for f in kernels(mod, "conv2d") if "pad" not in f.script()]
+    assert pointwise
+    for f in pointwise:
+        text = f.script()
+        widths = {int(w) for w in re.findall(r"T\.vectorized\(T\.int64\((\d+)\)\)", text)}
+        assert widths == {8}, widths
+        assert "T.unroll(T.int64(7))" in text
+
+
+def test_spatial_tile_uses_whole_registers():
+    assert spatial_tile(28, 28, 136, AVX2) == (2, 56, 8, 2)  # two 28-wide rows: 7 full AVX2 registers
+    assert spatial_tile(56, 1, 24, AVX2)[2] == 8
+    for spec in (AVX2, AVX512, NEON):
+        for width, height, channels in [(28, 28, 136), (14, 14, 272), (7, 7, 544), (14, 1, 272), (112, 1, 24)]:
+            tile = spatial_tile(width, height, channels, spec)
+            if tile is None:
+                continue
+            rows, lanes, chunk, reg = tile
+            assert lanes % chunk == 0 and (chunk <= spec.lanes() or lanes == chunk)
+            assert (lanes // chunk) * reg <= spec.registers - 2
+            assert (width % lanes == 0) if rows == 1 else (lanes == rows * width and height % rows == 0)
+
+
+def test_channel_shuffle_vectorizes_only_contiguous_lanes():
+    """A channel shuffle moves whole planes: 8 lanes on 28x28 planes, 4 on 14x14, none on 7x7
+    (a vector there would gather one scalar per lane)."""
+    for size, width in [(28, 8), (14, 4), (7, None)]:
+        mod, _ = scheduled_module(shuffle_unit(size, 24))
+        (shuffle,) = kernels(mod, "transpose")
+        widths = {int(w) for w in re.findall(r"T\.vectorized\(T\.int64\((\d+)\)\)", shuffle.script())}
+        assert widths == ({width} if width else set()), (size, widths)
+        assert "T.parallel" in shuffle.script()

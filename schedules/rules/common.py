@@ -86,23 +86,120 @@ def inline_epilogue(sch: s_tir.Schedule, consumers: list[SBlockInfo]) -> list[SB
     return left
 
 
+_INDEX_OPS = (tirx.Add, tirx.Sub, tirx.Mul, tirx.FloorDiv, tirx.FloorMod, tirx.Min, tirx.Max)
+
+
+def _substitute(expr: tirx.PrimExpr, vmap: list[tuple[tirx.Var, tirx.PrimExpr]]) -> tirx.PrimExpr | None:
+    """``expr`` with variables replaced (index arithmetic only; None for anything else)."""
+    if isinstance(expr, tirx.IntImm):
+        return expr
+    if isinstance(expr, tirx.Var):
+        return next((e for v, e in vmap if v.same_as(expr)), expr)
+    if isinstance(expr, _INDEX_OPS):
+        a, b = _substitute(expr.a, vmap), _substitute(expr.b, vmap)
+        return None if a is None or b is None else type(expr)(a, b)
+    if isinstance(expr, tirx.Cast):
+        v = _substitute(expr.value, vmap)
+        return None if v is None else tirx.Cast(str(expr.ty.dtype), v)
+    return None
+
+
+def _accesses(expr, out: list) -> None:
+    """Collect (shape, indices) of every buffer load in ``expr``."""
+    if hasattr(expr, "indices") and hasattr(expr, "source"):
+        out.append((list(expr.source.shape), list(expr.indices)))
+    for field in ("a", "b", "value", "condition", "true_value", "false_value"):
+        if hasattr(expr, field):
+            _accesses(getattr(expr, field), out)
+    for arg in getattr(expr, "args", ()) or ():
+        _accesses(arg, out)
+
+
+def contiguous_lanes(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, vec: int) -> bool | None:
+    """Whether fusing the block's loop nest and vectorizing ``vec`` inner iterations gives only
+    contiguous (ramp) loads and stores: lane ``l`` moves the last index by ``l`` and no other.
+
+    None when the nest or its index arithmetic is outside what this check understands.
+    Loads that are not contiguous (a channel shuffle whose planes are not a multiple of
+    ``vec``) become one scalar load per lane, which is slower than not vectorizing at all.
+    """
+    loops = sch.get_loops(block)
+    node = sch.get(loops[0]) if loops else None
+    extents = []
+    loop_vars = []
+    while node is not None and hasattr(node, "loop_var"):
+        extents.append(int_extent(node.extent))
+        loop_vars.append(node.loop_var)
+        node = node.body
+    if node is None or not hasattr(node, "iter_values") or any(e is None for e in extents):
+        return None
+    total = 1
+    for e in extents:
+        total *= e
+    if total % vec:
+        return False
+    dtype = str(loop_vars[-1].ty.dtype)
+    o, lane = tirx.Var("o", dtype), tirx.Var("lane", dtype)
+    fused = o * tirx.IntImm(dtype, vec) + lane
+    stride, to_fused = 1, []
+    for var, ext in reversed(list(zip(loop_vars, extents))):
+        to_fused.append((var, tirx.floormod(tirx.floordiv(fused, tirx.IntImm(dtype, stride)), tirx.IntImm(dtype, ext))))
+        stride *= ext
+    realize = node
+    binding = []
+    for iv, value in zip(realize.block.iter_vars, realize.iter_values):
+        value = _substitute(value, to_fused)
+        if value is None:
+            return None
+        binding.append((iv.var, value))
+    store = realize.block.body
+    if not hasattr(store, "indices") or not hasattr(store, "value"):
+        return None
+    accesses: list = [(list(store.buffer.shape), list(store.indices))]
+    _accesses(store.value, accesses)
+    analyzer = tvm.sym.Analyzer()
+    analyzer.bind(o, tvm.ir.Range(tirx.IntImm(dtype, 0), tirx.IntImm(dtype, total // vec)))
+    analyzer.bind(lane, tvm.ir.Range(tirx.IntImm(dtype, 0), tirx.IntImm(dtype, vec)))
+    lane0 = [(lane, tirx.IntImm(dtype, 0))]
+    for shape, indices in accesses:
+        offset = None
+        for ext, index in zip(shape, indices):  # the flat element offset, row-major
+            offset = index if offset is None else offset * ext + index
+        at = None if offset is None else _substitute(offset, binding)
+        at0 = None if at is None else _substitute(at, lane0)
+        if at is None or at0 is None:
+            return None
+        moved = analyzer.canonical_simplify(tirx.Sub(at, at0))
+        # contiguous, or the same element for every lane (a broadcast bias or scale)
+        if not (analyzer.can_prove_equal(moved, lane) or analyzer.can_prove_equal(moved, tirx.IntImm(dtype, 0))):
+            return False
+    return True
+
+
 def schedule_injective_nest(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int,
                             parallel: bool = True) -> None:
     """Fuse a root-level spatial loop nest, vectorize ``lanes`` inner iterations, parallelize the rest.
 
     Expects a block whose loops are all spatial and directly under the root; keeps the
-    results exact (it only reorders independent iterations).
+    results exact (it only reorders independent iterations). The vector width is the widest
+    power of two up to ``lanes`` whose loads and stores are all contiguous
+    (``contiguous_lanes``); none (parallel only) when no width of at least 4 is.
     """
     loops = sch.get_loops(block)
     if not loops:
         return
+    widths = [w for w in (lanes, lanes // 2) if w >= 4]
+    verdicts = {w: contiguous_lanes(sch, block, w) for w in widths}
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     extent = int_extent(sch.get(fused).extent)
     if extent is None:
         if parallel:
             sch.parallel(fused)
         return
-    vec = lanes if extent % lanes == 0 else divisor_at_most(extent, lanes)
+    if all(v is not None for v in verdicts.values()):
+        vec = next((w for w in widths if verdicts[w]), 1)
+    else:  # not analysable: vectorize as before
+        vec = lanes if extent % lanes == 0 else divisor_at_most(extent, lanes)
     if vec >= 4 and extent // vec >= 1:
         outer, inner = sch.split(fused, [None, vec])
         sch.vectorize(inner)

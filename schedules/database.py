@@ -174,7 +174,14 @@ class DurableDatabase(PyDatabase):
     # -- default-schedule baselines -------------------------------------------------------------
     @staticmethod
     def workload_key(workload: Workload) -> str:
-        return str(workload.as_json()[0])  # TVM's structural hash of the workload module
+        """TVM's structural hash of the workload, tagged with the default rules' version.
+
+        A baseline measured with other default rules does not vouch for today's defaults:
+        records for such kernels are not applied until ``kiln tune`` measures them again.
+        """
+        from schedules.defaults import RULES_VERSION
+
+        return f"{workload.as_json()[0]}@{RULES_VERSION}"
 
     def record_baseline(self, workload: Workload, seconds: float) -> None:
         """Remember the measured time of kiln's default schedule for ``workload`` (atomic write)."""
@@ -192,7 +199,9 @@ class DurableDatabase(PyDatabase):
             return False
         baseline = self.baselines.get(self.workload_key(record.workload))
         secs = [float(s) for s in record.run_secs] if record.run_secs else []
-        return baseline is None or (bool(secs) and sum(secs) / len(secs) < baseline)
+        if baseline is None:  # never compared with today's default schedule: keep the default
+            return False
+        return bool(secs) and sum(secs) / len(secs) < baseline
 
     # -- the Database interface ----------------------------------------------------------------
     def has_workload(self, mod: IRModule) -> bool:

@@ -26,6 +26,18 @@ from schedules.rules import ChannelVectorized, Injective, ParallelFallback, Spat
 
 log = logging.getLogger(__name__)
 
+def _rules_version() -> str:
+    """A digest of the rule sources: tuning baselines measured with other rules do not count."""
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).parent / "rules").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+RULES_VERSION = _rules_version()
 SCHEDULED_ATTR = "tirx.is_scheduled"  # what dlight and MetaScheduleApplyDatabase set
 RULE_ATTR = "kiln.default_schedule"  # which kiln rule scheduled a function
 

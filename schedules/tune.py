@@ -247,9 +247,15 @@ def seed_default_schedules(contexts, database, target, builder, runner) -> int:
                 sch = sch if not isinstance(sch, list) else sch[0]
                 pending.append((workload, sch, ArgInfo.from_prim_func(func)))
                 break
+        else:  # no default rule: the untuned kernel is naive loops, any record beats it
+            database.record_baseline(workload, float("inf"))
     if not pending:
         return 0
     built = builder.build([BuilderInput(sch.mod, target) for _, sch, _ in pending])
+    for (workload, _, _), b in zip(pending, built):
+        if b.error_msg is not None:
+            log.warning("default schedule of a task did not build: %s", b.error_msg[-300:])
+            database.record_baseline(workload, float("inf"))
     runs = [(item, b) for item, b in zip(pending, built) if b.error_msg is None]
     device = "cuda" if target.kind.name == "cuda" else "cpu"
     futures = runner.run([RunnerInput(b.artifact_path, device, args) for (_, _, args), b in runs])
@@ -258,7 +264,9 @@ def seed_default_schedules(contexts, database, target, builder, runner) -> int:
         result = future.result()
         shutil.rmtree(os.path.dirname(built_result.artifact_path), ignore_errors=True)
         if result.error_msg is not None or not result.run_secs:
+            # The default could not be measured: let tuned records apply (TVM's own behaviour).
             log.warning("default schedule of a task did not run: %s", (result.error_msg or "")[-600:])
+            database.record_baseline(workload, float("inf"))
             continue
         secs = [float(s) for s in result.run_secs]
         database.record_baseline(workload, sum(secs) / len(secs))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from compiler.runtime import LatencyStats
+from compiler.runtime import LatencyStats, time_calls
 
 
 class OnnxRuntimeReference:
@@ -29,14 +28,7 @@ class OnnxRuntimeReference:
         return dict(zip(self.output_names, self.session.run(None, inputs)))
 
     def benchmark(self, inputs: dict[str, np.ndarray], runs: int, warmup: int = 3) -> LatencyStats:
-        for _ in range(warmup):
-            self.session.run(None, inputs)
-        samples = []
-        for _ in range(max(runs, 1)):
-            t0 = time.perf_counter()
-            self.session.run(None, inputs)
-            samples.append(time.perf_counter() - t0)
-        return LatencyStats.from_seconds(samples)
+        return time_calls(lambda: self.session.run(None, inputs), runs, warmup)
 
 
 def max_abs_diff(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> tuple[float, float]:

@@ -53,6 +53,18 @@ class LatencyStats:
         return f"p50 {self.p50_ms:.3f} ms  p90 {self.p90_ms:.3f} ms  p99 {self.p99_ms:.3f} ms  ({self.runs} runs)"
 
 
+def time_calls(call, runs: int, warmup: int = 3) -> LatencyStats:
+    """Latency of ``call()`` over ``runs`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(max(runs, 1)):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return LatencyStats.from_seconds(samples)
+
+
 def check_runnable_here(meta: LibraryMetadata, path: Path) -> None:
     """Refuse, with a clear message, a library this machine cannot run."""
     import tvm
@@ -224,14 +236,7 @@ class CompiledModel:
     def benchmark(self, runs: int = 50, inputs=None, warmup: int = 3) -> LatencyStats:
         """Latency over ``runs`` calls (after ``warmup``), inputs already on the device."""
         tensors = self._to_device(self._ordered_arrays(inputs if inputs is not None else self.random_inputs()))
-        for _ in range(warmup):
-            self._call(tensors)
-        samples = []
-        for _ in range(max(runs, 1)):
-            t0 = time.perf_counter()
-            self._call(tensors)
-            samples.append(time.perf_counter() - t0)
-        return LatencyStats.from_seconds(samples)
+        return time_calls(lambda: self._call(tensors), runs, warmup)
 
 
 def load(path: str | Path, threads: int | None = None) -> CompiledModel:

@@ -303,9 +303,6 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     check_rpc_options(options)
     if options.trials is None and options.budget_seconds is None:
         options.trials = -1  # resolved to DEFAULT_TRIALS_PER_TASK per task below
-    from compiler.frontend import import_onnx
-    from compiler.pipeline import tuning_input_pipeline
-    from schedules.builder import InProcessBuilder
     from schedules.database import DurableDatabase
     from targets.registry import default_threads, resolve_target
 
@@ -317,8 +314,7 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     work_dir = Path(db)
     database = DurableDatabase(work_dir, writable=True)
     try:
-        return _tune(model, options, preset, threads, work_dir, database, import_onnx, tuning_input_pipeline,
-                     InProcessBuilder)
+        return _tune(model, options, preset, threads, work_dir, database)
     except Exception:
         if database.write_error is not None:  # e.g. disk full, surfaced by TVM as a RuntimeError
             raise database.write_error from None
@@ -327,10 +323,13 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
         database.close()
 
 
-def _tune(model, options, preset, threads, work_dir, database, import_onnx, tuning_input_pipeline,
-          InProcessBuilder) -> TuneReport:
+def _tune(model, options, preset, threads, work_dir, database) -> TuneReport:
     import tvm
     from tvm.s_tir import meta_schedule as ms
+
+    from compiler.frontend import import_onnx
+    from compiler.pipeline import tuning_input_pipeline
+    from schedules.builder import InProcessBuilder
 
     from schedules.intrinsics import import_tensor_intrinsics
     from schedules.scheduler import EagerGradientScheduler

@@ -34,7 +34,6 @@ BAD_OUTCOMES = ("other_error", "crash", "timeout")
 
 def mutate(base: bytes, rng: random.Random) -> bytes:
     import onnx
-    from onnx import helper
 
     kind = rng.choice(["flip", "truncate", "dims", "drop_init", "cycle", "domain", "attr", "dup_output",
                        "input_shape", "unknown_op"])
@@ -76,7 +75,6 @@ def mutate(base: bytes, rng: random.Random) -> bytes:
 
 def worker(case_dir: Path, start: int, results: Path) -> None:
     """Import cases start.. in order; append one JSON line per finished case."""
-    import onnx  # noqa: F401
 
     from compiler.errors import KilnError
     from compiler.frontend import import_onnx

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from compiler.examples import example_model  # noqa: E402
-from compiler.runtime import load  # noqa: E402
+from compiler.runtime import load, time_calls  # noqa: E402
 
 CASES = [("resnet50", "fp32"), ("resnet50", "fp16"), ("squeezenet", "fp32"), ("squeezenet", "fp16")]
 
@@ -77,14 +77,7 @@ def check(lib: Path, model_name: str, precision: str, runs: int) -> dict:
     top1 = bool(np.argmax(got) == np.argmax(expected))
     top5 = len(set(np.argsort(got.ravel())[-5:]) & set(np.argsort(expected.ravel())[-5:]))
     stats = m.benchmark(runs, inputs, warmup=10)
-    for _ in range(5):
-        sess.run(None, inputs)
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, inputs)
-        samples.append(time.perf_counter() - t0)
-    ref_p50 = float(np.median(samples) * 1e3)
+    ref_p50 = time_calls(lambda: sess.run(None, inputs), runs, warmup=5).p50_ms
     return {
         "library": lib.name, "model": model_name, "precision": precision,
         "cuda_archs": m.metadata.extra.get("cuda_archs"),

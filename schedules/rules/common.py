@@ -52,20 +52,26 @@ def has_if_then_else(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> boo
     return bool(_has_if_then_else(sch.get(block)))
 
 
-def inline_producers(sch: s_tir.Schedule, producers: list[SBlockInfo]) -> list[SBlockInfo]:
-    """Inline injective producers that are plain copies/arithmetic; keep padding (if_then_else) blocks.
-
-    Returns the producers left at the root (to be scheduled as injective nests).
-    """
+def _inline_unless(sch: s_tir.Schedule, blocks: list[SBlockInfo], keep) -> list[SBlockInfo]:
+    """Inline each block (in the given order) unless ``keep(i, block)`` or inlining fails; returns the rest."""
     kept = []
-    for block in reversed(producers):
-        if has_if_then_else(sch, block.block_rv):
+    for i, block in enumerate(blocks):
+        if keep(i, block):
             kept.append(block)
             continue
         try:
             sch.compute_inline(block.block_rv)
         except ScheduleError:
             kept.append(block)
+    return kept
+
+
+def inline_producers(sch: s_tir.Schedule, producers: list[SBlockInfo]) -> list[SBlockInfo]:
+    """Inline injective producers that are plain copies/arithmetic; keep padding (if_then_else) blocks.
+
+    Returns the producers left at the root (to be scheduled as injective nests).
+    """
+    kept = _inline_unless(sch, list(reversed(producers)), lambda _, b: has_if_then_else(sch, b.block_rv))
     return list(reversed(kept))
 
 
@@ -74,16 +80,7 @@ def inline_epilogue(sch: s_tir.Schedule, consumers: list[SBlockInfo]) -> list[SB
 
     Returns the consumers left (normally just the last one, which writes the output).
     """
-    left = []
-    for i, block in enumerate(consumers):
-        if i == len(consumers) - 1:
-            left.append(block)
-            continue
-        try:
-            sch.compute_inline(block.block_rv)
-        except ScheduleError:
-            left.append(block)
-    return left
+    return _inline_unless(sch, consumers, lambda i, _: i == len(consumers) - 1)
 
 
 _INDEX_OPS = (tirx.Add, tirx.Sub, tirx.Mul, tirx.FloorDiv, tirx.FloorMod, tirx.Min, tirx.Max)

@@ -8,7 +8,8 @@ JSON value per line), so ``ms.database.JSONDatabase`` reads them. What kiln adds
 - a partial last line (a kill or a full disk mid-write) is cut off on open, and any
   unreadable line is skipped with a warning instead of failing the whole database;
 - one writer per directory: a second tuner gets ``TuningError`` naming the holder;
-- a failed write (e.g. disk full) is rolled back to the last complete line.
+- a failed write (e.g. disk full) is rolled back to the last complete line and raised as
+  ``TuningError`` (registered with TVM's FFI, so it stays one when TVM's C++ calls us).
 
 Queries are answered by TVM's ``MemoryDatabase`` holding the same records.
 """
@@ -21,6 +22,7 @@ import logging
 import os
 from pathlib import Path
 
+import tvm_ffi
 from tvm.ir import IRModule
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
@@ -38,6 +40,7 @@ LOCK_FILE = ".kiln-tune.lock"
 BASELINE_FILE = "default_baselines.json"
 
 
+@tvm_ffi.register_error
 class TuningError(KilnError):
     """The tuning directory cannot be used (locked by another tuner, unwritable, disk full)."""
 
@@ -160,9 +163,12 @@ class DurableDatabase(PyDatabase):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         start = os.lseek(fd, 0, os.SEEK_END)
         try:
-            written = os.write(fd, line)
-            if written != len(line):
-                raise OSError(f"short write ({written} of {len(line)} bytes)")
+            rest = memoryview(line)
+            while rest:  # a short write (the disk filled mid-line) is retried to get the real error
+                written = os.write(fd, rest)
+                if written == 0:
+                    raise OSError(f"no progress writing {len(rest)} of {len(line)} bytes")
+                rest = rest[written:]
             os.fsync(fd)
         except OSError as err:
             os.ftruncate(fd, start)  # keep the file ending on a complete line
@@ -185,14 +191,20 @@ class DurableDatabase(PyDatabase):
 
     def record_baseline(self, workload: Workload, seconds: float) -> None:
         """Remember the measured time of kiln's default schedule for ``workload`` (atomic write)."""
-        self.baselines[self.workload_key(workload)] = seconds
+        baselines = {**self.baselines, self.workload_key(workload): seconds}
         path = self.work_dir / BASELINE_FILE
         partial = path.with_name(path.name + ".partial")
-        with open(partial, "w", encoding="utf-8") as f:
-            json.dump(self.baselines, f)
-            f.flush()
-            os.fsync(f.fileno())
-        partial.replace(path)
+        try:
+            with open(partial, "w", encoding="utf-8") as f:
+                json.dump(baselines, f)
+                f.flush()
+                os.fsync(f.fileno())
+            partial.replace(path)
+        except OSError as err:
+            partial.unlink(missing_ok=True)  # the previous baseline file is untouched
+            self.write_error = TuningError(f"could not write to {path} ({err}); records written so far are safe")
+            raise self.write_error from None
+        self.baselines = baselines
 
     def _beats_default(self, record: TuningRecord | None) -> bool:
         if record is None:
@@ -208,12 +220,13 @@ class DurableDatabase(PyDatabase):
         return self._memory.has_workload(mod)
 
     def commit_workload(self, mod: IRModule) -> Workload:
-        if self._memory.has_workload(mod):
-            return self._memory.commit_workload(mod)
         workload = self._memory.commit_workload(mod)
-        if self.writable:
-            self._append(WORKLOAD_FILE, workload.as_json())
-        self._workloads.append(workload)
+        # Checked against the file's list, not the memory: a workload whose line failed to
+        # write (disk full) is in memory but not on disk, and is written on the next commit.
+        if not any(known is not None and known.same_as(workload) for known in self._workloads):
+            if self.writable:
+                self._append(WORKLOAD_FILE, workload.as_json())
+            self._workloads.append(workload)
         return workload
 
     def _index_of(self, workload: Workload) -> int:

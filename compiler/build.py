@@ -21,6 +21,7 @@ from compiler.errors import KilnError, TargetError, ToolMissingError
 from compiler.frontend import ImportedModel, import_onnx
 from compiler.metadata import LibraryMetadata, TensorSpec, metadata_source, seal_library
 from compiler.pipeline import PRECISIONS, build_pipeline
+from compiler.quantization import Int8Options, Int8Result, plan_int8, simplified_module
 from targets.cuda import cuda_compile_hook, enable_cuda_codegen, parse_archs
 from targets.registry import TargetPreset, resolve_target
 
@@ -36,6 +37,7 @@ class CompileOptions:
     db: str | Path | None = None
     precision: str = "fp32"
     cuda_archs: str | None = None  # e.g. "sm_80,sm_90"; default: the preset's arch
+    int8: Int8Options | None = None  # calibration and layer choices for precision "int8"
 
 
 @dataclass
@@ -52,6 +54,7 @@ class CompileReport:
     seconds_build: float
     seconds_export: float
     size_bytes: int
+    int8: Int8Result | None = None  # per-layer quantization (precision "int8")
 
     @property
     def seconds_total(self) -> float:
@@ -118,8 +121,17 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         target = preset.tvm_target()
     except Exception as err:  # TVM's own error types for a bad target
         raise TargetError(f"TVM refused target '{preset.name}': {str(err).splitlines()[0]}") from None
+    int8 = None
+    if options.precision == "int8":
+        if options.int8 is None:
+            raise KilnError("precision int8 needs calibration data: pass --calibration DATA (.npz, .npy or a "
+                            "directory of them)")
+        int8 = plan_int8(simplified_module(imported, preset), imported, preset, options.int8)
+        extra["int8"] = {"method": int8.calibration.method, "samples": int8.calibration.samples,
+                         "layers_int8": int8.quantized, "layers_fp32": sorted(int8.plan.keep_fp32),
+                         "weight_bits": int8.plan.weight_bits}
     with tvm.transform.PassContext(opt_level=3), device_compile:
-        lowered = build_pipeline(preset, options.db, options.precision)(imported.mod)
+        lowered = build_pipeline(preset, options.db, options.precision, int8.plan if int8 else None)(imported.mod)
         schedules = kernel_schedules(lowered, preset.device)
         kernels = len(schedules)
         executable = tvm.compile(lowered, target, relax_pipeline=None)
@@ -154,7 +166,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     t2 = time.perf_counter()
     log.info("built %s for %s: %d kernels (%d tuned)", output, preset.name, kernels, meta.tuned_kernels)
     return CompileReport(output, preset.name, imported.inputs, imported.outputs, kernels, meta.tuned_kernels,
-                         0.0, t1 - t0, t2 - t1, output.stat().st_size)
+                         0.0, t1 - t0, t2 - t1, output.stat().st_size, int8)
 
 
 def compile_model(

@@ -44,20 +44,18 @@ def _backend(kind: str):
     return {"llvm": cpu, "cuda": cuda}[kind]
 
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32") -> list[Step]:
-    """The ordered steps for ``preset`` (optionally applying tuning records from ``db``).
+def simplify_steps(weight_bits: int = 8) -> list[Step]:
+    """Target-independent clean-up; INT8 calibration sees the module as these leave it."""
+    from compiler.passes.quantize import lower_qdq
 
-    ``precision="fp16"`` computes in float16 with float32 accumulation (TVM's
-    ``ToMixedPrecision``); inputs and outputs keep their float32 interface.
-    """
-    target = preset.tvm_target()
-    backend = _backend(preset.kind)
-    steps = [
+    return [
         Step("FoldStackedReduce", "ONNX Sum/Max/Min become elementwise adds (no stack copy; fusable)",
              lambda: fold_stacked_reduce),
+        Step("LowerQDQ", "a pre-quantized (QDQ) model's conv/matmul become int8 math with int32 accumulation",
+             lambda: lower_qdq(weight_bits)),
         Step("FoldBatchnormToConv2D", "batch-norm after conv becomes conv weights and bias",
              relax.transform.FoldBatchnormToConv2D),
         Step("DecomposeOpsForInference", "remaining batch-norm/layer-norm become plain arithmetic",
@@ -65,10 +63,35 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
         Step("FoldConstant", "compute weight-only expressions at compile time", relax.transform.FoldConstant),
         Step("DeadCodeElimination", "drop bindings nothing uses (e.g. Dropout masks)",
              relax.transform.DeadCodeElimination),
-        *([Step("ToMixedPrecision", "compute in float16, accumulate in float32",
-                lambda: relax.transform.ToMixedPrecision(out_dtype="float32")),
-           Step("FoldConstant", "store the weights as float16 constants", relax.transform.FoldConstant)]
-          if precision == "fp16" else []),
+    ]
+
+
+def precision_steps(precision: str, plan=None) -> list[Step]:
+    """FP16 mixed precision, or INT8 from a calibrated ``QuantizationPlan``."""
+    from compiler.passes.quantize import fold_relu_into_quantize, insert_qdq, lower_qdq
+
+    if precision == "fp16":
+        return [Step("ToMixedPrecision", "compute in float16, accumulate in float32",
+                     lambda: relax.transform.ToMixedPrecision(out_dtype="float32")),
+                Step("FoldConstant", "store the weights as float16 constants", relax.transform.FoldConstant)]
+    if precision == "int8":
+        if plan is None:
+            raise ValueError("precision int8 needs a QuantizationPlan (calibrate first)")
+        return [Step("InsertQDQ", "quantize calibrated layer inputs (per tensor) and weights (per channel)",
+                     lambda: insert_qdq(plan)),
+                Step("LowerQDQ", "int8 conv/matmul with int32 accumulation, bias in int32, float requantize",
+                     lambda: lower_qdq(plan.weight_bits)),
+                Step("FoldReluIntoQuantize", "a ReLU before a uint8 quantize is the quantize's own clip",
+                     lambda: fold_relu_into_quantize),
+                Step("FoldConstant", "fold the int8 weight constants", relax.transform.FoldConstant)]
+    return []
+
+
+def lowering_steps(preset: TargetPreset, db: str | Path | None = None) -> list[Step]:
+    """Legalize, fuse, schedule (tuning records first, then defaults) and lower for the VM."""
+    target = preset.tvm_target()
+    backend = _backend(preset.kind)
+    steps = [
         *[Step(p.info.name, "target library dispatch (sort, scan, sampling)", lambda p=p: p)
           for p in backend.library_dispatch_passes(target)],
         Step("LegalizeOps", "lower every Relax operator to a TIR kernel", relax.transform.LegalizeOps),
@@ -102,6 +125,18 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     return steps
 
 
+def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
+                   plan=None) -> list[Step]:
+    """The ordered steps for ``preset`` (optionally applying tuning records from ``db``).
+
+    ``precision="fp16"`` computes in float16 with float32 accumulation (TVM's
+    ``ToMixedPrecision``); ``"int8"`` quantizes by ``plan`` (``compiler.quantization``, ``compiler.passes.quantize``).
+    Inputs and outputs keep their float32 interface.
+    """
+    weight_bits = plan.weight_bits if plan is not None else 8
+    return simplify_steps(weight_bits) + precision_steps(precision, plan) + lowering_steps(preset, db)
+
+
 def _as_one_pass(preset: TargetPreset, steps: list[Step], name: str) -> tvm.transform.Pass:
     target = preset.tvm_target()
     passes = [step.make() for step in steps]
@@ -114,13 +149,24 @@ def _as_one_pass(preset: TargetPreset, steps: list[Step], name: str) -> tvm.tran
     return _pipeline
 
 
-def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32") -> tvm.transform.Pass:
+def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32", plan=None) -> tvm.transform.Pass:
     """The steps before scheduling: what MetaSchedule extracts its tuning tasks from."""
-    steps = pipeline_steps(preset, None, precision)
+    steps = pipeline_steps(preset, None, precision, plan)
     last = max(i for i, step in enumerate(steps) if step.name == "FuseTIR")
     return _as_one_pass(preset, steps[: last + 1], "kiln_tuning_input")
 
 
-def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32") -> tvm.transform.Pass:
+def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
+                   plan=None) -> tvm.transform.Pass:
     """The whole pipeline as one pass, run under the target."""
-    return _as_one_pass(preset, pipeline_steps(preset, db, precision), "kiln_pipeline")
+    return _as_one_pass(preset, pipeline_steps(preset, db, precision, plan), "kiln_pipeline")
+
+
+def simplify_pipeline(preset: TargetPreset) -> tvm.transform.Pass:
+    """Only the simplification steps: the module INT8 calibration runs on."""
+    return _as_one_pass(preset, simplify_steps(), "kiln_simplify")
+
+
+def lowering_pipeline(preset: TargetPreset, db: str | Path | None = None) -> tvm.transform.Pass:
+    """Only the lowering steps, for a module that is already simplified (calibration builds)."""
+    return _as_one_pass(preset, lowering_steps(preset, db), "kiln_lowering")

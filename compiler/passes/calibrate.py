@@ -1,0 +1,324 @@
+"""INT8 calibration: run the FP32 model over sample inputs and choose activation ranges.
+
+Expects the Relax module as the quantization step will see it (after kiln's
+simplification steps: batch-norm folded, weights constant) and calibration samples.
+Builds a host copy of that module whose ``main`` also returns every tensor a quantizable
+layer reads (``compiler.passes.int8_layers``), runs it over the samples with kiln's own
+default schedules (no other runtime needed), and keeps one histogram per tensor.
+Guarantees one ``TensorRange`` per layer: unsigned (the tensor was never negative, e.g.
+after ReLU) or signed, and the clipping threshold chosen by the method:
+
+- ``minmax``: the largest magnitude seen;
+- ``percentile``: the given percentile of magnitudes (default 99.99);
+- ``entropy``: the threshold whose 8-bit quantized histogram is closest to the float
+  one in KL divergence (TensorRT's calibrator).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from compiler.errors import InputError
+from compiler.metadata import TensorSpec
+from compiler.passes.int8_layers import Layer, find_layers
+
+log = logging.getLogger(__name__)
+
+METHODS = ("minmax", "percentile", "entropy")
+BINS = 2048
+
+
+@dataclass
+class TensorRange:
+    """The calibrated range of one layer input."""
+
+    signed: bool  # False: never negative, quantized as uint8 with zero point 0
+    threshold: float  # magnitudes above are clipped
+    minimum: float
+    maximum: float
+
+    @property
+    def dtype(self) -> str:
+        return "int8" if self.signed else "uint8"
+
+    @property
+    def scale(self) -> float:
+        levels = 127.0 if self.signed else 255.0
+        return max(self.threshold, 1e-12) / levels
+
+
+class Histogram:
+    """A running histogram of |x| over [0, edge]; the edge grows and old counts are re-binned."""
+
+    def __init__(self, bins: int = BINS) -> None:
+        self.counts = np.zeros(bins, dtype=np.float64)
+        self.edge = 0.0
+        self.minimum = np.inf
+        self.maximum = -np.inf
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float32).ravel()
+        if values.size == 0 or not np.all(np.isfinite(values)):
+            raise InputError("calibration produced NaN or Inf inside the model; check the calibration data")
+        self.minimum = min(self.minimum, float(values.min()))
+        self.maximum = max(self.maximum, float(values.max()))
+        magnitude = np.abs(values)
+        top = float(magnitude.max())
+        if top > self.edge:
+            self._grow(top)
+        if self.edge == 0.0:
+            self.counts[0] += magnitude.size
+            return
+        hist, _ = np.histogram(magnitude, bins=len(self.counts), range=(0.0, self.edge))
+        self.counts += hist
+
+    def _grow(self, edge: float) -> None:
+        if self.edge > 0 and self.counts.any():
+            width = self.edge / len(self.counts)
+            centers = (np.arange(len(self.counts)) + 0.5) * width
+            index = np.minimum((centers / edge * len(self.counts)).astype(np.int64), len(self.counts) - 1)
+            self.counts = np.bincount(index, weights=self.counts, minlength=len(self.counts)).astype(np.float64)
+        self.edge = edge
+
+    @property
+    def bin_width(self) -> float:
+        return self.edge / len(self.counts)
+
+    def percentile(self, q: float) -> float:
+        cumulative = np.cumsum(self.counts)
+        if cumulative[-1] == 0:
+            return 0.0
+        index = int(np.searchsorted(cumulative, cumulative[-1] * q / 100.0))
+        return min(index + 1, len(self.counts)) * self.bin_width
+
+    def entropy_threshold(self, levels: int) -> float:
+        """TensorRT's KL-divergence threshold for ``levels`` quantization bins."""
+        counts = self.counts
+        if counts.sum() == 0 or self.edge == 0:
+            return self.edge
+        best, best_kl = len(counts), np.inf
+        for i in range(levels, len(counts) + 1, 4):
+            reference = counts[:i].copy()
+            reference[-1] += counts[i:].sum()  # outliers are clipped into the last bin
+            nonzero = counts[:i] != 0
+            # Merge the i bins into `levels` groups, then spread each group's mass back
+            # evenly over its non-empty bins: the distribution 8-bit codes can represent.
+            groups = np.minimum((np.arange(i) * levels) // i, levels - 1)
+            group_mass = np.bincount(groups, weights=counts[:i], minlength=levels)
+            group_size = np.bincount(groups, weights=nonzero.astype(np.float64), minlength=levels)
+            expanded = np.where(nonzero, group_mass[groups] / np.maximum(group_size[groups], 1), 0.0)
+            p = reference / reference.sum()
+            q = expanded / max(expanded.sum(), 1e-30)
+            mask = p > 0
+            kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+            if kl < best_kl:
+                best, best_kl = i, kl
+        return (best + 0.5) * self.bin_width
+
+    def to_range(self, method: str, percentile: float) -> TensorRange:
+        signed = self.minimum < 0.0
+        if method == "minmax":
+            threshold = self.edge
+        elif method == "percentile":
+            threshold = self.percentile(percentile)
+        else:
+            threshold = self.entropy_threshold(128 if signed else 256)
+        threshold = min(max(threshold, 1e-8), self.edge) if self.edge > 0 else 1e-8
+        return TensorRange(signed, float(threshold), float(self.minimum), float(self.maximum))
+
+
+@dataclass
+class CalibrationResult:
+    """Ranges per layer name, and how the calibration went."""
+
+    method: str
+    ranges: dict[str, TensorRange]
+    samples: int
+    seconds: float
+    histograms: dict[str, Histogram] = field(default_factory=dict, repr=False)
+
+
+def _as_batch(arrays: dict[str, np.ndarray], inputs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
+    """Split one mapping name -> array into model-sized batches (a leading sample axis is allowed)."""
+    missing = [spec.name for spec in inputs if spec.name not in arrays]
+    if missing:
+        raise InputError(f"calibration data has no array for input(s) {', '.join(missing)}; "
+                         f"it has {', '.join(sorted(arrays)) or 'none'}")
+    counts = set()
+    per_input = {}
+    for spec in inputs:
+        value = np.asarray(arrays[spec.name])
+        shape = tuple(spec.shape)
+        if value.shape == shape:
+            per_input[spec.name] = value[None]
+        elif value.shape[1:] == shape:
+            per_input[spec.name] = value
+        elif shape and shape[0] == 1 and value.shape[1:] == shape[1:]:
+            per_input[spec.name] = value[:, None]
+        else:
+            raise InputError(f"calibration array '{spec.name}' has shape {value.shape}; the model takes "
+                             f"{shape} (or N x {shape} for N samples)")
+        counts.add(per_input[spec.name].shape[0])
+    if len(counts) != 1:
+        raise InputError(f"calibration arrays have different sample counts: {sorted(counts)}")
+    n = counts.pop()
+    return [{spec.name: per_input[spec.name][i].astype(spec.dtype, copy=False) for spec in inputs}
+            for i in range(n)]
+
+
+def _read_file(path: Path, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    try:
+        if path.suffix == ".npy":
+            if len(inputs) != 1:
+                raise InputError(f"{path}: a .npy file feeds a one-input model; this one has {len(inputs)} "
+                                 "inputs (use .npz with one array per input name)")
+            return {inputs[0].name: np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError) as err:
+        raise InputError(f"{path}: not readable calibration data ({err}); expected .npz or .npy "
+                         "(pickled arrays are refused)") from None
+
+
+def load_calibration(source, inputs: list[TensorSpec], limit: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Calibration samples as model-sized batches.
+
+    ``source``: an ``.npz`` (one array per input name, optionally with a leading sample
+    axis), an ``.npy`` (one-input models), a directory of those, the same as in-memory
+    arrays (a dict, or one array), or an iterable of dicts / arrays. ``limit`` keeps the first samples only.
+    """
+    batches: list[dict[str, np.ndarray]] = []
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
+            if not files:
+                raise InputError(f"{path}: no .npy or .npz files for calibration")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise InputError(f"calibration data {path}: no such file or directory")
+        for file in files:
+            batches += _as_batch(_read_file(file, inputs), inputs)
+    elif isinstance(source, np.ndarray):
+        if len(inputs) != 1:
+            raise InputError("one calibration array feeds a one-input model; pass a dict name -> array")
+        batches = _as_batch({inputs[0].name: source}, inputs)
+    elif isinstance(source, dict):
+        batches = _as_batch(source, inputs)
+    elif isinstance(source, Iterable):
+        for item in source:
+            if isinstance(item, dict):
+                batches += _as_batch(item, inputs)
+            elif len(inputs) == 1:
+                batches += _as_batch({inputs[0].name: item}, inputs)
+            else:
+                raise InputError("calibration items must be dicts name -> array for a multi-input model")
+            if limit is not None and len(batches) >= limit:
+                break
+    else:
+        raise InputError(f"calibration data must be a path or an iterable, not {type(source).__name__}")
+    if not batches:
+        raise InputError("calibration data holds no samples")
+    return batches[:limit] if limit is not None else batches
+
+
+def _exposing_module(mod, layers: list[Layer]):
+    """A copy of ``mod`` whose ``main`` returns ``(original output, *distinct layer inputs)``."""
+    import tvm
+    from tvm import relax
+
+    wanted = []
+    for layer in layers:
+        if not any(layer.data.same_as(w) for w in wanted):
+            wanted.append(layer.data)
+
+    @relax.expr_functor.mutator
+    class _Expose(relax.PyExprMutator):
+        def __init__(self, module):
+            super().__init__(module)
+            self.exposed: dict[int, relax.Var] = {}
+
+        def visit_var_binding_(self, binding):
+            value = self.visit_expr(binding.value)
+            hit = next((i for i, w in enumerate(wanted) if binding.var.same_as(w)), None)
+            if hit is None and isinstance(binding.var, relax.DataflowVar):
+                new_var = self.builder_.emit(value, binding.var.name)
+            elif hit is None:  # already a block output
+                new_var = self.builder_.emit_output(value, binding.var.name)
+            else:
+                new_var = self.builder_.emit_output(value, binding.var.name)
+                self.exposed[hit] = new_var
+            self.set_var_remap(binding.var, new_var)
+
+    func = mod["main"]
+    mutator = _Expose(mod)
+    new_func = mutator.visit_expr(func)
+    params = {p: i for i, p in enumerate(func.params)}
+    extra = []
+    for i, w in enumerate(wanted):
+        if i in mutator.exposed:
+            extra.append(mutator.exposed[i])
+        else:  # a function parameter read directly by a layer
+            extra.append(new_func.params[next(j for p, j in params.items() if p.same_as(w))])
+    body = new_func.body
+    outputs = relax.Tuple([body.body, *extra])
+    new_body = relax.SeqExpr(body.blocks, outputs)
+    ret_ty = relax.TupleType([e.ty for e in [body.body, *extra]])
+    exposing = relax.Function(new_func.params, new_body, ret_ty, is_pure=True, attrs=func.attrs)
+    out = tvm.IRModule(dict(mod.functions_items()))
+    out["main"] = exposing
+    out = relax.transform.Normalize()(out)
+    index = [next(i for i, w in enumerate(wanted) if layer.data.same_as(w)) for layer in layers]
+    return out, index
+
+
+def calibrate(
+    mod,
+    inputs: list[TensorSpec],
+    samples: list[dict[str, np.ndarray]],
+    method: str = "entropy",
+    percentile: float = 99.99,
+    onnx_model=None,
+    threads: int | None = None,
+) -> CalibrationResult:
+    """Ranges of every quantizable layer's input of ``mod`` over ``samples`` (see module doc)."""
+    import tvm
+
+    from compiler.pipeline import lowering_pipeline
+    from compiler.runtime import configure_threads
+    from targets.registry import resolve_target
+
+    if method not in METHODS:
+        raise InputError(f"calibration method '{method}' is unknown; use one of {', '.join(METHODS)}")
+    if method == "percentile" and not 50.0 < percentile <= 100.0:
+        raise InputError(f"percentile {percentile} is out of range (50, 100]")
+    t0 = time.perf_counter()
+    layers = find_layers(mod, onnx_model)
+    if not layers:
+        return CalibrationResult(method, {}, 0, 0.0)
+    exposing, index = _exposing_module(mod, layers)
+    host = resolve_target("host")
+    with tvm.transform.PassContext(opt_level=3):
+        lowered = lowering_pipeline(host)(exposing)
+        executable = tvm.compile(lowered, host.tvm_target(), relax_pipeline=None)
+    configure_threads(threads)
+    device = tvm.cpu()
+    vm = tvm.runtime.vm.VirtualMachine(executable, device)
+    histograms = [Histogram() for _ in range(max(index) + 1)]
+    for sample in samples:
+        args = [tvm.runtime.tensor(np.ascontiguousarray(sample[spec.name]), device) for spec in inputs]
+        result = vm["main"](*args)
+        for i, hist in enumerate(histograms):
+            hist.add(result[i + 1].numpy())
+    by_layer = {layer.name: histograms[index[layer.index]] for layer in layers}
+    ranges = {name: hist.to_range(method, percentile) for name, hist in by_layer.items()}
+    seconds = time.perf_counter() - t0
+    log.info("calibrated %d layers over %d samples (%s) in %.1f s", len(ranges), len(samples), method, seconds)
+    return CalibrationResult(method, ranges, len(samples), seconds, by_layer)

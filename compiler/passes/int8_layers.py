@@ -1,0 +1,89 @@
+"""Which bindings of a Relax module are quantizable layers, and what to call them.
+
+A quantizable layer is a float32 ``nn.conv2d`` or a ``matmul`` whose weight (second
+argument) is a constant, in ``main``'s dataflow block, after kiln's simplification steps
+(batch-norm folded, weights constant). Layers get the names of their ONNX nodes
+(``Conv``/``Gemm``/``MatMul`` in graph order, which is the order the importer emits them);
+when the counts do not line up (an operator the importer expands differently) they are
+called ``conv2d_3``, ``matmul_0``… instead, which is what ``kiln quantize-report`` shows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import onnx
+import tvm
+from tvm import relax
+from tvm.ir.expr import Constant
+
+log = logging.getLogger(__name__)
+
+LAYER_OPS = ("relax.nn.conv2d", "relax.matmul")
+ONNX_LAYER_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One quantizable layer: its binding var (output), data input and kind."""
+
+    name: str
+    op: str  # "conv2d" or "matmul"
+    output: relax.Var
+    data: relax.Expr
+    index: int  # position among quantizable layers, in dataflow order
+
+
+def _op_name(call: relax.Expr) -> str | None:
+    return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) else None
+
+
+def _is_layer(call: relax.Expr) -> bool:
+    if _op_name(call) not in LAYER_OPS:
+        return False
+    data, weight = call.args[0], call.args[1]
+    return (isinstance(weight, Constant) and not isinstance(data, Constant)
+            and str(weight.value.dtype) == "float32" and _dtype(data) == "float32")
+
+
+def _dtype(expr: relax.Expr) -> str:
+    sinfo = expr.ty
+    return str(getattr(sinfo, "dtype", ""))
+
+
+def onnx_layer_names(model: onnx.ModelProto | None) -> list[str]:
+    """Names of the ONNX nodes that become conv2d/matmul calls, in graph order."""
+    if model is None:
+        return []
+    return [node.name or f"{node.op_type}_{i}" for i, node in enumerate(model.graph.node)
+            if node.op_type in ONNX_LAYER_OPS]
+
+
+def main_bindings(mod) -> list[relax.VarBinding]:
+    """The bindings of ``main``'s body, in order (all blocks)."""
+    body = mod["main"].body
+    return [b for block in body.blocks for b in block.bindings]
+
+
+def find_layers(mod, onnx_model: onnx.ModelProto | None = None) -> list[Layer]:
+    """The quantizable layers of ``mod['main']`` in dataflow order, named after ``onnx_model``."""
+    bindings = main_bindings(mod)
+    calls = [b for b in bindings if _op_name(b.value) in LAYER_OPS]
+    names = onnx_layer_names(onnx_model)
+    if len(names) != len(calls):
+        if onnx_model is not None:
+            log.info("layer names: %d ONNX Conv/Gemm/MatMul nodes but %d conv2d/matmul calls; "
+                     "using positional names", len(names), len(calls))
+        counts: dict[str, int] = {}
+        names = []
+        for b in calls:
+            op = _op_name(b.value).split(".")[-1]
+            names.append(f"{op}_{counts.get(op, 0)}")
+            counts[op] = counts.get(op, 0) + 1
+    layers = []
+    for name, binding in zip(names, calls):
+        if _is_layer(binding.value):
+            op = _op_name(binding.value).split(".")[-1]
+            layers.append(Layer(name, op, binding.var, binding.value.args[0], len(layers)))
+    return layers

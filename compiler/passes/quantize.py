@@ -1,0 +1,362 @@
+"""INT8 quantization: fake-quant insertion from calibration, and lowering to real int8 math.
+
+Two passes, one form between them (the same form ONNX Runtime's QDQ models import to):
+
+``insert_qdq(plan)`` expects a module after kiln's simplification steps and a
+``QuantizationPlan`` from calibration. For every quantizable layer (``int8_layers``) not
+kept in FP32 it quantizes the data input per tensor (uint8 when calibration never saw a
+negative value, else int8; zero point 0) and the constant weight per output channel
+(symmetric int8, ``weight_bits`` wide), and feeds the layer dequantized copies.
+
+``lower_qdq()`` expects ``conv2d``/``matmul`` calls whose inputs are
+``dequantize(q, scale, zero_point)`` of an activation and of a constant weight
+(from ``insert_qdq`` or from an imported QDQ model). It guarantees they become a
+convolution / matmul of the int8 tensors with **int32 accumulation**, the activation
+zero point corrected exactly (explicit zero-point padding plus a constant per-channel
+term), a following constant bias added in int32, and one float multiply by
+``scale_x * scale_w[c]`` back to float. Everything after the accumulation is elementwise, so
+``FuseOps`` keeps it, any ReLU and the next layer's ``quantize`` inside the layer's
+kernel: consecutive quantized layers exchange int8/uint8 tensors. ``fold_relu_into_quantize``
+drops a ReLU whose only readers quantize to uint8 with zero point 0 (the clip already does it).
+
+Requantization uses a float scale, not an integer multiplier and shift: on x86 and ARM
+with FMA the float multiply is one instruction per lane and the results match ONNX
+Runtime's (which also requantizes in float).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir.expr import Constant
+
+from compiler.passes.calibrate import TensorRange
+from compiler.passes.int8_layers import find_layers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantizationPlan:
+    """What to quantize and how: calibrated ranges per layer name, layers kept in FP32."""
+
+    ranges: dict[str, TensorRange]
+    keep_fp32: set[str] = field(default_factory=set)
+    weight_bits: int = 8  # 7 where the int8 kernel's 16-bit intermediate could saturate (AVX2 without VNNI)
+    onnx_model: object = None  # for layer names
+
+
+@dataclass
+class LayerReport:
+    """One layer's quantization, for ``kiln quantize-report``."""
+
+    name: str
+    op: str
+    quantized: bool
+    activation_dtype: str = ""
+    activation_scale: float = 0.0
+    threshold: float = 0.0
+    seen_min: float = 0.0
+    seen_max: float = 0.0
+    weight_error: float = 0.0  # relative L2 error of the quantized weights
+    activation_error: float = 0.0  # relative L2 error of the quantized input (from the histogram)
+
+
+def quantize_weight(weight: np.ndarray, axis: int, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel quantization along ``axis``: (int8 values, float32 scales)."""
+    qmax = 2 ** (bits - 1) - 1
+    moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+    scale = np.abs(moved).max(axis=1) / qmax
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+    return q, scale
+
+
+def _const(value, dtype: str | None = None) -> Constant:
+    array = np.asarray(value)
+    if dtype is not None:
+        array = array.astype(dtype)
+    return relax.const(array, str(array.dtype))
+
+
+def _op(expr) -> str | None:
+    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
+
+
+def _emit_like(builder, value, var: relax.Var) -> relax.Var:
+    """Emit ``value`` for a binding that replaces ``var``: a block output stays an output."""
+    if isinstance(var, relax.DataflowVar):
+        return builder.emit(value, var.name)
+    return builder.emit_output(value, var.name)
+
+
+def _weight_axis(op: str) -> int:
+    return 0 if op == "conv2d" else 1  # OIHW's O; matmul weight [K, N]'s N
+
+
+def insert_qdq(plan: QuantizationPlan) -> tvm.transform.Pass:
+    """Fake-quantize every planned layer (see module doc)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="kiln.InsertQDQ")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        layers = {layer.output: layer for layer in find_layers(mod, plan.onnx_model)}
+
+        @relax.expr_functor.mutator
+        class _Insert(relax.PyExprMutator):
+            def __init__(self, module):
+                super().__init__(module)
+                self.quantized_inputs: dict = {}  # original data var -> dequantized var (shared)
+
+            def visit_var_binding_(self, binding):
+                layer = next((l for v, l in layers.items() if v.same_as(binding.var)), None)
+                if layer is None or layer.name in plan.keep_fp32 or layer.name not in plan.ranges:
+                    return super().visit_var_binding_(binding)
+                call = binding.value
+                rng = plan.ranges[layer.name]
+                data = self.visit_expr(call.args[0])
+                key = next((k for k in self.quantized_inputs if k.same_as(call.args[0])), None)
+                if key is None:
+                    scale, zero = _const(rng.scale, "float32"), _const(0, rng.dtype)
+                    q = self.builder_.emit(relax.op.quantize(data, scale, zero, axis=-1, out_dtype=rng.dtype))
+                    dq = self.builder_.emit(relax.op.dequantize(q, scale, zero, axis=-1, out_dtype="float32"))
+                    self.quantized_inputs[call.args[0]] = dq
+                else:
+                    dq = self.quantized_inputs[key]
+                weight = call.args[1].value.numpy()
+                axis = _weight_axis(layer.op)
+                wq, wscale = quantize_weight(weight, axis, plan.weight_bits)
+                wdq = self.builder_.emit(relax.op.dequantize(
+                    _const(wq), _const(wscale), _const(np.zeros(len(wscale), np.int8)), axis=axis,
+                    out_dtype="float32"))
+                new_value = relax.Call(call.op, [dq, wdq], call.attrs, call.ty_args)
+                self.set_var_remap(binding.var, _emit_like(self.builder_, new_value, binding.var))
+
+        mutator = _Insert(mod)
+        out = tvm.IRModule(dict(mod.functions_items()))
+        out["main"] = mutator.visit_expr(mod["main"])
+        return relax.transform.Normalize()(out)
+
+    return _pass
+
+
+class _ConstEval:
+    """Values of constant sub-expressions the importer left unfolded (dequantize, reshape, …)."""
+
+    def __init__(self, lookup) -> None:
+        self.lookup = lookup
+
+    def binding(self, expr):
+        return self.lookup(expr) if isinstance(expr, relax.Var) else expr
+
+    def value(self, expr) -> np.ndarray | None:
+        expr = self.binding(expr)
+        if isinstance(expr, Constant):
+            return expr.value.numpy()
+        op = _op(expr)
+        if op == "relax.dequantize":
+            parts = [self.value(a) for a in expr.args]
+            if any(p is None for p in parts):
+                return None
+            q, scale, zero = parts
+            axis = int(expr.attrs.axis) % q.ndim
+            shape = [1] * q.ndim
+            if scale.ndim:
+                shape[axis] = -1
+            return ((q.astype(np.float32) - zero.astype(np.float32).reshape(shape if zero.ndim else []))
+                    * scale.astype(np.float32).reshape(shape if scale.ndim else []))
+        if op == "relax.reshape":
+            inner = self.value(expr.args[0])
+            return None if inner is None else inner.reshape([int(d) for d in expr.ty.shape.values])
+        if op == "relax.permute_dims":
+            inner = self.value(expr.args[0])
+            axes = expr.attrs.axes
+            return None if inner is None else np.transpose(inner, None if axes is None else [int(a) for a in axes])
+        return None
+
+    def dequantized(self, expr):
+        """``(q_expr, scale, zero_point, axis)`` if ``expr`` is bound to a dequantize, else None."""
+        call = self.binding(expr)
+        if _op(call) != "relax.dequantize":
+            return None
+        scale, zero = self.value(call.args[1]), self.value(call.args[2])
+        if scale is None or zero is None:
+            return None
+        return call.args[0], scale.astype(np.float32), zero.astype(np.int64), int(call.attrs.axis)
+
+    def int8_weight(self, expr) -> tuple[np.ndarray, np.ndarray] | None:
+        """A constant int8 weight with zero point 0 behind dequantize (and a transpose): (values, scale)."""
+        call = self.binding(expr)
+        transpose = None
+        if _op(call) == "relax.permute_dims":
+            axes = call.attrs.axes
+            transpose = None if axes is None else [int(a) for a in axes]
+            call = self.binding(call.args[0])
+            if transpose is None:
+                transpose = list(range(len(call.ty.shape)))[::-1]
+        found = self.dequantized(call)
+        if found is None:
+            return None
+        q_expr, scale, zero, axis = found
+        q = self.value(q_expr)
+        if q is None or q.dtype != np.int8 or np.any(zero != 0):
+            return None
+        axis %= q.ndim
+        scale = np.broadcast_to(scale, (q.shape[axis],)) if scale.ndim == 0 else scale
+        if transpose is not None:
+            q = np.transpose(q, transpose)
+            axis = transpose.index(axis)
+        return q, scale, axis
+
+
+def _requantize_to_bits(q: np.ndarray, scale: np.ndarray, axis: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Narrow int8 weights to ``bits`` (per channel, only where needed); scales grow to match."""
+    qmax = 2 ** (bits - 1) - 1
+    moved = np.moveaxis(q, axis, 0).astype(np.int32)
+    peak = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
+    factor = np.maximum(np.ceil(peak / qmax), 1).astype(np.int32)
+    if np.all(factor == 1):
+        return q, scale
+    shape = [-1] + [1] * (q.ndim - 1)
+    narrowed = np.clip(np.round(moved / factor.reshape(shape)), -qmax, qmax).astype(np.int8)
+    return np.moveaxis(narrowed, 0, axis), (scale * factor).astype(np.float32)
+
+
+def lower_qdq(weight_bits: int = 8) -> tvm.transform.Pass:
+    """Turn dequantize→conv2d/matmul into int8 math with int32 accumulation (see module doc)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="kiln.LowerQDQ")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        @relax.expr_functor.mutator
+        class _Lower(relax.PyExprMutator):
+            def __init__(self, module):
+                super().__init__(module)
+                self.const = _ConstEval(self.lookup_binding)
+                self.scaled: dict = {}  # new float var -> (int32 accumulator var, per-channel scale array)
+                self.lowered = 0
+
+            def visit_var_binding_(self, binding):
+                value = binding.value
+                op = _op(value)
+                new_var = None
+                if op in ("relax.nn.conv2d", "relax.matmul"):
+                    new_var = self._lower_layer(binding)
+                elif op == "relax.add":
+                    new_var = self._fold_bias(binding)
+                if new_var is None:
+                    return super().visit_var_binding_(binding)
+                self.set_var_remap(binding.var, new_var)
+
+            def _lower_layer(self, binding):
+                call = binding.value
+                data = self.const.dequantized(call.args[0])
+                weight = self.const.int8_weight(call.args[1])
+                if data is None or weight is None:
+                    return None
+                q_expr, sx, zx, _ = data
+                if sx.size != 1 or zx.size != 1:
+                    return None  # per-channel activation scales are not lowered
+                wq, sw, axis = weight
+                conv = _op(call) == "relax.nn.conv2d"
+                if axis != (0 if conv else wq.ndim - 1):
+                    return None  # scales must run along the output channels
+                wq, sw = _requantize_to_bits(wq, sw, axis, weight_bits)
+                q = self.visit_expr(q_expr)
+                zero = int(zx.reshape(-1)[0])
+                if conv:
+                    attrs = call.attrs
+                    padding = [int(p) for p in attrs.padding]
+                    if zero != 0 and any(padding):
+                        top, left, bottom, right = padding
+                        q = self.builder_.emit(relax.op.nn.pad(q, [0, 0, 0, 0, top, bottom, left, right],
+                                                               pad_value=float(zero)))
+                        padding = [0, 0, 0, 0]
+                    acc = self.builder_.emit(relax.op.nn.conv2d(
+                        q, _const(wq), strides=[int(s) for s in attrs.strides], padding=padding,
+                        dilation=[int(d) for d in attrs.dilation], groups=int(attrs.groups),
+                        data_layout=attrs.data_layout, kernel_layout=attrs.kernel_layout,
+                        out_layout=attrs.out_layout, out_dtype="int32"))
+                    channel_shape = [1, wq.shape[0], 1, 1]
+                    weight_sums = wq.astype(np.int64).sum(axis=(1, 2, 3))
+                else:
+                    if wq.ndim != 2:
+                        return None
+                    acc = self.builder_.emit(relax.op.matmul(q, _const(wq), out_dtype="int32"))
+                    channel_shape = [wq.shape[1]]
+                    weight_sums = wq.astype(np.int64).sum(axis=0)
+                if zero != 0:
+                    correction = (zero * weight_sums).astype(np.int32).reshape(channel_shape)
+                    acc = self.builder_.emit(relax.op.subtract(acc, _const(correction)))
+                scale = (sx.reshape(()) * sw).astype(np.float32).reshape(channel_shape)
+                self.lowered += 1
+                return self._emit_scaled(acc, scale, binding.var)
+
+            def _emit_scaled(self, acc, scale: np.ndarray, replaces: relax.Var):
+                as_float = self.builder_.emit(relax.op.astype(acc, "float32"))
+                out = _emit_like(self.builder_, relax.op.multiply(as_float, _const(scale)), replaces)
+                self.scaled[out] = (acc, scale)
+                return out
+
+            def _fold_bias(self, binding):
+                lhs, rhs = binding.value.args
+                source = self.visit_expr(lhs)
+                entry = next((v for k, v in self.scaled.items() if k.same_as(source)), None)
+                bias = self.const.value(rhs)
+                if entry is None or bias is None:
+                    return None
+                acc, scale = entry
+                if bias.size not in (1, scale.size) or bias.ndim > scale.ndim:
+                    return None
+                bias_q = np.round(np.broadcast_to(bias.reshape(-1) if bias.size > 1 else bias.reshape(()),
+                                                  (scale.size,)).reshape(scale.shape) / scale)
+                acc = self.builder_.emit(relax.op.add(acc, _const(bias_q.astype(np.int32))))
+                return self._emit_scaled(acc, scale, binding.var)
+
+        mutator = _Lower(mod)
+        out = tvm.IRModule(dict(mod.functions_items()))
+        out["main"] = mutator.visit_expr(mod["main"])
+        if mutator.lowered:
+            log.info("lowered %d layers to int8 with int32 accumulation", mutator.lowered)
+        return relax.transform.DeadCodeElimination()(relax.transform.Normalize()(out))
+
+    return _pass
+
+
+@tvm.transform.module_pass(opt_level=0, name="kiln.FoldReluIntoQuantize")
+def fold_relu_into_quantize(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Drop ``relu`` whose every reader quantizes to uint8 with zero point 0 (the clip at 0 does it)."""
+    bindings = {b.var: b.value for block in mod["main"].body.blocks for b in block.bindings}
+    readers: dict = {}
+    for var, value in bindings.items():
+        for arg in getattr(value, "args", []):
+            if isinstance(arg, relax.Var):
+                readers.setdefault(arg, []).append(value)
+
+    def _unsigned_zero_quantize(value) -> bool:
+        if _op(value) != "relax.quantize" or str(value.attrs.out_dtype) != "uint8":
+            return False
+        zero = value.args[2]
+        return isinstance(zero, Constant) and not np.any(zero.value.numpy())
+
+    droppable = {var for var, value in bindings.items()
+                 if _op(value) == "relax.nn.relu" and readers.get(var)
+                 and all(_unsigned_zero_quantize(r) for r in readers[var])}
+    if not droppable:
+        return mod
+
+    @relax.expr_functor.mutator
+    class _Drop(relax.PyExprMutator):
+        def visit_var_binding_(self, binding):
+            if binding.var in droppable:
+                self.set_var_remap(binding.var, self.visit_expr(binding.value.args[0]))
+                return
+            super().visit_var_binding_(binding)
+
+    out = tvm.IRModule(dict(mod.functions_items()))
+    out["main"] = _Drop(mod).visit_expr(mod["main"])
+    return relax.transform.Normalize()(out)

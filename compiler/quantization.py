@@ -1,0 +1,155 @@
+"""INT8 post-training quantization of an imported model: calibrate, choose layers, plan.
+
+Expects an ``ImportedModel`` and ``Int8Options`` (calibration data, method, layers to
+keep in FP32). Guarantees a ``QuantizationPlan`` for ``compiler.passes.quantize`` and a
+per-layer report (scales, calibrated ranges, estimated quantization error) — what
+``kiln quantize-report`` prints and ``kiln compile --precision int8`` builds.
+The mixed-precision mode ``auto_keep`` keeps the layers with the worst estimated error in
+FP32: those whose input and weight quantization error is above that fraction of the
+worst layer's (see ``sensitivity``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.errors import InputError
+from compiler.frontend import ImportedModel
+from compiler.passes.calibrate import CalibrationResult, Histogram, calibrate, load_calibration
+from compiler.passes.int8_layers import Layer, find_layers
+from compiler.passes.quantize import LayerReport, QuantizationPlan, quantize_weight
+from targets.registry import TargetPreset
+
+
+@dataclass
+class Int8Options:
+    """How to quantize: calibration samples and method, and which layers stay FP32."""
+
+    calibration: object  # .npz / .npy / directory path, or an iterable of samples
+    method: str = "entropy"  # minmax | percentile | entropy
+    percentile: float = 99.99
+    samples: int | None = 100  # use at most this many calibration samples
+    keep_fp32: tuple[str, ...] = ()  # layer (ONNX node) names; "first" and "last" are allowed
+    auto_keep: int = 0  # additionally keep this many most sensitive layers in FP32
+    weight_bits: int | None = None  # default: what the target's int8 kernels need (7 on AVX2 without VNNI)
+    threads: int | None = None  # for running calibration
+
+
+@dataclass
+class Int8Result:
+    plan: QuantizationPlan
+    calibration: CalibrationResult
+    layers: list[LayerReport] = field(default_factory=list)
+
+    @property
+    def quantized(self) -> int:
+        return sum(layer.quantized for layer in self.layers)
+
+
+def activation_error(hist: Histogram, threshold: float, levels: int) -> float:
+    """Relative RMS error of quantizing the histogrammed tensor with this clip threshold."""
+    centers = (np.arange(len(hist.counts)) + 0.5) * hist.bin_width
+    signal = float(np.sum(hist.counts * centers**2))
+    if signal == 0.0:
+        return 0.0
+    step = threshold / levels
+    inside = centers <= threshold
+    noise = float(np.sum(hist.counts[inside]) * step**2 / 12.0
+                  + np.sum(hist.counts[~inside] * (centers[~inside] - threshold) ** 2))
+    return float(np.sqrt(noise / signal))
+
+
+def weight_error(weight: np.ndarray, axis: int, bits: int) -> float:
+    q, scale = quantize_weight(weight, axis, bits)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    restored = q.astype(np.float32) * scale.reshape(shape)
+    norm = float(np.linalg.norm(weight))
+    return float(np.linalg.norm(weight - restored) / norm) if norm else 0.0
+
+
+def _resolve_names(requested: tuple[str, ...], layers: list[Layer]) -> set[str]:
+    names = [layer.name for layer in layers]
+    chosen = set()
+    for name in requested:
+        if name == "first" and names:
+            chosen.add(names[0])
+        elif name == "last" and names:
+            chosen.add(names[-1])
+        elif name in names:
+            chosen.add(name)
+        else:
+            shown = ", ".join(names[:8]) + (" …" if len(names) > 8 else "")
+            raise InputError(f"--keep-fp32: no quantizable layer named '{name}'; layers: {shown} "
+                             "(or 'first', 'last')")
+    return chosen
+
+
+def sensitivity(report: LayerReport) -> float:
+    """Estimated relative output error of quantizing one layer (input and weight errors add)."""
+    return report.activation_error + report.weight_error
+
+
+def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8Options) -> Int8Result:
+    """Calibrate the simplified module ``mod`` and decide what to quantize (see module doc)."""
+    from schedules.int8 import weight_bits_for
+
+    bits = options.weight_bits or weight_bits_for(preset.tvm_target())
+    if bits not in (7, 8):
+        raise InputError(f"weight bits must be 7 or 8, not {bits}")
+    samples = load_calibration(options.calibration, imported.inputs, options.samples)
+    result = calibrate(mod, imported.inputs, samples, options.method, options.percentile,
+                       imported.onnx_model, options.threads)
+    layers = find_layers(mod, imported.onnx_model)
+    keep = _resolve_names(tuple(options.keep_fp32), layers)
+    reports = []
+    for layer in layers:
+        rng = result.ranges[layer.name]
+        hist = result.histograms[layer.name]
+        weight = layer_weight(mod, layer)
+        reports.append(LayerReport(
+            name=layer.name, op=layer.op, quantized=True, activation_dtype=rng.dtype,
+            activation_scale=rng.scale, threshold=rng.threshold, seen_min=rng.minimum, seen_max=rng.maximum,
+            weight_error=weight_error(weight, 0 if layer.op == "conv2d" else 1, bits),
+            activation_error=activation_error(hist, rng.threshold, 127 if rng.signed else 255)))
+    if options.auto_keep > 0:
+        worst = sorted(reports, key=sensitivity, reverse=True)[: options.auto_keep]
+        keep |= {r.name for r in worst}
+    for report in reports:
+        report.quantized = report.name not in keep
+    plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model)
+    return Int8Result(plan, result, reports)
+
+
+def layer_weight(mod, layer: Layer) -> np.ndarray:
+    """The constant weight of ``layer`` (its call's second argument)."""
+    from compiler.passes.int8_layers import main_bindings
+
+    binding = next(b for b in main_bindings(mod) if b.var.same_as(layer.output))
+    return binding.value.args[1].value.numpy()
+
+
+def simplified_module(imported: ImportedModel, preset: TargetPreset):
+    """``imported.mod`` after kiln's simplification steps: what calibration and InsertQDQ see."""
+    import tvm
+
+    from compiler.pipeline import simplify_pipeline
+
+    with tvm.transform.PassContext(opt_level=3):
+        return simplify_pipeline(preset)(imported.mod)
+
+
+def describe_layers(result: Int8Result) -> str:
+    """A table of the per-layer quantization (``kiln quantize-report``)."""
+    lines = [f"{'layer':<28} {'op':<7} {'int8':<5} {'input':<6} {'scale':>10} {'clip':>9} "
+             f"{'min':>9} {'max':>9} {'w err':>7} {'x err':>7}"]
+    for r in result.layers:
+        lines.append(f"{r.name[:28]:<28} {r.op:<7} {'yes' if r.quantized else 'FP32':<5} {r.activation_dtype:<6} "
+                     f"{r.activation_scale:>10.3g} {r.threshold:>9.3g} {r.seen_min:>9.3g} {r.seen_max:>9.3g} "
+                     f"{r.weight_error:>7.2%} {r.activation_error:>7.2%}")
+    c = result.calibration
+    lines.append(f"{result.quantized}/{len(result.layers)} layers int8; calibration: {c.method} over "
+                 f"{c.samples} samples in {c.seconds:.1f} s; weights {result.plan.weight_bits}-bit per channel")
+    return "\n".join(lines)

@@ -23,9 +23,18 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from compiler.build import CompileOptions, compile_model
     from compiler.frontend import parse_input_shapes
 
+    if args.calibration and args.precision != "int8":
+        raise InputError("--calibration is for --precision int8")
     options = CompileOptions(target=args.target, input_shapes=parse_input_shapes(args.input_shape),
-                             db=args.db, precision=args.precision, cuda_archs=args.cuda_arch)
+                             db=args.db, precision=args.precision, cuda_archs=args.cuda_arch,
+                             int8=_int8_options(args) if args.precision == "int8" else None)
     report = compile_model(args.model, args.output, options)
+    if report.int8 is not None:
+        c = report.int8.calibration
+        fp32 = sorted(report.int8.plan.keep_fp32)
+        print(f"int8: {report.int8.quantized}/{len(report.int8.layers)} layers quantized "
+              f"({c.method} calibration over {c.samples} samples, {c.seconds:.1f} s)"
+              + (f"; kept in FP32: {', '.join(fp32)}" if fp32 else ""))
     print(f"wrote {report.output} ({report.size_bytes / 1e6:.1f} MB) for target '{report.target}': "
           f"{report.kernels} kernels ({report.tuned_kernels} from tuning records), "
           f"compiled in {report.seconds_total:.1f} s")
@@ -34,6 +43,48 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     for spec in report.outputs:
         print(f"  output {spec.describe()}")
     return 0
+
+
+def _int8_options(args: argparse.Namespace):
+    from compiler.quantization import Int8Options
+
+    if not args.calibration:
+        raise InputError("--precision int8 needs --calibration DATA (.npz keyed by input name, .npy, or a "
+                         "directory of them; e.g. 100 representative inputs)")
+    keep = tuple(n.strip() for n in (args.keep_fp32 or "").split(",") if n.strip())
+    return Int8Options(calibration=args.calibration, method=args.calibration_method, percentile=args.percentile,
+                       samples=args.calibration_samples, keep_fp32=keep, auto_keep=args.auto_keep_fp32)
+
+
+def _cmd_quantize_report(args: argparse.Namespace) -> int:
+    from compiler.frontend import import_onnx, parse_input_shapes
+    from compiler.quantization import describe_layers, plan_int8, simplified_module
+    from targets.registry import resolve_target
+
+    preset = resolve_target(args.target)
+    imported = import_onnx(args.model, parse_input_shapes(args.input_shape))
+    result = plan_int8(simplified_module(imported, preset), imported, preset, _int8_options(args))
+    print(describe_layers(result))
+    if args.json:
+        from dataclasses import asdict
+
+        payload = {"model": str(args.model), "target": preset.name, "method": result.calibration.method,
+                   "samples": result.calibration.samples, "weight_bits": result.plan.weight_bits,
+                   "layers": [asdict(layer) for layer in result.layers]}
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", metavar="DATA", help="int8: calibration inputs (.npz by input name, .npy, or a dir)")
+    p.add_argument("--calibration-method", default="entropy", choices=["minmax", "percentile", "entropy"],
+                   help="int8: how activation ranges are chosen (default entropy, TensorRT's KL method)")
+    p.add_argument("--percentile", type=float, default=99.99, help="int8 with --calibration-method percentile")
+    p.add_argument("--calibration-samples", type=int, default=100, help="int8: use at most N calibration samples")
+    p.add_argument("--keep-fp32", metavar="NODE,...", help="int8: layers (ONNX node names, or first/last) kept in FP32")
+    p.add_argument("--auto-keep-fp32", type=int, default=0, metavar="N",
+                   help="int8: also keep the N layers with the largest estimated quantization error in FP32")
 
 
 def _load_inputs(args: argparse.Namespace, model) -> dict[str, np.ndarray]:
@@ -217,10 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="host", help="preset name (see `kiln targets`) or TVM target JSON")
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help="fix an input's shape")
     p.add_argument("--db", help="tuning database directory whose records to apply")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
-                   help="fp16: float16 compute with float32 accumulation (CUDA, ARM64 +fullfp16)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="fp16: float16 compute with float32 accumulation (CUDA, ARM64 +fullfp16); "
+                        "int8: post-training quantization from --calibration data")
     p.add_argument("--cuda-arch", help="CUDA archs to embed SASS for, e.g. sm_80,sm_90 (PTX for the newest)")
+    _add_int8_arguments(p)
     p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("quantize-report", help="calibrate a model and list per-layer int8 scales and errors")
+    p.add_argument("model", help="ONNX file")
+    p.add_argument("--target", default="host")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
+    p.add_argument("--json", metavar="OUT.json", help="also write the table as JSON")
+    _add_int8_arguments(p)
+    p.set_defaults(func=_cmd_quantize_report)
 
     p = sub.add_parser("tune", help="search kernel schedules with MetaSchedule into a tuning database")
     p.add_argument("model", help="ONNX file")

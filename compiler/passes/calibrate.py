@@ -157,6 +157,8 @@ def _as_batch(arrays: dict[str, np.ndarray], inputs: list[TensorSpec]) -> list[d
         shape = tuple(spec.shape)
         if value.shape == shape:
             per_input[spec.name] = value[None]
+        elif shape and shape[0] == 1 and value.shape == shape[1:]:  # one sample without its batch axis
+            per_input[spec.name] = value[None, None]
         elif value.shape[1:] == shape:
             per_input[spec.name] = value
         elif shape and shape[0] == 1 and value.shape[1:] == shape[1:]:
@@ -173,6 +175,8 @@ def _as_batch(arrays: dict[str, np.ndarray], inputs: list[TensorSpec]) -> list[d
 
 
 def _read_file(path: Path, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    if path.suffix not in (".npy", ".npz"):
+        raise InputError(f"{path}: calibration data must be .npz (one array per input name) or .npy")
     try:
         if path.suffix == ".npy":
             if len(inputs) != 1:

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""INT8 against FP32, kiln against ONNX Runtime: accuracy and latency in one run.
+
+For each model: kiln FP32 and kiln INT8 (calibrated on the model's calibration samples),
+ONNX Runtime FP32 and ONNX Runtime INT8 (its own ``quantize_static`` QDQ model from the same
+calibration samples, per-channel, ``reduce_range`` as ONNX Runtime advises for AVX2). The
+labelled models (``scripts/int8_models.py``: digits, ppocr_cls, ppocr_rec) report test
+accuracy; the light-zoo models (squeezenet, resnet50: seeded random weights, no labels)
+report latency and INT8-vs-FP32 top-1 agreement only. All latencies are medians at the
+same thread count, measured in this process one after another.
+
+    python scripts/int8_report.py --models digits --json scripts/results/int8_report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from compiler.build import CompileOptions, compile_model
+from compiler.quantization import Int8Options
+from compiler.reference import OnnxRuntimeReference
+from compiler.runtime import load, time_calls
+
+ZOO = ("squeezenet", "resnet50")
+
+
+def ort_qdq(onnx_path: Path, out: Path, input_name: str, samples: list[np.ndarray]) -> Path:
+    """ONNX Runtime's own static INT8 (QDQ) model of the same network and calibration data."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter({input_name: s} for s in samples)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(onnx_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def _zoo_case(name: str, workdir: Path, n_calibration: int):
+    from compiler.examples import example_model
+
+    model = example_model(name)
+    path = workdir / f"{name}.onnx"
+    onnx.save(model, path)
+    inp = model.graph.input[0]
+    shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
+    rng = np.random.default_rng(0)
+    calibration = rng.uniform(0.0, 1.0, (n_calibration, *shape[1:])).astype(np.float32)
+    test = rng.uniform(0.0, 1.0, (20, *shape[1:])).astype(np.float32)
+    return path, inp.name, shape, calibration, test
+
+
+def report_model(name: str, workdir: Path, threads: int, runs: int, method: str, n_calibration: int) -> dict:
+    labelled = None
+    if name in ZOO:
+        path, input_name, shape, calibration, test = _zoo_case(name, workdir, n_calibration)
+    else:
+        from scripts.int8_models import load as load_labelled
+
+        labelled = load_labelled(name, workdir / name, n_calibration=n_calibration)
+        path, input_name, shape = labelled.onnx_path, labelled.input_name, labelled.input_shape
+        calibration, test = labelled.calibration, labelled.test_inputs
+    shapes = {input_name: tuple(shape)}
+    t0 = time.perf_counter()
+    compile_model(path, workdir / f"{name}_fp32.so", CompileOptions(input_shapes=shapes))
+    t1 = time.perf_counter()
+    report = compile_model(path, workdir / f"{name}_int8.so", CompileOptions(
+        input_shapes=shapes, precision="int8", int8=Int8Options(calibration=calibration, method=method)))
+    t2 = time.perf_counter()
+    batches = [calibration[i:i + shape[0]] for i in range(0, len(calibration) - shape[0] + 1, shape[0])]
+    qdq = ort_qdq(path, workdir / f"{name}_qdq.onnx", input_name, batches)
+
+    fp32 = load(workdir / f"{name}_fp32.so", threads=threads)
+    int8 = load(workdir / f"{name}_int8.so", threads=threads)
+    ort_fp32 = OnnxRuntimeReference(path, threads)
+    ort_int8 = OnnxRuntimeReference(qdq, threads)
+    runners = {
+        "fp32": lambda x: next(iter(fp32.run({input_name: x}).values())),
+        "int8": lambda x: next(iter(int8.run({input_name: x}).values())),
+        "ort_fp32": lambda x: ort_fp32.session.run(None, {input_name: x})[0],
+        "ort_int8": lambda x: ort_int8.session.run(None, {input_name: x})[0],
+    }
+    sample = np.ascontiguousarray(test[: shape[0]].reshape(shape), dtype=np.float32)
+    row: dict = {"input_shape": list(shape), "threads": fp32.threads, "method": method,
+                 "calibration_samples": report.int8.calibration.samples,
+                 "layers_int8": report.int8.quantized, "layers": len(report.int8.layers),
+                 "weight_bits": report.int8.plan.weight_bits,
+                 "compile_fp32_s": round(t1 - t0, 1), "compile_int8_s": round(t2 - t1, 1)}
+    for key, run in runners.items():
+        row[f"{key}_ms"] = round(time_calls(lambda run=run: run(sample), runs, warmup=3).p50_ms, 3)
+    if labelled is not None:
+        for key in ("fp32", "int8", "ort_fp32", "ort_int8"):
+            label = "fp32_accuracy" if key == "fp32" else "int8_accuracy" if key == "int8" else f"{key}_accuracy"
+            row[label] = round(labelled.accuracy(runners[key]), 2)
+        row["test_samples"] = len(labelled.test_labels)
+        row["data"] = labelled.info
+    else:  # random weights: no labels, only agreement of the INT8 top-1 with FP32
+        agree = [int(np.argmax(runners["int8"](t[None])) == np.argmax(runners["fp32"](t[None]))) for t in test]
+        row.update(fp32_accuracy=None, int8_accuracy=None, int8_top1_agreement=100.0 * float(np.mean(agree)))
+    row["int8_vs_fp32"] = round(row["int8_ms"] / row["fp32_ms"], 3)
+    row["int8_vs_ort_int8"] = round(row["int8_ms"] / row["ort_int8_ms"], 3)
+    print(f"{name}: {json.dumps(row)}", file=sys.stderr)
+    return row
+
+
+def markdown(rows: dict[str, dict]) -> str:
+    def acc(v):
+        return "–" if v is None else f"{v:.1f}"
+
+    lines = ["| model | FP32 acc | INT8 acc | ORT INT8 acc | kiln FP32 ms | kiln INT8 ms | INT8/FP32 | "
+             "ORT FP32 ms | ORT INT8 ms |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {acc(r['fp32_accuracy'])} | {acc(r['int8_accuracy'])} | "
+                     f"{acc(r.get('ort_int8_accuracy'))} | {r['fp32_ms']:.2f} | {r['int8_ms']:.2f} | "
+                     f"{r['int8_vs_fp32']:.2f} | {r['ort_fp32_ms']:.2f} | {r['ort_int8_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="digits", help="comma list of digits, ppocr_cls, ppocr_rec, "
+                                                           "squeezenet, resnet50")
+    parser.add_argument("--json", required=True, help="where to write the results")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--method", default="entropy", choices=["minmax", "percentile", "entropy"])
+    parser.add_argument("--calibration", type=int, default=100, help="calibration samples per model")
+    parser.add_argument("--workdir", help="keep the models and libraries here (default: a temp dir)")
+    args = parser.parse_args()
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="kiln-int8-") as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            rows[name] = report_model(name, workdir, args.threads, args.runs, args.method, args.calibration)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    for row in rows.values():  # the top level maps model names to rows, nothing else
+        row.update(machine=machine, command=" ".join(sys.argv))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rows, indent=2))
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

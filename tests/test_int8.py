@@ -1,0 +1,224 @@
+"""INT8: calibration methods, weight quantization, QDQ import, end-to-end accuracy, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+from compiler.build import CompileOptions, compile_model
+from compiler.cli import main as kiln
+from compiler.errors import InputError
+from compiler.frontend import import_onnx
+from compiler.metadata import TensorSpec
+from compiler.passes.calibrate import Histogram, load_calibration
+from compiler.passes.quantize import quantize_weight
+from compiler.quantization import Int8Options, plan_int8, simplified_module
+from compiler.runtime import load
+from targets.registry import resolve_target
+from tests.onnx_graphs import const, model
+
+RNG = np.random.default_rng(7)
+
+
+def _hist(values: np.ndarray, chunks: int = 4) -> Histogram:
+    hist = Histogram()
+    for part in np.array_split(values, chunks):  # growing ranges are re-binned, not lost
+        hist.add(part)
+    return hist
+
+
+def test_minmax_and_percentile_on_known_distributions():
+    uniform = RNG.uniform(-2.0, 2.0, 200_000).astype(np.float32)
+    r = _hist(uniform).to_range("minmax", 99.99)
+    assert r.signed and abs(r.threshold - 2.0) < 1e-3
+    normal = RNG.standard_normal(400_000).astype(np.float32)
+    p99 = _hist(normal).to_range("percentile", 99.0).threshold
+    assert abs(p99 - 2.576) < 0.03  # 99% of |N(0,1)| lies below 2.576
+    relu = np.maximum(normal, 0)
+    assert not _hist(relu).to_range("minmax", 99.99).signed  # never negative: uint8
+
+
+def test_entropy_clips_outliers_but_not_a_uniform_range():
+    body = RNG.standard_normal(200_000).astype(np.float32)
+    with_outliers = np.concatenate([body, np.float32([80.0, -95.0, 100.0])])
+    t = _hist(with_outliers).to_range("entropy", 99.99).threshold
+    assert 2.0 < t < 20.0  # far below the 100 outlier, above the bulk
+    flat = RNG.uniform(0.0, 5.0, 200_000).astype(np.float32)
+    assert _hist(flat).to_range("entropy", 99.99).threshold > 4.5
+
+
+def test_nan_in_calibration_is_a_clear_error():
+    with pytest.raises(InputError, match="NaN"):
+        Histogram().add(np.float32([1.0, np.nan]))
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_per_channel_weight_round_trip(bits):
+    weight = RNG.standard_normal((16, 8, 3, 3)).astype(np.float32) * RNG.uniform(0.01, 3, (16, 1, 1, 1))
+    q, scale = quantize_weight(weight, axis=0, bits=bits)
+    assert q.dtype == np.int8 and np.abs(q).max() <= 2 ** (bits - 1) - 1
+    restored = q * scale[:, None, None, None]
+    assert np.all(np.abs(restored - weight) <= scale[:, None, None, None] / 2 + 1e-7)
+    # each channel uses its full range: its largest weight maps to ±qmax
+    assert np.all(np.abs(q).reshape(16, -1).max(axis=1) == 2 ** (bits - 1) - 1)
+
+
+def test_calibration_sources(tmp_path):
+    spec = [TensorSpec("x", (1, 3, 4, 4), "float32")]
+    data = RNG.uniform(size=(5, 3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=data)
+    assert len(load_calibration(tmp_path / "c.npz", spec)) == 5
+    (tmp_path / "dir").mkdir()
+    for i in range(3):
+        np.save(tmp_path / "dir" / f"{i}.npy", data[i:i + 1])
+    assert len(load_calibration(tmp_path / "dir", spec)) == 3
+    assert len(load_calibration(iter([data[0], data[1]]), spec)) == 2
+    assert len(load_calibration(data, spec, limit=2)) == 2
+    with pytest.raises(InputError, match="shape"):
+        load_calibration({"x": np.zeros((2, 3, 5, 5), np.float32)}, spec)
+    with pytest.raises(InputError, match="no array for input"):
+        load_calibration({"y": data}, spec)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(InputError, match="pickled"):
+        load_calibration(tmp_path / "obj.npy", spec)
+
+
+def _conv_relu_conv_gemm() -> onnx.ModelProto:
+    return model([
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv_a"),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1], name="conv_b"),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Flatten", ["r2"], ["f"]),
+        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1, name="fc"),
+    ], [("x", [1, 4, 8, 8])], [("y", None)],
+        [const("w", 8, 4, 3, 3), const("b", 8), const("w2", 8, 8, 3, 3), const("b2", 8),
+         const("wg", 10, 128), const("bg", 10)])
+
+
+def _samples(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (n, 1, 4, 8, 8)).astype(np.float32)
+
+
+def test_qdq_model_imports_as_real_int8_and_matches_onnxruntime(tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    float_path, qdq_path = tmp_path / "f.onnx", tmp_path / "qdq.onnx"
+    onnx.save(_conv_relu_conv_gemm(), float_path)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter({"x": s} for s in _samples(16))
+
+        def get_next(self):
+            return next(self.items, None)
+
+    # reduce_range: 7-bit weights, exact on AVX2 for ONNX Runtime's kernels and kiln's
+    quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    imported = import_onnx(qdq_path)
+    simplified = simplified_module(imported, resolve_target("host"))
+    text = simplified["main"].script()
+    assert text.count('out_dtype="int32"') == 3  # both convs and the gemm accumulate in int32
+    assert "R.dequantize(metadata" not in text  # no float copy of any weight is left
+    compile_model(qdq_path, tmp_path / "qdq.so")
+    lib = load(tmp_path / "qdq.so")
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # QDQ semantics, float math
+    sessions = [ort.InferenceSession(str(qdq_path), plain, providers=["CPUExecutionProvider"]),
+                ort.InferenceSession(str(qdq_path), providers=["CPUExecutionProvider"])]  # ORT's int8 kernels
+    out_scale = None
+    for x in _samples(8, seed=3):
+        ours = lib.run({"x": x})["y"]
+        for session in sessions:
+            ref = session.run(None, {"x": x})[0]
+            out_scale = float(np.abs(ref).max())
+            # float rounding order may flip a value sitting on a rounding boundary by one step
+            assert np.abs(ours - ref).max() <= 0.02 * out_scale
+
+
+def test_calibrated_int8_keeps_accuracy_and_uses_int8_kernels(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_conv_relu_conv_gemm(), path)
+    calibration = _samples(32)[:, 0]
+    compile_model(path, tmp_path / "f.so")
+    report = compile_model(path, tmp_path / "q.so", CompileOptions(
+        precision="int8", int8=Int8Options(calibration=calibration, method="percentile")))
+    assert [layer.name for layer in report.int8.layers] == ["conv_a", "conv_b", "fc"]
+    assert report.int8.quantized == 3
+    fp32, int8 = load(tmp_path / "f.so"), load(tmp_path / "q.so")
+    assert int8.metadata.precision == "int8"
+    assert int8.metadata.extra["int8"]["layers_int8"] == 3
+    errors = []
+    for x in _samples(16, seed=11):
+        a, b = fp32.run({"x": x})["y"], int8.run({"x": x})["y"]
+        errors.append(np.abs(a - b).max() / np.abs(a).max())
+    assert np.median(errors) < 0.05
+
+
+def test_requantize_is_fused_so_layers_pass_uint8():
+    """The first conv's kernel ends in the second layer's quantize: it writes uint8."""
+    import tvm
+
+    from compiler.pipeline import tuning_input_pipeline
+
+    imported = import_onnx(_conv_relu_conv_gemm())
+    preset = resolve_target("host")
+    result = plan_int8(simplified_module(imported, preset), imported, preset,
+                       Int8Options(calibration=_samples(8)[:, 0], method="minmax"))
+    with tvm.transform.PassContext(opt_level=3):
+        fused = tuning_input_pipeline(preset, "int8", result.plan)(imported.mod)
+    import re
+
+    calls = re.findall(r"R.call_tir\((\w+), .*dtype=\"(\w+)\"\)\)", fused["main"].script())
+    conv_calls = [(name, dtype) for name, dtype in calls if "conv2d" in name]
+    assert len(conv_calls) == 2
+    name, dtype = conv_calls[0]
+    assert "quantize" in name and "relu" not in name and dtype == "uint8", conv_calls  # ReLU is the clip
+
+
+def test_keep_fp32_and_auto_keep():
+    imported = import_onnx(_conv_relu_conv_gemm())
+    preset = resolve_target("host")
+    mod = simplified_module(imported, preset)
+    data = _samples(8)[:, 0]
+    kept = plan_int8(mod, imported, preset, Int8Options(calibration=data, keep_fp32=("first", "fc")))
+    assert kept.plan.keep_fp32 == {"conv_a", "fc"} and kept.quantized == 1
+    auto = plan_int8(mod, imported, preset, Int8Options(calibration=data, auto_keep=1))
+    assert len(auto.plan.keep_fp32) == 1
+    with pytest.raises(InputError, match="no quantizable layer named 'nope'"):
+        plan_int8(mod, imported, preset, Int8Options(calibration=data, keep_fp32=("nope",)))
+
+
+def test_cli_int8_errors_and_report(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(_conv_relu_conv_gemm(), path)
+    assert kiln(["compile", str(path), "-o", str(tmp_path / "q.so"), "--precision", "int8"]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    np.savez(tmp_path / "c.npz", x=_samples(8)[:, 0])
+    assert kiln(["quantize-report", str(path), "--calibration", str(tmp_path / "c.npz"),
+                 "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "conv_a" in out and "3/3 layers int8" in out
+    assert (tmp_path / "r.json").exists()
+
+
+def test_digits_cnn_int8_accuracy(tmp_path):
+    """A real classifier with real labels: INT8 loses at most half a point of accuracy."""
+    pytest.importorskip("sklearn")
+    from scripts.int8_models import load as load_labelled
+
+    labelled = load_labelled("digits", tmp_path)
+    shapes = {labelled.input_name: labelled.input_shape}
+    compile_model(labelled.onnx_path, tmp_path / "f.so", CompileOptions(input_shapes=shapes))
+    compile_model(labelled.onnx_path, tmp_path / "q.so", CompileOptions(
+        input_shapes=shapes, precision="int8", int8=Int8Options(calibration=labelled.calibration)))
+    runs = {}
+    for tag in ("f", "q"):
+        lib = load(tmp_path / f"{tag}.so")
+        runs[tag] = labelled.accuracy(lambda x, lib=lib: next(iter(lib.run({labelled.input_name: x}).values())))
+    assert runs["f"] >= 95.0
+    assert runs["q"] >= runs["f"] - 0.5

@@ -22,7 +22,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from schedules.rules import ChannelVectorized, Injective, ParallelFallback, SpatialVectorized
+from schedules.rules import ChannelVectorized, Injective, Int8Tensorized, ParallelFallback, SpatialVectorized
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ RULES_VERSION = _rules_version()
 SCHEDULED_ATTR = "tirx.is_scheduled"  # what dlight and MetaScheduleApplyDatabase set
 RULE_ATTR = "kiln.default_schedule"  # which kiln rule scheduled a function
 
-CPU_RULES: tuple[ScheduleRule, ...] = (ChannelVectorized(), SpatialVectorized(), Injective(), ParallelFallback())
+CPU_RULES: tuple[ScheduleRule, ...] = (Int8Tensorized(), ChannelVectorized(), SpatialVectorized(), Injective(),
+                                        ParallelFallback())
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """kiln's rule-based CPU schedules, most specific first (the first rule that accepts a kernel wins)."""
 
 from schedules.rules.elementwise import Injective, ParallelFallback
+from schedules.rules.int8 import Int8Tensorized
 from schedules.rules.reduction import ChannelVectorized, SpatialVectorized
 
-__all__ = ["ChannelVectorized", "SpatialVectorized", "Injective", "ParallelFallback"]
+__all__ = ["Int8Tensorized", "ChannelVectorized", "SpatialVectorized", "Injective", "ParallelFallback"]

@@ -1,0 +1,215 @@
+"""int8 dot-product tensor intrinsics for x86, and how many weight bits each target can take.
+
+``DOT_8x4_AVX2`` computes ``C[8] (int32) += sum_k A[4] (uint8) * B[8, 4] (int8)`` with one
+``vpmaddubsw`` (u8 x s8 pairs summed into int16), one ``vpmaddwd`` against ones (int16
+pairs summed into int32) and an add: TVM's AVX-512 ``dot_16x4_avx512`` at 256-bit width,
+for CPUs without VNNI (Haswell to Alder Lake, Zen 1-3). ``AVX512_DOT_16x4`` is the same at
+512 bits and ``VNNI_DOT_16x4`` one ``vpdpbusd`` (as TVM's ``dot_16x4_vnni``); kiln registers
+its own copies so that no caller has to import TVM's whole tensor-intrinsic package (~11 s).
+
+``vpmaddubsw`` saturates its int16 sums: ``a0*b0 + a1*b1`` with ``a`` up to 255 leaves
+int16 once ``|b| > 64``. With 7-bit weights (``|w| <= 63``; 2 * 255 * 64 = 32640) every
+sum is exact. The quantizer asks ``weight_bits_for(target)`` and quantizes to that many
+bits; ``mark_int8_weight_bits`` marks kernels whose constant weights need 8 bits, which
+then never get a saturating intrinsic.
+
+Importing this module registers the intrinsics (six small TVMScript functions, ~0.5 s).
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+
+from tvm import tirx
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+from tvm.target import Target
+from tvm.target.codegen import llvm_version_major, target_has_features
+
+DOT_8x4_AVX2 = "kiln_dot_8x4_u8i8i32_avx2"  # vpmaddubsw + vpmaddwd, 256-bit (saturating: 7-bit weights)
+AVX512_DOT_16x4 = "kiln_dot_16x4_u8i8i32_avx512"  # the same at 512 bits (saturating: 7-bit weights)
+VNNI_DOT_16x4 = "kiln_dot_16x4_u8i8i32_vnni"  # vpdpbusd, 512-bit (exact)
+
+_PMADDUBSW = {8: "llvm.x86.avx2.pmadd.ub.sw", 16: "llvm.x86.avx512.pmaddubs.w.512"}
+_PMADDWD = {8: "llvm.x86.avx2.pmadd.wd", 16: "llvm.x86.avx512.pmaddw.d.512"}
+
+
+@contextmanager
+def _fast_parse():
+    """TVMScript calls ``inspect.stack()`` per function; without source lines it is ~10x cheaper
+    (see ``schedules/intrinsics.py``)."""
+    original = inspect.stack
+    inspect.stack = lambda context=1: original(0)
+    try:
+        yield
+    finally:
+        inspect.stack = original
+
+
+def dot_desc(lanes: int) -> tirx.PrimFunc:
+    """C[lanes] (int32) += sum_k int32(A[k]) * int32(B[i, k]), k < 4: what the kernels are matched against."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
+def _pmadd(lanes: int) -> tirx.PrimFunc:
+    """``desc`` as vpmaddubsw (u8 x s8 pairs -> saturated int16) then vpmaddwd with ones (-> int32)."""
+    nbytes, nshort = 4 * lanes, 2 * lanes
+    pmaddubsw = _PMADDUBSW[lanes]
+    pmaddwd = _PMADDWD[lanes]
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_u8 = T.reinterpret(T.broadcast(a_i32, lanes), dtype=f"uint8x{nbytes}")
+            b_i8 = B.vload([0, 0], dtype=f"int8x{nbytes}")
+            pairs = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(pmaddubsw), a_u8, b_i8, dtype=f"int16x{nshort}"
+            )
+            C[T.ramp(T.int32(0), 1, lanes)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(pmaddwd), pairs, T.broadcast(T.int16(1), nshort),
+                dtype=f"int32x{lanes}",
+            )
+
+    return impl
+
+
+def _vnni() -> tirx.PrimFunc:
+    """``desc`` (16 lanes) as one vpdpbusd: u8 x s8 quadruples summed exactly into int32.
+
+    LLVM 22 declares ``llvm.x86.avx512.vpdpbusd.512`` on ``<64 x i8>`` operands (llvm-project
+    PR 155194), older LLVM on ``<16 x i32>``; TVM 0.27's own ``dot_16x4_vnni`` still passes
+    i32 vectors and fails LLVM's module verifier with the wheel's LLVM 22.
+    """
+    operands = "8x64" if llvm_version_major() >= 22 else "32x16"
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a = T.reinterpret(T.broadcast(a_i32, 16), dtype=f"uint{operands}")
+            b = T.reinterpret(B.vload([0, 0], dtype="int8x64"), dtype=f"int{operands}")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"), a, b, dtype="int32x16",
+            )
+
+    return impl
+
+
+def _register() -> None:
+    """Register the three intrinsics once per process."""
+    with _fast_parse():
+        for name, lanes, make in [(DOT_8x4_AVX2, 8, lambda: _pmadd(8)), (AVX512_DOT_16x4, 16, lambda: _pmadd(16)),
+                                  (VNNI_DOT_16x4, 16, _vnni)]:
+            if TensorIntrin.get(name, allow_missing=True) is None:
+                TensorIntrin.register(name, dot_desc(lanes), make())
+
+
+_register()
+
+
+def has_vnni(target: Target) -> bool:
+    """Whether an x86 LLVM target has AVX-512 VNNI (``vpdpbusd``: exact u8 x s8 -> int32)."""
+    return target.kind.name == "llvm" and bool(target_has_features("avx512vnni", target))
+
+
+def has_avx512bw(target: Target) -> bool:
+    """Whether an x86 LLVM target has AVX-512 BW (``vpmaddubsw`` on 512-bit registers)."""
+    return target.kind.name == "llvm" and bool(target_has_features("avx512bw", target))
+
+
+def has_avx2(target: Target) -> bool:
+    """Whether an LLVM target has AVX2 (``vpmaddubsw`` on 256-bit registers)."""
+    return target.kind.name == "llvm" and bool(target_has_features("avx2", target))
+
+
+def weight_bits_for(target: Target | str | dict) -> int:
+    """How many bits (sign included) int8 weights may use on ``target`` (a ``Target`` or what
+    ``Target()`` accepts) for exact kernels.
+
+    7 (``|w| <= 63``) on x86 with AVX2 but without AVX-512 VNNI, where kiln's int8 kernels
+    use the saturating ``vpmaddubsw``; 8 everywhere else (VNNI, ARM, CUDA and the generic
+    int32 loops are exact for any int8 weight).
+    """
+    target = target if isinstance(target, Target) else Target(target)
+    return 7 if has_avx2(target) and not has_vnni(target) else 8
+
+
+WEIGHT_BITS_ATTR = "kiln.int8_weight_bits"  # on a PrimFunc: its int8 constant arguments need this many bits
+
+
+def int8_bits(values) -> int:
+    """Bits (sign included) the int8 array ``values`` needs for exact saturating sums: 7 when every
+    value lies in [-64, 64] (2 * 255 * 64 = 32640 fits int16), else 8."""
+    import numpy as np
+
+    values = np.asarray(values)
+    return 7 if values.size == 0 or int(np.abs(values.astype(np.int16)).max()) <= 64 else 8
+
+
+def mark_int8_weight_bits():
+    """A Relax module pass: every PrimFunc called with an int8 constant argument gets
+    ``kiln.int8_weight_bits`` (7 or 8, the most any call needs).
+
+    Expects legalized, fused TIR with constant weights as ``call_tir`` arguments (after
+    ``FuseTIR``); run it before the default schedules. ``Int8Tensorized`` then uses only
+    intrinsics exact for that many bits (8: VNNI, or the generic int32 loops), so a model
+    quantized with 8-bit weights stays exact on AVX2. Changes nothing else.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    @tvm.transform.module_pass(opt_level=0, name="KilnMarkInt8WeightBits")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        bits: dict[str, int] = {}
+
+        def visit(expr) -> None:
+            if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+                args = expr.args[1].fields if isinstance(expr.args[1], relax.Tuple) else [expr.args[1]]
+                for arg in args:
+                    if isinstance(arg, Constant) and str(arg.value.dtype) == "int8":
+                        name = expr.args[0].name_hint
+                        bits[name] = max(bits.get(name, 0), int8_bits(arg.value.numpy()))
+
+        for _, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                relax.analysis.post_order_visit(func, visit)
+        for gvar, func in list(mod.functions_items()):
+            if gvar.name_hint in bits and isinstance(func, tirx.PrimFunc):
+                mod[gvar] = func.with_attr(WEIGHT_BITS_ATTR, tirx.IntImm("int32", bits[gvar.name_hint]))
+        return mod
+
+    return _pass

@@ -1,0 +1,382 @@
+"""Tensorized uint8 x int8 -> int32 conv2d and matmul kernels (x86 AVX2, AVX-512, VNNI).
+
+``Int8Tensorized`` takes a fused kernel whose one reduction is
+``acc[...] += int32(data[...]) * int32(weight[...])`` with ``data`` uint8 (activations,
+zero point 0) and ``weight`` int8, plus any elementwise epilogue (bias, rescale, relu,
+requantize to uint8). Each call of a dot-product tensor intrinsic (``schedules.int8``)
+does 4 reduction steps for ``L`` output channels (8 on AVX2, 16 on AVX-512/VNNI):
+
+* the weight is packed to ``[F/L, C/4, KH, KW, L, 4]`` (matmul: ``[K/4, N/L, L, 4]``) by a
+  copy marked for ``SplitLayoutRewritePreproc``: constant weights are packed once, at
+  compile time (``FoldConstant``), as ``ChannelVectorized`` does for fp32;
+* the activations are packed inside the kernel to ``[N, C/4, H, W, 4]`` (4 consecutive
+  input channels contiguous: one broadcast 32-bit load per intrinsic call), by a parallel
+  pass before the convolution; with zero padding, the padding pass itself writes the
+  packed layout (no extra copy). Matmul activations ``[M, K]`` already have 4 consecutive
+  ``k`` contiguous and are read in place;
+* the accumulator tile (``vectors x rows`` registers of ``L`` int32) stays in registers
+  through the reduction (window loops outside the channel loop, so LLVM does not unroll
+  3x3 windows into spills); the epilogue runs on the tile right after, vectorized over the
+  ``L`` channels, so the int32 result never reaches memory;
+* the tiles (conv: ``n, F/(L*vectors), y, x/rows``; matmul: column and row blocks) run in
+  parallel.
+
+Declines (None: the generic rules then take the kernel, exact but slower) unless the
+target has an int8 intrinsic, the data is uint8 and the weight int8, the reduced channel
+count is a multiple of 4 and the output channel count a multiple of ``L``: signed int8
+activations, 3-channel first layers, depthwise and grouped convolutions stay generic.
+Also declines a kernel marked ``kiln.int8_weight_bits`` above what the intrinsic sums
+exactly (``schedules.int8.mark_int8_weight_bits``).
+
+With the saturating AVX2/AVX-512 intrinsics results are exact only for 7-bit weights
+(``|w| <= 63``, ``schedules.int8.weight_bits_for``); with VNNI for any int8 weight.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.ir import TensorLoad
+from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
+from tvm.s_tir.schedule import ScheduleError
+from tvm.target import Target
+
+from schedules.int8 import (
+    AVX512_DOT_16x4,
+    DOT_8x4_AVX2,
+    VNNI_DOT_16x4,
+    WEIGHT_BITS_ATTR,
+    has_avx2,
+    has_avx512bw,
+    has_vnni,
+)
+from schedules.rules.common import (
+    CPUScheduleRule,
+    divisor_at_most,
+    inline_epilogue,
+    inline_producers,
+    int_extent,
+    schedule_injective_nest,
+    vars_of,
+)
+from schedules.rules.reduction import LAYOUT_REWRITE_PREPROC, _Anchor, _find_anchor, _is_param
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DotIntrin:
+    """A registered ``C[lanes] (int32) += A[4] (uint8) . B[lanes, 4] (int8)`` tensor intrinsic."""
+
+    name: str
+    lanes: int  # int32 outputs per call
+    registers: int  # vector registers of the ISA (bounds the accumulator tile)
+    exact_bits: int  # weights of at most this many bits (sign included) give exact sums
+    depth: int = 4  # reduction elements per call
+
+
+AVX2_DOT = DotIntrin(DOT_8x4_AVX2, 8, 16, exact_bits=7)
+AVX512_DOT = DotIntrin(AVX512_DOT_16x4, 16, 32, exact_bits=7)
+VNNI_DOT = DotIntrin(VNNI_DOT_16x4, 16, 32, exact_bits=8)
+
+
+def dot_intrins_for(target: Target) -> tuple[DotIntrin, ...]:
+    """The int8 dot intrinsics of an LLVM target, widest first (empty: none, e.g. no AVX2).
+
+    A VNNI target gets VNNI only: falling back to the saturating 8-lane AVX2 intrinsic for
+    channel counts that are not a multiple of 16 would be wrong for its 8-bit weights.
+    """
+    if has_vnni(target):
+        return (VNNI_DOT,)
+    if has_avx512bw(target):
+        return (AVX512_DOT, AVX2_DOT)
+    if has_avx2(target):
+        return (AVX2_DOT,)
+    return ()
+
+
+@dataclass(frozen=True)
+class Int8Plan:
+    """Which read and which axis of the kernel's reduction plays which part of the intrinsic."""
+
+    data: int  # index of the uint8 read among the reduction block's reads
+    weight: int  # index of the int8 read
+    lane_var: tirx.Var  # output axis only the weight indexes (conv F, matmul N): the intrinsic's lanes
+    row_var: tirx.Var | None  # output axis only the data indexes (conv x, matmul M): register-tiled
+    depth_var: tirx.Var  # reduction axis both index plainly (conv C, matmul K): 4 per call
+    intrin: DotIntrin
+
+
+def _cast_load(expr: tirx.PrimExpr) -> tirx.Buffer | None:
+    """The buffer ``expr`` reads if it is ``int32(buffer[...])``, else None."""
+    if isinstance(expr, tirx.Cast) and str(expr.ty.dtype) == "int32" and isinstance(expr.value, TensorLoad):
+        return expr.value.source
+    return None
+
+
+def _plain_dim(region: tirx.BufferRegion, var: tirx.Var) -> int | None:
+    """The dimension of ``region`` indexed by exactly ``var``, if ``var`` indexes no other; else None."""
+    dims = [i for i, r in enumerate(region.region) if r.min.same_as(var)]
+    uses = sum(1 for r in region.region if var in set(collect_vars_used_in_prim_expr(r.min)))
+    return dims[0] if len(dims) == 1 and uses == 1 else None
+
+
+def plan(a: _Anchor, intrins: tuple[DotIntrin, ...]) -> Int8Plan | None:
+    """Match ``acc += int32(u8 data) * int32(i8 weight)`` and assign the axes for the first
+    intrinsic whose lane count divides the output channels; None if the kernel is not that."""
+    stmt = a.sch.get(a.anchor.block_rv)
+    out = stmt.writes[0].source
+    body = stmt.body
+    if str(out.dtype) != "int32" or not isinstance(body, tirx.BufferStore) or not body.buffer.same_as(out):
+        return None
+    value = body.value
+    if not (isinstance(value, tirx.Add) and isinstance(value.a, TensorLoad) and value.a.source.same_as(out)
+            and isinstance(value.b, tirx.Mul)):
+        return None
+    lhs, rhs = _cast_load(value.b.a), _cast_load(value.b.b)
+    if lhs is None or rhs is None:
+        return None
+    by_dtype = {str(lhs.dtype): lhs, str(rhs.dtype): rhs}
+    if set(by_dtype) != {"uint8", "int8"}:
+        return None  # int8 x int8 (signed activations) and wider types: generic rules
+    reads = [(i, r) for i, r in enumerate(stmt.reads) if not r.source.same_as(out)]
+    if len(reads) != 2:
+        return None
+    data = next((i for i, r in reads if r.source.same_as(by_dtype["uint8"])), None)
+    weight = next((i for i, r in reads if r.source.same_as(by_dtype["int8"])), None)
+    if data is None or weight is None:
+        return None
+    d_region, w_region = stmt.reads[data], stmt.reads[weight]
+    if not all(isinstance(r.min, (tirx.Var, tirx.IntImm)) for r in w_region.region):
+        return None  # the weight is packed with transform_layout: plain indices only
+    d_vars, w_vars = vars_of(d_region), vars_of(w_region)
+    spatial = set(a.out_vars)
+    rows = [v for v in a.out_vars if v in d_vars and v not in w_vars]
+    for intrin in intrins:
+        lanes = [v for v in a.out_vars if v in w_vars and v not in d_vars and a.extents[v] % intrin.lanes == 0]
+        depth = [v for v in a.extents if v not in spatial and a.extents[v] % intrin.depth == 0
+                 and _plain_dim(d_region, v) is not None and _plain_dim(w_region, v) is not None]
+        if lanes and depth:
+            return Int8Plan(data, weight, lanes[-1], rows[-1] if rows else None, depth[0], intrin)
+    return None
+
+
+def int8_tile(lane_blocks: int, rows: int, intrin: DotIntrin, windowed: bool) -> tuple[int, int]:
+    """(vectors, rows) of the accumulator tile: ``vectors`` blocks of ``L`` channels (a divisor
+    of ``lane_blocks``) times ``rows`` data positions (a divisor of ``rows``).
+
+    The tile fits the registers with one weight vector per channel block, one broadcast, the
+    constant ones and two temporaries. A windowed (KxK) kernel maximizes multiply-adds per
+    load; without a window (1x1, matmul) the weights stream from memory and rows come first.
+    """
+    spare = 4
+    best = (0.0, 1, 1)
+    for n in (1, 2, 4):
+        if lane_blocks % n:
+            continue
+        r = divisor_at_most(rows, max(1, (intrin.registers - spare - n) // n))
+        score = n * r / (n + r) if windowed else r + 0.01 * n
+        best = max(best, (score, n, r))
+    return best[1], best[2]
+
+
+def _pack_last(dim: int, ndim: int, factor: int):
+    """Index map ``[.., d, ..] -> [.., d / factor, .., d % factor]`` for dimension ``dim``."""
+
+    def index_map(*ax):
+        return [*(ax[i] // factor if i == dim else ax[i] for i in range(ndim)), ax[dim] % factor]
+
+    return index_map
+
+
+def schedule_int8(a: _Anchor, p: Int8Plan, vectors: int, rows: int) -> s_tir.Schedule:
+    """Pack, tile, tensorize and parallelize the kernel of ``a`` as ``p`` says.
+
+    Raises ``ScheduleError`` when a schedule primitive refuses (the rule then declines).
+    """
+    sch = a.sch
+    L, D = p.intrin.lanes, p.intrin.depth
+    kept_producers = inline_producers(sch, a.producers)
+    consumers = inline_epilogue(sch, a.consumers)
+    block = a.anchor.block_rv
+    stmt = sch.get(block)
+    w_region, d_region = stmt.reads[p.weight], stmt.reads[p.data]
+
+    # Weight [.., F, .., C, ..] -> [.., F/L, .., C/4, .., L, 4]; constant weights: at compile time.
+    w_lane, w_depth = _plain_dim(w_region, p.lane_var), _plain_dim(w_region, p.depth_var)
+    w_ndim = len(w_region.region)
+
+    def w_map(*ax):
+        outer = [ax[i] // L if i == w_lane else ax[i] // D if i == w_depth else ax[i] for i in range(w_ndim)]
+        return [*outer, ax[w_lane] % L, ax[w_depth] % D]
+
+    w_packed = sch.cache_read(block, p.weight, "global")
+    sch.transform_layout(w_packed, ("write", 0), w_map)
+    if _is_param(sch, w_region.source):
+        sch.annotate(w_packed, LAYOUT_REWRITE_PREPROC, tirx.IntImm("int32", 1))
+
+    # Data [.., C, ..] -> [.., C/4, .., 4] unless C is already the last axis (matmul rows).
+    d_depth = _plain_dim(d_region, p.depth_var)
+    d_ndim = len(d_region.region)
+    d_packer = None
+    if d_depth != d_ndim - 1:
+        d_map = _pack_last(d_depth, d_ndim, D)
+        padding = next((b for b in kept_producers
+                        if any(w.source.same_as(d_region.source) for w in sch.get(b.block_rv).writes)), None)
+        if padding is None:
+            d_packer = sch.cache_read(block, p.data, "global")
+            sch.transform_layout(d_packer, ("write", 0), d_map)
+        else:  # the padding pass writes the packed layout itself
+            sch.transform_layout(block, ("read", p.data), d_map)
+            kept_producers = [b for b in kept_producers if b is not padding]
+            d_packer = padding.block_rv
+        _iterate_in_write_order(sch, d_packer, d_depth, D)
+
+    # parallel(outer, row blocks) · window · channel blocks · unroll(vectors, rows) · intrinsic(L, 4)
+    loop_of = dict(zip([iv.var for iv in stmt.iter_vars], sch.get_loops(block)))
+    outer, row_outer, tile = [], None, []  # row blocks go last: parallel over (.., rows / tile)
+    lane_inner = None
+    for v in a.out_vars:
+        if v.same_as(p.lane_var):
+            o, tile_vec, lane_inner = sch.split(loop_of[v], [None, vectors, L])
+            outer.append(o)
+            tile.insert(0, tile_vec)
+        elif p.row_var is not None and v.same_as(p.row_var):
+            row_outer, tile_rows = sch.split(loop_of[v], [None, rows])
+            tile.append(tile_rows)
+        else:
+            outer.append(loop_of[v])
+    depth_outer, depth_inner = sch.split(loop_of[p.depth_var], [None, D])
+    # Channel blocks innermost: LLVM keeps the window loops rolled. With the window inside,
+    # it unrolls 3x3 windows into 9 interleaved tiles and spills accumulators.
+    reductions = [loop_of[v] for v in a.extents if v not in set(a.out_vars) and not v.same_as(p.depth_var)]
+    reductions.append(depth_outer)
+    if row_outer is not None:
+        outer.append(row_outer)
+    sch.reorder(*outer, *reductions, *tile, lane_inner, depth_inner)
+    at = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(at)
+
+    # The accumulator tile (in the intrinsic's [.., F/L, .., L] layout) is consumed per tile.
+    if consumers:
+        for c in consumers[:-1]:
+            schedule_injective_nest(sch, c.block_rv, L)
+        epilogue = consumers[-1].block_rv
+    else:
+        epilogue = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(epilogue, at, preserve_unit_loops=False)
+    out_lane = next(i for i, v in enumerate(a.out_dims) if v is not None and v.same_as(p.lane_var))
+    sch.transform_layout(block, ("write", 0), _pack_last(out_lane, len(a.out_dims), L))
+    init = sch.decompose_reduction(block, reductions[0])
+    sch.tensorize(lane_inner, p.intrin.name)
+    for loop in tile:
+        sch.unroll(loop)
+    sch.vectorize(sch.get_loops(init)[-1])
+    _vectorize_channels(sch, epilogue, at, out_lane, L)
+    for b in kept_producers:
+        schedule_injective_nest(sch, b.block_rv, L)
+    if d_packer is not None:
+        _schedule_packer(sch, d_packer)
+    schedule_injective_nest(sch, w_packed, L)
+    return sch
+
+
+def _iterate_in_write_order(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, dim: int, factor: int) -> None:
+    """Let a copy that writes ``[.., C/f, .., f]`` iterate in that order (contiguous stores).
+
+    Leaves the block as it is when no block iterator indexes dimension ``dim`` of its write.
+    """
+    stmt = sch.get(block)
+    index = stmt.writes[0].region[dim].min
+    if isinstance(index, tirx.FloorDiv):
+        index = index.a
+    iters = [iv.var for iv in stmt.iter_vars]
+    pos = next((i for i, v in enumerate(iters) if index.same_as(v)), None)
+    if pos is None:
+        return
+    sch.transform_block_layout(block, tirx.IndexMap.from_func(_pack_last(pos, len(iters), factor), ndim=len(iters)))
+
+
+def _schedule_packer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> None:
+    """Parallel over all but the two innermost loops (``W``, ``4``); the 4 channels unrolled.
+
+    Fusing the whole nest instead costs a div/mod chain per byte: 1 ms of a 2.8 ms
+    64x56x56 3x3 conv (one thread, measured here).
+    """
+    loops = sch.get_loops(block)
+    if len(loops) < 3:
+        schedule_injective_nest(sch, block, 4)
+        return
+    outer = sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0]
+    sch.parallel(outer)
+    sch.unroll(loops[-1])
+
+
+def _vectorize_channels(sch: s_tir.Schedule, epilogue: s_tir.schedule.SBlockRV, at: s_tir.schedule.LoopRV,
+                        out_lane: int, lanes: int) -> None:
+    """Vectorize ``lanes`` output channels of the per-tile epilogue, innermost: contiguous loads
+    of the accumulator and of per-channel bias and scale, strided stores.
+
+    Leaves the epilogue serial when its write does not index channels by one loop.
+    """
+    loops = sch.get_loops(epilogue)
+    at_node = sch.get(at)
+    start = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(at_node)) + 1
+    inner = loops[start:]
+    stmt = sch.get(epilogue)
+    region = stmt.writes[0].region
+    if not inner or out_lane >= len(region):
+        return
+    realize = sch.get(inner[-1]).body
+    index = region[out_lane].min
+    binding = next((val for iv, val in zip(stmt.iter_vars, realize.iter_values) if iv.var.same_as(index)), None)
+    if binding is None:
+        return
+    used = set(collect_vars_used_in_prim_expr(binding))
+    lane_loop = next((lp for lp in inner if sch.get(lp).loop_var in used), None)
+    extent = int_extent(sch.get(lane_loop).extent) if lane_loop is not None else None
+    if extent is None or extent % lanes:
+        return
+    _, lane_inner = sch.split(lane_loop, [None, lanes])
+    lane_node = sch.get(lane_inner)
+    others = [lp for lp in sch.get_loops(epilogue)[start:] if not sch.get(lp).same_as(lane_node)]
+    sch.reorder(*others, lane_inner)
+    sch.vectorize(lane_inner)
+
+
+class Int8Tensorized(CPUScheduleRule):
+    """uint8 x int8 -> int32 conv2d / matmul (with its fused epilogue) on a dot-product intrinsic.
+
+    Expects one reduction ``acc += int32(u8) * int32(i8)`` (see the module docstring for
+    the axes it needs); declines (None) otherwise, and on targets without an int8
+    intrinsic. ``intrins`` replaces the target's intrinsics (tests, new ISAs).
+    """
+
+    def __init__(self, intrins: tuple[DotIntrin, ...] | None = None) -> None:
+        self.intrins = intrins
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        if not self.is_target_available(target) or not isinstance(func, tirx.PrimFunc):
+            return None
+        intrins = self.intrins if self.intrins is not None else dot_intrins_for(target)
+        marked = func.attrs.get(WEIGHT_BITS_ATTR) if func.attrs is not None else None
+        if marked is not None:
+            intrins = tuple(i for i in intrins if i.exact_bits >= int(marked))
+        if not intrins or not any(str(getattr(p, "dtype", "")) in ("int8", "uint8") for p in func.params):
+            return None  # float kernels: no analysis
+        a = _find_anchor(func)
+        if a is None:
+            return None
+        p = plan(a, intrins)
+        if p is None:
+            return None
+        windowed = sum(1 for v, ext in a.extents.items() if v not in set(a.out_vars) and ext > 1) > 1
+        rows = a.extents[p.row_var] if p.row_var is not None else 1
+        vectors, tile_rows = int8_tile(a.extents[p.lane_var] // p.intrin.lanes, rows, p.intrin, windowed)
+        try:
+            return schedule_int8(a, p, vectors, tile_rows)
+        except ScheduleError as err:
+            log.debug("Int8Tensorized declined a kernel: %s", str(err).splitlines()[0] if str(err) else err)
+            return None

@@ -17,6 +17,7 @@ from tvm import relax
 
 from compiler.rewrites import fold_stacked_reduce
 from schedules.defaults import default_schedule_pass
+from schedules.int8 import weight_bits_for
 from schedules.database import apply_database_pass
 from targets.registry import TargetPreset
 
@@ -48,7 +49,11 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def simplify_steps(weight_bits: int = 8) -> list[Step]:
-    """Target-independent clean-up; INT8 calibration sees the module as these leave it."""
+    """Clean-up before precision changes; INT8 calibration sees the module as these leave it.
+
+    ``weight_bits``: a pre-quantized model's int8 weights are narrowed to this width where the
+    target's int8 kernels need it (7 on AVX2 without VNNI; ``schedules.int8.weight_bits_for``).
+    """
     from compiler.passes.quantize import lower_qdq
 
     return [
@@ -133,7 +138,7 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     ``ToMixedPrecision``); ``"int8"`` quantizes by ``plan`` (``compiler.quantization``, ``compiler.passes.quantize``).
     Inputs and outputs keep their float32 interface.
     """
-    weight_bits = plan.weight_bits if plan is not None else 8
+    weight_bits = plan.weight_bits if plan is not None else weight_bits_for(preset.tvm_target())
     return simplify_steps(weight_bits) + precision_steps(precision, plan) + lowering_steps(preset, db)
 
 
@@ -164,7 +169,7 @@ def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision
 
 def simplify_pipeline(preset: TargetPreset) -> tvm.transform.Pass:
     """Only the simplification steps: the module INT8 calibration runs on."""
-    return _as_one_pass(preset, simplify_steps(), "kiln_simplify")
+    return _as_one_pass(preset, simplify_steps(weight_bits_for(preset.tvm_target())), "kiln_simplify")
 
 
 def lowering_pipeline(preset: TargetPreset, db: str | Path | None = None) -> tvm.transform.Pass:

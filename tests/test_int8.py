@@ -222,3 +222,29 @@ def test_digits_cnn_int8_accuracy(tmp_path):
         runs[tag] = labelled.accuracy(lambda x, lib=lib: next(iter(lib.run({labelled.input_name: x}).values())))
     assert runs["f"] >= 95.0
     assert runs["q"] >= runs["f"] - 0.5
+
+
+def test_qdq_model_with_full_range_weights_is_narrowed_not_saturated(tmp_path):
+    """8-bit weights on AVX2 without VNNI: kiln narrows them to 7 bits instead of overflowing int16."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    float_path, qdq_path = tmp_path / "f.onnx", tmp_path / "qdq.onnx"
+    onnx.save(_conv_relu_conv_gemm(), float_path)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter({"x": s} for s in _samples(16))
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    compile_model(qdq_path, tmp_path / "qdq.so")
+    lib = load(tmp_path / "qdq.so")
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(qdq_path), plain, providers=["CPUExecutionProvider"])
+    for x in _samples(8, seed=5):
+        ours, ref = lib.run({"x": x})["y"], session.run(None, {"x": x})[0]
+        assert np.abs(ours - ref).max() <= 0.05 * np.abs(ref).max()

@@ -215,15 +215,20 @@ class _ConstEval:
 
 
 def _requantize_to_bits(q: np.ndarray, scale: np.ndarray, axis: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Narrow int8 weights to ``bits`` (per channel, only where needed); scales grow to match."""
-    qmax = 2 ** (bits - 1) - 1
-    moved = np.moveaxis(q, axis, 0).astype(np.int32)
+    """Narrow int8 weights so ``|w| <= 2**(bits-1)`` (per channel, only where needed); scales grow to match.
+
+    For 7 bits the bound is 64: ``2 * 255 * 64`` still fits the int16 sum of AVX2's
+    ``vpmaddubsw``. ONNX Runtime's ``reduce_range`` weights (-64..63) pass unchanged.
+    """
+    limit = 2 ** (bits - 1)
+    moved = np.moveaxis(q, axis, 0).astype(np.float64)
     peak = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
-    factor = np.maximum(np.ceil(peak / qmax), 1).astype(np.int32)
-    if np.all(factor == 1):
+    factor = np.where(peak > limit, peak / (limit - 1), 1.0)
+    if np.all(factor == 1.0):
         return q, scale
     shape = [-1] + [1] * (q.ndim - 1)
-    narrowed = np.clip(np.round(moved / factor.reshape(shape)), -qmax, qmax).astype(np.int8)
+    narrowed = np.clip(np.round(moved / factor.reshape(shape)), -(limit - 1), limit - 1).astype(np.int8)
+    log.info("narrowed the int8 weights of %d channels to %d bits for this target", int(np.sum(factor > 1)), bits)
     return np.moveaxis(narrowed, 0, axis), (scale * factor).astype(np.float32)
 
 

@@ -53,7 +53,8 @@ def _int8_options(args: argparse.Namespace):
                          "directory of them; e.g. 100 representative inputs)")
     keep = tuple(n.strip() for n in (args.keep_fp32 or "").split(",") if n.strip())
     return Int8Options(calibration=args.calibration, method=args.calibration_method, percentile=args.percentile,
-                       samples=args.calibration_samples, keep_fp32=keep, auto_keep=args.auto_keep_fp32)
+                       samples=args.calibration_samples, keep_fp32=keep, auto_keep=args.auto_keep_fp32,
+                       min_agreement=args.min_agreement)
 
 
 def _cmd_quantize_report(args: argparse.Namespace) -> int:
@@ -85,6 +86,9 @@ def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-fp32", metavar="NODE,...", help="int8: layers (ONNX node names, or first/last) kept in FP32")
     p.add_argument("--auto-keep-fp32", type=int, default=0, metavar="N",
                    help="int8: also keep the N layers with the largest estimated quantization error in FP32")
+    p.add_argument("--min-agreement", type=float, metavar="PCT",
+                   help="int8: keep the most sensitive layers in FP32 until the INT8 top-1 agrees with FP32 on "
+                        "PCT%% of the calibration samples")
 
 
 def _load_inputs(args: argparse.Namespace, model) -> dict[str, np.ndarray]:

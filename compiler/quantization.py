@@ -5,8 +5,9 @@ keep in FP32). Guarantees a ``QuantizationPlan`` for ``compiler.passes.quantize`
 per-layer report (scales, calibrated ranges, estimated quantization error) — what
 ``kiln quantize-report`` prints and ``kiln compile --precision int8`` builds.
 The mixed-precision mode ``auto_keep`` keeps the layers with the worst estimated error in
-FP32: those whose input and weight quantization error is above that fraction of the
-worst layer's (see ``sensitivity``).
+FP32 (see ``sensitivity``); ``min_agreement`` keeps the most sensitive layers in FP32 until
+the INT8 model's top-1 (argmax over the last axis of the first output) agrees with the FP32
+model's on at least that percentage of the calibration samples, trying 0, 1, 2, 4, … layers.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Int8Options:
     samples: int | None = 100  # use at most this many calibration samples
     keep_fp32: tuple[str, ...] = ()  # layer (ONNX node) names; "first" and "last" are allowed
     auto_keep: int = 0  # additionally keep this many most sensitive layers in FP32
+    min_agreement: float | None = None  # keep sensitive layers in FP32 until top-1 agreement (%) reaches this
     weight_bits: int | None = None  # default: what the target's int8 kernels need (7 on AVX2 without VNNI)
     threads: int | None = None  # for running calibration
 
@@ -42,6 +44,7 @@ class Int8Result:
     plan: QuantizationPlan
     calibration: CalibrationResult
     layers: list[LayerReport] = field(default_factory=list)
+    agreement_search: list[tuple[int, float]] = field(default_factory=list)  # (layers kept, agreement %)
 
     @property
     def quantized(self) -> int:
@@ -114,13 +117,65 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
             activation_scale=rng.scale, threshold=rng.threshold, seen_min=rng.minimum, seen_max=rng.maximum,
             weight_error=weight_error(weight, 0 if layer.op == "conv2d" else 1, bits),
             activation_error=activation_error(hist, rng.threshold, 127 if rng.signed else 255)))
-    if options.auto_keep > 0:
-        worst = sorted(reports, key=sensitivity, reverse=True)[: options.auto_keep]
-        keep |= {r.name for r in worst}
-    for report in reports:
-        report.quantized = report.name not in keep
+    ranked = [r.name for r in sorted(reports, key=sensitivity, reverse=True)]
+    keep |= set(ranked[: options.auto_keep])
     plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model)
-    return Int8Result(plan, result, reports)
+    search: list[tuple[int, float]] = []
+    if options.min_agreement is not None:
+        plan, search = _search_agreement(imported, plan, ranked, samples, result.fp32_outputs, options.min_agreement)
+    for report in reports:
+        report.quantized = report.name not in plan.keep_fp32
+    return Int8Result(plan, result, reports, search)
+
+
+def top1_agreement(ours: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """Percent of positions whose argmax over the last axis is the same."""
+    same = total = 0
+    for a, b in zip(ours, reference):
+        a, b = np.asarray(a), np.asarray(b)
+        same += int(np.sum(a.argmax(axis=-1) == b.argmax(axis=-1)))
+        total += int(np.prod(a.shape[:-1])) if a.ndim > 1 else 1
+    return 100.0 * same / max(total, 1)
+
+
+def _search_agreement(imported: ImportedModel, plan: QuantizationPlan, ranked: list[str], samples,
+                      fp32_outputs, target: float) -> tuple[QuantizationPlan, list[tuple[int, float]]]:
+    """Keep 0, 1, 2, 4, … most sensitive layers in FP32 until top-1 agreement reaches ``target``."""
+    import dataclasses
+
+    import tvm
+
+    from compiler.pipeline import build_pipeline
+    from schedules.int8 import weight_bits_for
+    from targets.registry import resolve_target
+
+    if not 0.0 < target <= 100.0:
+        raise InputError(f"--min-agreement {target} must be a percentage in (0, 100]")
+    host = resolve_target("host")
+    # Built and run here: the weights must suit this machine's int8 kernels too.
+    host_bits = min(plan.weight_bits, weight_bits_for(host.tvm_target()))
+    search = []
+    counts = sorted({0, *[min(2 ** i, len(ranked)) for i in range(len(ranked).bit_length() + 1)]})
+    candidate = plan
+    for count in counts:
+        keep = set(plan.keep_fp32) | set(ranked[:count])
+        candidate = dataclasses.replace(plan, keep_fp32=keep)
+        trial = dataclasses.replace(candidate, weight_bits=host_bits)
+        with tvm.transform.PassContext(opt_level=3):
+            lowered = build_pipeline(host, None, "int8", trial)(imported.mod)
+            executable = tvm.compile(lowered, host.tvm_target(), relax_pipeline=None)
+        vm = tvm.runtime.vm.VirtualMachine(executable, tvm.cpu())
+        outputs = []
+        for sample in samples:
+            out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(sample[s.name])) for s in imported.inputs])
+            while not hasattr(out, "numpy"):
+                out = out[0]
+            outputs.append(out.numpy())
+        agreement = top1_agreement(outputs, fp32_outputs)
+        search.append((len(keep), agreement))
+        if agreement >= target:
+            break
+    return candidate, search
 
 
 def layer_weight(mod, layer: Layer) -> np.ndarray:
@@ -149,6 +204,8 @@ def describe_layers(result: Int8Result) -> str:
         lines.append(f"{r.name[:28]:<28} {r.op:<7} {'yes' if r.quantized else 'FP32':<5} {r.activation_dtype:<6} "
                      f"{r.activation_scale:>10.3g} {r.threshold:>9.3g} {r.seen_min:>9.3g} {r.seen_max:>9.3g} "
                      f"{r.weight_error:>7.2%} {r.activation_error:>7.2%}")
+    for kept, agreement in result.agreement_search:
+        lines.append(f"  {kept} layer(s) in FP32: top-1 agreement with FP32 {agreement:.2f}%")
     c = result.calibration
     lines.append(f"{result.quantized}/{len(result.layers)} layers int8; calibration: {c.method} over "
                  f"{c.samples} samples in {c.seconds:.1f} s; weights {result.plan.weight_bits}-bit per channel")

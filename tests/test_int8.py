@@ -248,3 +248,16 @@ def test_qdq_model_with_full_range_weights_is_narrowed_not_saturated(tmp_path):
     for x in _samples(8, seed=5):
         ours, ref = lib.run({"x": x})["y"], session.run(None, {"x": x})[0]
         assert np.abs(ours - ref).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_min_agreement_keeps_sensitive_layers_until_top1_agrees():
+    imported = import_onnx(_conv_relu_conv_gemm())
+    preset = resolve_target("host")
+    mod = simplified_module(imported, preset)
+    result = plan_int8(mod, imported, preset, Int8Options(calibration=_samples(24)[:, 0], method="entropy",
+                                                          min_agreement=100.0))
+    kept, agreement = result.agreement_search[-1]
+    assert agreement == 100.0 and kept == len(result.plan.keep_fp32)
+    assert [k for k, _ in result.agreement_search] == sorted(k for k, _ in result.agreement_search)
+    with pytest.raises(InputError, match="percentage"):
+        plan_int8(mod, imported, preset, Int8Options(calibration=_samples(4)[:, 0], min_agreement=150.0))

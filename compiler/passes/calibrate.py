@@ -142,6 +142,7 @@ class CalibrationResult:
     samples: int
     seconds: float
     histograms: dict[str, Histogram] = field(default_factory=dict, repr=False)
+    fp32_outputs: list[np.ndarray] = field(default_factory=list, repr=False)  # first output per sample
 
 
 def _as_batch(arrays: dict[str, np.ndarray], inputs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
@@ -316,13 +317,18 @@ def calibrate(
     device = tvm.cpu()
     vm = tvm.runtime.vm.VirtualMachine(executable, device)
     histograms = [Histogram() for _ in range(max(index) + 1)]
+    fp32_outputs = []
     for sample in samples:
         args = [tvm.runtime.tensor(np.ascontiguousarray(sample[spec.name]), device) for spec in inputs]
         result = vm["main"](*args)
+        first = result[0]
+        while not hasattr(first, "numpy"):  # a model with several outputs returns a tuple first
+            first = first[0]
+        fp32_outputs.append(first.numpy())
         for i, hist in enumerate(histograms):
             hist.add(result[i + 1].numpy())
     by_layer = {layer.name: histograms[index[layer.index]] for layer in layers}
     ranges = {name: hist.to_range(method, percentile) for name, hist in by_layer.items()}
     seconds = time.perf_counter() - t0
     log.info("calibrated %d layers over %d samples (%s) in %.1f s", len(ranges), len(samples), method, seconds)
-    return CalibrationResult(method, ranges, len(samples), seconds, by_layer)
+    return CalibrationResult(method, ranges, len(samples), seconds, by_layer, fp32_outputs)

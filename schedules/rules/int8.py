@@ -18,8 +18,8 @@ does 4 reduction steps for ``L`` output channels (8 on AVX2, 16 on AVX-512/VNNI)
   through the reduction (window loops outside the channel loop, so LLVM does not unroll
   3x3 windows into spills); the epilogue runs on the tile right after, vectorized over the
   ``L`` channels, so the int32 result never reaches memory;
-* the tiles (conv: ``n, F/(L*vectors), y, x/rows``; matmul: column and row blocks) run in
-  parallel.
+* the output rows (conv: ``n, F/(L*vectors), y``; matmul: column blocks, or row blocks
+  when there is only one column block) run in parallel.
 
 Declines (None: the generic rules then take the kernel, exact but slower) unless the
 target has an int8 intrinsic, the data is uint8 and the weight int8, the reduced channel
@@ -64,6 +64,8 @@ from schedules.rules.common import (
 from schedules.rules.reduction import LAYOUT_REWRITE_PREPROC, _Anchor, _find_anchor, _is_param
 
 log = logging.getLogger(__name__)
+
+MIN_PARALLEL = 4  # parallel tasks below which row blocks are parallelized too
 
 
 @dataclass(frozen=True)
@@ -234,9 +236,9 @@ def schedule_int8(a: _Anchor, p: Int8Plan, vectors: int, rows: int) -> s_tir.Sch
             d_packer = padding.block_rv
         _iterate_in_write_order(sch, d_packer, d_depth, D)
 
-    # parallel(outer, row blocks) · window · channel blocks · unroll(vectors, rows) · intrinsic(L, 4)
+    # parallel(outer) · row blocks · window · channel blocks · unroll(vectors, rows) · intrinsic(L, 4)
     loop_of = dict(zip([iv.var for iv in stmt.iter_vars], sch.get_loops(block)))
-    outer, row_outer, tile = [], None, []  # row blocks go last: parallel over (.., rows / tile)
+    outer, row_outer, tile = [], None, []
     lane_inner = None
     for v in a.out_vars:
         if v.same_as(p.lane_var):
@@ -253,11 +255,20 @@ def schedule_int8(a: _Anchor, p: Int8Plan, vectors: int, rows: int) -> s_tir.Sch
     # it unrolls 3x3 windows into 9 interleaved tiles and spills accumulators.
     reductions = [loop_of[v] for v in a.extents if v not in set(a.out_vars) and not v.same_as(p.depth_var)]
     reductions.append(depth_outer)
-    if row_outer is not None:
+    # Row blocks stay a serial loop inside the parallel one: the accumulator tile is then
+    # allocated per row block and kept in registers (fused into the parallel loop it cost
+    # 1 ms more of 3 ms on the 64x56x56 3x3 conv, one thread). Only when the other axes
+    # give fewer than ``MIN_PARALLEL`` tasks (a matmul with one column block) are rows parallel.
+    extent = 1
+    for loop in outer:
+        extent *= int_extent(sch.get(loop).extent) or 1
+    if row_outer is not None and extent < MIN_PARALLEL:
         outer.append(row_outer)
-    sch.reorder(*outer, *reductions, *tile, lane_inner, depth_inner)
-    at = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    sch.parallel(at)
+        row_outer = None
+    sch.reorder(*outer, *([row_outer] if row_outer is not None else []), *reductions, *tile, lane_inner, depth_inner)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(fused)
+    at = row_outer if row_outer is not None else fused
 
     # The accumulator tile (in the intrinsic's [.., F/L, .., L] layout) is consumed per tile.
     if consumers:

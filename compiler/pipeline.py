@@ -17,7 +17,7 @@ from tvm import relax
 
 from compiler.rewrites import fold_stacked_reduce
 from schedules.defaults import default_schedule_pass
-from schedules.int8 import weight_bits_for
+from schedules.int8 import mark_int8_weight_bits, weight_bits_for
 from schedules.database import apply_database_pass
 from targets.registry import TargetPreset
 
@@ -110,6 +110,8 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None) -> list[S
         steps.append(Step("MetaScheduleApplyDatabase", "use tuned schedules from the tuning database",
                           lambda: apply_database_pass(db)))
     if preset.device == "cpu":
+        steps.append(Step("MarkInt8WeightBits", "int8 kernels whose weights exceed 7 bits avoid AVX2's saturating "
+                          "vpmaddubsw", mark_int8_weight_bits))
         steps.append(Step("kiln default CPU schedules", "parallel, vectorized, tiled kernels for everything not tuned",
                           lambda: default_schedule_pass(target)))
         steps += [

@@ -224,9 +224,8 @@ def test_eight_bit_weights_are_kept_off_the_saturating_intrinsic():
     assert int(conv.attrs[WEIGHT_BITS_ATTR]) == 8
     assert rules_used(marked, "conv2d") == {"SpatialVectorized"}
     np.testing.assert_array_equal(run(marked, x)[0], reference(x))
-    # Without the mark the AVX2 kernel saturates: this is why the quantizer uses weight_bits_for.
-    unmarked, _ = run(lower(mod), x)
-    assert not np.array_equal(unmarked, reference(x))
+    # kiln's pipeline runs the marking step itself: plain lowering is exact too.
+    np.testing.assert_array_equal(run(lower(mod), x)[0], reference(x))
     mod7, reference7 = conv_model(c=16, f=16, size=8, w_bits=7)
     marked7 = lower(mod7, mark_bits=True)
     assert rules_used(marked7, "conv2d") == {"Int8Tensorized"}

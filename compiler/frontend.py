@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -29,6 +30,14 @@ log = logging.getLogger(__name__)
 # The Relax importer's oldest well-covered opset; older models are upgraded first.
 MIN_OPSET = 13
 ONNX_DOMAINS = ("", "ai.onnx")
+# A 200-byte model can declare a ConstantOfShape of 2**31 values. Tensors over 4 GiB are
+# refused, and, since TVM's importer materialises what is computed from constants (np.full,
+# np.arange, several copies each), so is more than 1 GiB of such constants.
+MAX_TENSOR_BYTES = 2**32
+MAX_FOLDED_BYTES = 2**30
+# ONNX's shape-data propagation keeps ~150 bytes per value of every 1-D tensor it follows
+# (9 GB for a 2**26-long one). Shape tensors are short; past this total it is switched off.
+MAX_PROPAGATED_VALUES = 2**20
 
 
 @dataclass
@@ -42,6 +51,16 @@ class ImportedModel:
     sha256: str
     name: str
     onnx_model: onnx.ModelProto  # the validated, shape-fixed model (for reference runs)
+
+
+def printable(text: str) -> str:
+    """``text`` safe inside a one-line message: line breaks and other control characters escaped.
+
+    Names come from the model file (tensor, node, operator, graph names) and may hold anything.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -58,18 +77,19 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
 def read_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, str]:
     """Parse an ONNX file (or take a ModelProto); returns the model, its bytes and a name."""
     if isinstance(model, onnx.ModelProto):
-        return model, model.SerializeToString(), model.graph.name or "model"
+        return model, model.SerializeToString(), printable(model.graph.name) or "model"
     path = Path(model)
+    shown = printable(str(path))
     if not path.is_file():
-        raise ModelError(f"{path}: no such file")
+        raise ModelError(f"{shown}: no such file")
     data = path.read_bytes()
     if not data:
-        raise ModelError(f"{path}: the file is empty")
+        raise ModelError(f"{shown}: the file is empty")
     try:
         proto = onnx.load_model_from_string(data)
     except (DecodeError, RuntimeError, ValueError) as err:
-        raise ModelError(f"{path}: not a readable ONNX model (truncated or not protobuf: {err})") from None
-    return proto, data, path.stem
+        raise ModelError(f"{shown}: not a readable ONNX model (truncated or not protobuf: {err})") from None
+    return proto, data, printable(path.stem)
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -103,15 +123,61 @@ def find_unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, int, list[st
         key = node.op_type if node.domain in ONNX_DOMAINS else f"{node.domain}.{node.op_type}"
         if node.domain in ONNX_DOMAINS and node.op_type in supported:
             continue
+        key = printable(key)
         counts[key] += 1
         if len(names[key]) < 3:
-            names[key].append(node.name or f"#{i}")
+            names[key].append(printable(node.name) or f"#{i}")
     return [(op, n, names[op]) for op, n in counts.most_common()]
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
     t = value_info.type.tensor_type
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+
+
+def _static_size(vi: onnx.ValueInfoProto) -> tuple[list[int], int] | None:
+    """(dims, bytes) of a tensor whose shape is fully known; None otherwise."""
+    dims = _dims(vi)
+    if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+        return None
+    if not all(isinstance(d, int) and d >= 0 for d in dims):
+        return None
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).itemsize
+    except (KeyError, TypeError):
+        itemsize = 1
+    return dims, math.prod(dims) * itemsize
+
+
+def _check_sizes(model: onnx.ModelProto, where: str) -> None:
+    """Refuse a tensor over MAX_TENSOR_BYTES, or over MAX_FOLDED_BYTES computed from constants at import."""
+    graph = model.graph
+    constant = {t.name for t in graph.initializer} | {""}
+    folded, folded_bytes = [], 0
+    for node in graph.node:
+        if all(name in constant for name in node.input):
+            constant.update(node.output)
+            folded.extend(node.output)
+    sizes = {vi.name: _static_size(vi) for vi in [*graph.input, *graph.value_info, *graph.output]}
+    for name, size in sizes.items():
+        if size is not None and size[1] > MAX_TENSOR_BYTES:
+            raise ModelError(f"{where}: tensor '{printable(name)}' has shape {size[0]} ({size[1] / 2**30:.1f} GiB); "
+                             f"kiln refuses tensors over {MAX_TENSOR_BYTES // 2**30} GiB")
+    for name in folded:
+        folded_bytes += sizes[name][1] if sizes.get(name) else 0
+    if folded_bytes > MAX_FOLDED_BYTES:
+        raise ModelError(f"{where}: the model computes {folded_bytes / 2**30:.1f} GiB of constants at import "
+                         f"(ConstantOfShape, Range, Expand ... of constants); kiln refuses over "
+                         f"{MAX_FOLDED_BYTES // 2**30} GiB")
+
+
+def _propagation_is_bounded(model: onnx.ModelProto) -> bool:
+    """Whether ONNX's data propagation may run: the 1-D tensors are short enough in total."""
+    graph = model.graph
+    lengths = [size[0][0] for vi in [*graph.input, *graph.value_info, *graph.output]
+               if (size := _static_size(vi)) is not None and len(size[0]) == 1]
+    lengths += [t.dims[0] for t in graph.initializer if len(t.dims) == 1]
+    return sum(lengths) <= MAX_PROPAGATED_VALUES
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -127,31 +193,33 @@ def resolve_input_specs(
     known = [i.name for i in inputs]
     for name in shapes:
         if name not in known:
-            raise InputError(f"--input-shape names '{name}', but the model's inputs are: {', '.join(known)}")
+            raise InputError(f"--input-shape names '{printable(name)}', but the model's inputs are: "
+                             f"{', '.join(map(printable, known))}")
     specs = []
     for vi in inputs:
+        shown = printable(vi.name)
         if not vi.type.HasField("tensor_type"):
-            raise ModelError(f"{where}: input '{vi.name}' is not a tensor (sequences and maps are not supported)")
+            raise ModelError(f"{where}: input '{shown}' is not a tensor (sequences and maps are not supported)")
         elem = vi.type.tensor_type.elem_type
         try:
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name
         except (KeyError, TypeError):
-            raise ModelError(f"{where}: input '{vi.name}' has an unknown element type {elem}") from None
+            raise ModelError(f"{where}: input '{shown}' has an unknown element type {elem}") from None
         dims = _dims(vi)
         if vi.name in shapes:
             fixed = shapes[vi.name]
             if dims and len(fixed) != len(dims):
                 raise InputError(
-                    f"--input-shape {vi.name}: gives rank {len(fixed)}, the model's input has rank {len(dims)} "
-                    f"({'x'.join(map(str, dims))})"
+                    f"--input-shape {shown}: gives rank {len(fixed)}, the model's input has rank {len(dims)} "
+                    f"({printable('x'.join(map(str, dims)))})"
                 )
             dims = list(fixed)
         dynamic = [d for d in dims if not isinstance(d, int) or d <= 0]
         if dynamic:
             example = "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in dims)
             raise InputError(
-                f"input '{vi.name}' has dynamic dimensions {dims}; fix them with "
-                f"--input-shape {vi.name}:{example.replace('N', '1')} (replace the 1s with your sizes)"
+                f"input '{shown}' has dynamic dimensions {dims}; fix them with "
+                f"--input-shape {shown}:{example.replace('N', '1')} (replace the 1s with your sizes)"
             )
         specs.append(TensorSpec(vi.name, tuple(int(d) for d in dims), dtype))
     return specs
@@ -177,7 +245,7 @@ def prepare_onnx(
     Returns the prepared model, its input specs, the sha256 of the source bytes and a name.
     """
     proto, data, name = read_model(model)
-    where = name if isinstance(model, onnx.ModelProto) else str(model)
+    where = name if isinstance(model, onnx.ModelProto) else printable(str(model))
     _check_structure(proto, where)
     unknown_domains = sorted({n.domain for n in proto.graph.node if n.domain not in ONNX_DOMAINS})
     unsupported = find_unsupported_ops(proto)
@@ -200,11 +268,19 @@ def prepare_onnx(
             log.warning("could not upgrade opset %d → %d (%s); importing as is", opset, MIN_OPSET, err)
     if proto.ir_version < 4:  # initializers listed as inputs would become runtime inputs
         proto.ir_version = 4
+    try:  # sizes first, with the plain inference (bounded memory), then the full one
+        plain = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=False)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError, MemoryError):
+        plain = proto  # the strict inference below says what is wrong
+    _check_sizes(plain, where)
     try:
-        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=_propagation_is_bounded(plain))
     except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0]
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ModelError(f"{where}: shape inference failed (shapes in the model do not fit together): {first}") from None
+    except MemoryError:
+        raise ModelError(f"{where}: ONNX shape inference ran out of memory (the model's tensors are too large)") from None
+    _check_sizes(proto, where)
     return proto, specs, sha256_bytes(data), name
 
 
@@ -216,7 +292,8 @@ def _output_specs(mod, names: list[str]) -> list[TensorSpec]:
     specs = []
     for name, f in zip(names, fields):
         if not isinstance(f, relax.TensorType) or f.shape is None:
-            raise ModelError(f"output '{name}' is not a tensor with a known shape; kiln supports tensor outputs")
+            raise ModelError(f"output '{printable(name)}' is not a tensor with a known shape; "
+                             "kiln supports tensor outputs")
         # -1 marks a dimension only known at run time (e.g. the number of detected boxes).
         shape = tuple(int(d.value) if hasattr(d, "value") else -1 for d in f.shape.values)
         specs.append(TensorSpec(name, shape, str(f.dtype)))

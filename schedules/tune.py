@@ -245,7 +245,9 @@ def seed_default_schedules(contexts, database, target, builder, runner) -> int:
             sch = rule.apply(func, target, False) if rule.is_target_available(target) else None
             if sch is not None:
                 sch = sch if not isinstance(sch, list) else sch[0]
-                pending.append((workload, sch, ArgInfo.from_prim_func(func)))
+                # The arguments as the builder compiles it: weight-packing blocks removed, so a
+                # packed weight is an argument of its packed shape (as in the final library).
+                pending.append((workload, sch, ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
                 break
         else:  # no default rule: the untuned kernel is naive loops, any record beats it
             database.record_baseline(workload, float("inf"))
@@ -265,7 +267,8 @@ def seed_default_schedules(contexts, database, target, builder, runner) -> int:
         shutil.rmtree(os.path.dirname(built_result.artifact_path), ignore_errors=True)
         if result.error_msg is not None or not result.run_secs:
             # The default could not be measured: let tuned records apply (TVM's own behaviour).
-            log.warning("default schedule of a task did not run: %s", (result.error_msg or "")[-600:])
+            log.warning("default schedule of a task did not run, so its tuned records apply without the "
+                        "never-slower check: %s", (result.error_msg or "")[-600:])
             database.record_baseline(workload, float("inf"))
             continue
         secs = [float(s) for s in result.run_secs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import subprocess
@@ -65,6 +66,11 @@ def test_tune_then_compile_applies_records(model_path, tmp_path):
     assert report.stopped_by == "trials"
     assert any(t.best_ms is not None for t in report.tasks)
     assert len(DurableDatabase(db)) >= report.trials_run
+    # Every kernel's default schedule was measured (a finite baseline), so a record applies only
+    # when it beats it. (A bug once made every packed-weight conv default fail to run: infinite
+    # baselines let slower records in, and the tuned model ran slower than the untuned one.)
+    baselines = json.loads((db / "default_baselines.json").read_text())
+    assert baselines and all(math.isfinite(v) for v in baselines.values()), baselines
     lib = tmp_path / "tuned.so"
     compile_model(model_path, lib, db=db)
     m = load(lib)

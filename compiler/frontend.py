@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from compiler.errors import InputError, ModelError, UnsupportedOperatorError
 from compiler.metadata import TensorSpec, sha256_bytes
+from compiler.shape_folding import fold_shape_arithmetic
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,7 @@ def prepare_onnx(
     except MemoryError:
         raise ModelError(f"{where}: ONNX shape inference ran out of memory (the model's tensors are too large)") from None
     _check_sizes(proto, where)
+    proto = fold_shape_arithmetic(proto)  # only when the graph reads shapes (Shape/Size nodes)
     return proto, specs, sha256_bytes(data), name
 
 

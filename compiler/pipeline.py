@@ -106,6 +106,11 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None) -> list[S
         Step("FuseOps", "group producer/consumer kernels (conv + bias + relu, …)", relax.transform.FuseOps),
         Step("FuseTIR", "merge each group into one TIR kernel", relax.transform.FuseTIR),
     ]
+    if preset.device == "cpu":
+        # As TVM's own CPU tuning pipeline does: weights marked layout-free, so MetaSchedule's
+        # RewriteLayout packs them for tuned schedules as kiln's default rules do for theirs.
+        steps.append(Step("AttachAttrLayoutFreeBuffers", "let tuned schedules pack constant weights too",
+                          relax.transform.AttachAttrLayoutFreeBuffers))
     if db is not None:
         steps.append(Step("MetaScheduleApplyDatabase", "use tuned schedules from the tuning database",
                           lambda: apply_database_pass(db)))
@@ -159,7 +164,7 @@ def _as_one_pass(preset: TargetPreset, steps: list[Step], name: str) -> tvm.tran
 def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32", plan=None) -> tvm.transform.Pass:
     """The steps before scheduling: what MetaSchedule extracts its tuning tasks from."""
     steps = pipeline_steps(preset, None, precision, plan)
-    last = max(i for i, step in enumerate(steps) if step.name == "FuseTIR")
+    last = max(i for i, step in enumerate(steps) if step.name in ("FuseTIR", "AttachAttrLayoutFreeBuffers"))
     return _as_one_pass(preset, steps[: last + 1], "kiln_tuning_input")
 
 

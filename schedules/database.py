@@ -45,6 +45,35 @@ class TuningError(KilnError):
     """The tuning directory cannot be used (locked by another tuner, unwritable, disk full)."""
 
 
+def _plain(obj):
+    """TVM containers and numbers as plain Python (what ``json.dumps`` accepts)."""
+    from tvm.tirx import FloatImm, IntImm
+
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (IntImm, FloatImm)):
+        return obj.value
+    if isinstance(obj, dict) or hasattr(obj, "items"):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or hasattr(obj, "__len__"):
+        return [_plain(x) for x in obj]
+    raise TypeError(f"cannot store a {type(obj).__name__} in the tuning database")
+
+
+def record_json(record: TuningRecord) -> list:
+    """``record.as_json()``, also for traces that change layouts.
+
+    TVM 0.27's ``TuningRecord.as_json`` raises TypeError on the ``IndexMap`` a
+    ``transform_layout`` (weight packing) leaves in a trace; ``Trace.as_json`` stores it as
+    a JSON string, which ``TuningRecord.from_json`` reads back. Same layout as TVM's
+    (trace, run_secs, target, args_info), so TVM's own ``JSONDatabase`` reads the file.
+    """
+    run_secs = None if record.run_secs is None else [float(x) for x in record.run_secs]
+    target = None if record.target is None else _plain(record.target.export())
+    args = None if record.args_info is None else [_plain(a.as_json()) for a in record.args_info]
+    return [_plain(record.trace.as_json(remove_postproc=False)), run_secs, target, args]
+
+
 def _drop_partial_last_line(path: Path) -> None:
     """Cut a file back to its last newline (what an interrupted append leaves behind)."""
     if not path.exists():
@@ -238,7 +267,7 @@ class DurableDatabase(PyDatabase):
 
     def commit_tuning_record(self, record: TuningRecord) -> None:
         index = self._index_of(record.workload)
-        self._append(RECORD_FILE, [index, record.as_json()])
+        self._append(RECORD_FILE, [index, record_json(record)])
         self._memory.commit_tuning_record(record)
 
     def get_top_k(self, workload: Workload, top_k: int) -> list[TuningRecord]:

@@ -137,3 +137,28 @@ def test_workload_file_is_tvm_format(tmp_path):
     db.close()
     shash, encoded = json.loads((tmp_path / WORKLOAD_FILE).read_text().splitlines()[0])
     assert shash.isdigit() and isinstance(encoded, str)
+
+
+def test_records_that_pack_weights_are_stored_and_reapplied(tmp_path):
+    """A trace with transform_layout (an IndexMap) is stored; TVM's own as_json cannot do it."""
+    from schedules.database import record_json
+
+    mod = matmul_mod()
+    db = DurableDatabase(tmp_path, writable=True)
+    workload = db.commit_workload(mod)
+    sch = tvm.s_tir.Schedule(mod)
+    sch.transform_layout(sch.get_sblock("C"), ("read", 1), lambda k, j: (j // 8, k, j % 8))
+    args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    rec = ms.database.TuningRecord(sch.trace, workload, [tvm.tirx.FloatImm("float64", 1e-3)], TARGET, args)
+    with pytest.raises(TypeError):
+        rec.as_json()  # TVM 0.27's own serialiser
+    db.commit_tuning_record(rec)
+    db.close()
+    again = DurableDatabase(tmp_path)
+    (loaded,) = again.get_top_k(again.commit_workload(mod), 1)
+    replay = tvm.s_tir.Schedule(mod)
+    loaded.trace.apply_to_schedule(replay, remove_postproc=False)
+    tvm.ir.assert_structural_equal(replay.mod, sch.mod)
+    assert len(ms.database.JSONDatabase(work_dir=str(tmp_path))) == 1  # TVM's own reader
+    plain = record(DurableDatabase(tmp_path / "b", writable=True), mod, 2e-3)
+    assert record_json(plain) == json.loads(json.dumps(plain.as_json()))  # same layout as TVM's

@@ -38,6 +38,7 @@ class CompileOptions:
     precision: str = "fp32"
     cuda_archs: str | None = None  # e.g. "sm_80,sm_90"; default: the preset's arch
     int8: Int8Options | None = None  # calibration and layer choices for precision "int8"
+    fusion: bool = True  # kiln's own fusion steps; False: TVM's FuseOps/FuseTIR alone (before/after comparisons)
 
 
 @dataclass
@@ -131,7 +132,8 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
                          "layers_int8": int8.quantized, "layers_fp32": sorted(int8.plan.keep_fp32),
                          "weight_bits": int8.plan.weight_bits}
     with tvm.transform.PassContext(opt_level=3), device_compile:
-        lowered = build_pipeline(preset, options.db, options.precision, int8.plan if int8 else None)(imported.mod)
+        lowered = build_pipeline(preset, options.db, options.precision, int8.plan if int8 else None,
+                                 fusion=options.fusion)(imported.mod)
         schedules = kernel_schedules(lowered, preset.device)
         kernels = len(schedules)
         executable = tvm.compile(lowered, target, relax_pipeline=None)

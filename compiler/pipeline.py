@@ -15,7 +15,10 @@ from typing import Callable
 import tvm
 from tvm import relax
 
-from compiler.rewrites import fold_stacked_reduce
+from compiler.passes.concat_in_place import write_concat_in_place
+from compiler.passes.drop_dropout import drop_dropout
+from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
+from compiler.passes.prepack_in_place import split_layout_rewrite_in_place
 from schedules.defaults import default_schedule_pass
 from schedules.int8 import mark_int8_weight_bits, weight_bits_for
 from schedules.database import apply_database_pass
@@ -48,23 +51,28 @@ def _backend(kind: str):
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def simplify_steps(weight_bits: int = 8) -> list[Step]:
+def simplify_steps(weight_bits: int = 8, fusion: bool = True) -> list[Step]:
     """Clean-up before precision changes; INT8 calibration sees the module as these leave it.
 
     ``weight_bits``: a pre-quantized model's int8 weights are narrowed to this width where the
     target's int8 kernels need it (7 on AVX2 without VNNI; ``schedules.int8.weight_bits_for``).
+    ``fusion=False`` leaves out kiln's own fusion rewrites (for before/after comparisons).
     """
     from compiler.passes.quantize import lower_qdq
 
     return [
-        Step("FoldStackedReduce", "ONNX Sum/Max/Min become elementwise adds (no stack copy; fusable)",
-             lambda: fold_stacked_reduce),
+        *([Step("FoldStackedReduce", "ONNX Sum/Max/Min become elementwise adds (no stack copy; fusable)",
+                lambda: fold_stacked_reduce)] if fusion else []),
         Step("LowerQDQ", "a pre-quantized (QDQ) model's conv/matmul become int8 math with int32 accumulation",
              lambda: lower_qdq(weight_bits)),
         Step("FoldBatchnormToConv2D", "batch-norm after conv becomes conv weights and bias",
              relax.transform.FoldBatchnormToConv2D),
         Step("DecomposeOpsForInference", "remaining batch-norm/layer-norm become plain arithmetic",
              relax.transform.DecomposeOpsForInference),
+        *([Step("CanonicalizeBindings", "batch-norm's (out, mean, var)[0] becomes out: the scale/shift fuses "
+                "with its neighbours (DenseNet: 62 kernels fewer)", relax.transform.CanonicalizeBindings),
+           Step("DropDropout", "inference Dropout is the identity (no copy; SqueezeNet's last concat can go)",
+                lambda: drop_dropout)] if fusion else []),
         Step("FoldConstant", "compute weight-only expressions at compile time", relax.transform.FoldConstant),
         Step("DeadCodeElimination", "drop bindings nothing uses (e.g. Dropout masks)",
              relax.transform.DeadCodeElimination),
@@ -92,7 +100,7 @@ def precision_steps(precision: str, plan=None) -> list[Step]:
     return []
 
 
-def lowering_steps(preset: TargetPreset, db: str | Path | None = None) -> list[Step]:
+def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: bool = True) -> list[Step]:
     """Legalize, fuse, schedule (tuning records first, then defaults) and lower for the VM."""
     target = preset.tvm_target()
     backend = _backend(preset.kind)
@@ -104,6 +112,9 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None) -> list[S
              relax.transform.AnnotateTIROpPattern),
         Step("FoldConstant", "fold kernels whose inputs are all constants", relax.transform.FoldConstant),
         Step("FuseOps", "group producer/consumer kernels (conv + bias + relu, …)", relax.transform.FuseOps),
+        *([Step("WriteConcatInPlace", "producers write into the concatenated buffer: no concat kernels "
+                "(Inception, SqueezeNet, DenseNet)", lambda: write_concat_in_place)]
+          if fusion and preset.device == "cpu" else []),
         Step("FuseTIR", "merge each group into one TIR kernel", relax.transform.FuseTIR),
     ]
     if preset.device == "cpu":
@@ -122,6 +133,8 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None) -> list[S
         steps += [
             Step("SplitLayoutRewritePreproc", "weight packing (marked by the default rules) becomes its own kernel",
                  relax.transform.SplitLayoutRewritePreproc),
+            Step("SplitLayoutRewritePreprocInPlace", "the same for in-place kernels (concat writers)",
+                 lambda: split_layout_rewrite_in_place),
             Step("FoldConstant", "pack constant weights once, at compile time", relax.transform.FoldConstant),
             Step("DeadCodeElimination", "drop the unpacked weights and the packing kernels",
                  relax.transform.DeadCodeElimination),
@@ -138,15 +151,17 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None) -> list[S
 
 
 def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
-                   plan=None) -> list[Step]:
+                   plan=None, fusion: bool = True) -> list[Step]:
     """The ordered steps for ``preset`` (optionally applying tuning records from ``db``).
 
     ``precision="fp16"`` computes in float16 with float32 accumulation (TVM's
     ``ToMixedPrecision``); ``"int8"`` quantizes by ``plan`` (``compiler.quantization``, ``compiler.passes.quantize``).
-    Inputs and outputs keep their float32 interface.
+    Inputs and outputs keep their float32 interface. ``fusion=False`` leaves out kiln's own
+    fusion steps (TVM's FuseOps/FuseTIR still run): the baseline of ``scripts/fusion_report.py``.
     """
     weight_bits = plan.weight_bits if plan is not None else weight_bits_for(preset.tvm_target())
-    return simplify_steps(weight_bits) + precision_steps(precision, plan) + lowering_steps(preset, db)
+    return (simplify_steps(weight_bits, fusion) + precision_steps(precision, plan)
+            + lowering_steps(preset, db, fusion))
 
 
 def _as_one_pass(preset: TargetPreset, steps: list[Step], name: str) -> tvm.transform.Pass:
@@ -169,9 +184,9 @@ def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32", plan=No
 
 
 def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
-                   plan=None) -> tvm.transform.Pass:
+                   plan=None, fusion: bool = True) -> tvm.transform.Pass:
     """The whole pipeline as one pass, run under the target."""
-    return _as_one_pass(preset, pipeline_steps(preset, db, precision, plan), "kiln_pipeline")
+    return _as_one_pass(preset, pipeline_steps(preset, db, precision, plan, fusion), "kiln_pipeline")
 
 
 def simplify_pipeline(preset: TargetPreset) -> tvm.transform.Pass:

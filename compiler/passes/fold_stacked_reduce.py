@@ -1,6 +1,4 @@
-"""Relax graph rewrites kiln applies before legalization (each one small, exact and target-independent).
-
-``FoldStackedReduce`` — TVM's ONNX importer turns ``Sum``/``Max``/``Min`` of N tensors into
+"""``FoldStackedReduce``: TVM's ONNX importer turns ``Sum``/``Max``/``Min`` of N tensors into
 ``reduce(stack([broadcast_to(a), broadcast_to(b), …]), axis=0)``: a copy of every input into
 an (N, …) tensor, then a reduction kernel. The pairwise form ``add(add(a, b), …)`` computes
 the same numbers (same order of operations) without the copy, and, being elementwise, fuses

@@ -1,0 +1,218 @@
+"""kiln's fusion passes: each rewrite happens on a small graph, and the numbers still match ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import helper
+from tvm import relax, tirx
+
+from compiler.frontend import import_onnx
+from compiler.passes.concat_in_place import concat_axis, slice_copy
+from compiler.pipeline import build_pipeline, pipeline_steps
+from compiler.reference import OnnxRuntimeReference, max_abs_diff
+from targets.registry import resolve_target
+from tests.onnx_graphs import const, model
+
+TOLERANCE = 1e-4
+FUSION_STEPS = {"FoldStackedReduce", "CanonicalizeBindings", "DropDropout", "WriteConcatInPlace"}
+
+
+def lowered(onnx_model: onnx.ModelProto, fusion: bool = True) -> tvm.IRModule:
+    """The module kiln hands to ``tvm.compile`` for this machine."""
+    preset = resolve_target("host")
+    with tvm.transform.PassContext(opt_level=3):
+        return build_pipeline(preset, fusion=fusion)(import_onnx(onnx_model, {}).mod)
+
+
+def launched(mod: tvm.IRModule) -> list[str]:
+    """The kernels ``main`` calls per inference, in order (weight packing folded away at compile time)."""
+    out = []
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.GlobalVar) \
+                    and isinstance(mod[value.op], tirx.PrimFunc):
+                out.append(value.op.name_hint)
+    return out
+
+
+def matches_onnxruntime(onnx_model: onnx.ModelProto, mod: tvm.IRModule) -> float:
+    """Relative max error of the built module against ONNX Runtime on random inputs."""
+    executable = tvm.compile(mod, resolve_target("host").tvm_target(), relax_pipeline=None)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    rng = np.random.default_rng(7)
+    inputs = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+              for i in onnx_model.graph.input}
+    out = vm["main"](*[tvm.runtime.tensor(v) for v in inputs.values()])
+    ref = OnnxRuntimeReference(onnx_model, 1).run(inputs)
+    _, rel = max_abs_diff({next(iter(ref)): out.numpy()}, ref)
+    return rel
+
+
+def fire() -> onnx.ModelProto:
+    """SqueezeNet's fire module (1x1 and 3x3 expands concatenated) plus the block input itself."""
+    return model([helper.make_node("Conv", ["x", "w0", "b0"], ["q"]),
+                  helper.make_node("Relu", ["q"], ["rq"]),
+                  helper.make_node("Conv", ["rq", "w1", "b1"], ["e1"]),
+                  helper.make_node("Relu", ["e1"], ["r1"]),
+                  helper.make_node("Conv", ["rq", "w3", "b3"], ["e3"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", ["e3"], ["r3"]),
+                  helper.make_node("Concat", ["r1", "r3", "x"], ["cat"], axis=1),
+                  helper.make_node("MaxPool", ["cat"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+                 [("x", [1, 8, 12, 12])], [("y", None)],
+                 [const("w0", 8, 8, 1, 1), const("b0", 8), const("w1", 16, 8, 1, 1), const("b1", 16),
+                  const("w3", 16, 8, 3, 3), const("b3", 16)])
+
+
+def _bn(name: str, x: str, c: int) -> tuple[list, list]:
+    nodes = [helper.make_node("BatchNormalization", [x, f"{name}s", f"{name}b", f"{name}m", f"{name}v"], [f"{name}n"]),
+             helper.make_node("Relu", [f"{name}n"], [f"{name}r"])]
+    inits = [const(f"{name}s", c, low=0.5, high=1.5), const(f"{name}b", c), const(f"{name}m", c),
+             const(f"{name}v", c, low=0.5, high=1.5)]
+    return nodes, inits
+
+
+def dense_block() -> onnx.ModelProto:
+    """Three DenseNet layers: c[k] = concat(c[k-1], f(c[k-1])) from c[0] = maxpool(x), batch-norm + ReLU
+    before every conv (the last concatenation fuses with its batch-norm, as in DenseNet-121)."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["x0"], kernel_shape=[2, 2], strides=[2, 2])]
+    inits = []
+    channels = 8
+    prev = "x0"
+    for k in (1, 2, 3):
+        bn, bn_inits = _bn(f"l{k}", prev, channels)
+        nodes += bn + [helper.make_node("Conv", [f"l{k}r", f"w{k}"], [f"f{k}"], pads=[1, 1, 1, 1]),
+                       helper.make_node("Concat", [prev, f"f{k}"], [f"c{k}"], axis=1)]
+        inits += bn_inits + [const(f"w{k}", 4, channels, 3, 3)]
+        prev, channels = f"c{k}", channels + 4
+    bn, bn_inits = _bn("out", prev, channels)
+    nodes += bn + [helper.make_node("Conv", ["outr", "wo"], ["y"])]
+    inits += bn_inits + [const("wo", 8, channels, 1, 1)]
+    return model(nodes, [("x", [1, 8, 16, 16])], [("y", None)], inits)
+
+
+def test_fusion_steps_are_listed_and_can_be_left_out():
+    preset = resolve_target("host")
+    names = {s.name for s in pipeline_steps(preset)}
+    assert FUSION_STEPS <= names and "SplitLayoutRewritePreprocInPlace" in names
+    assert not FUSION_STEPS & {s.name for s in pipeline_steps(preset, fusion=False)}
+    # CUDA keeps the target-independent ones; in-place concatenation is proven on CPU only
+    cuda = {s.name for s in pipeline_steps(resolve_target("cuda-sm80"))}
+    assert "CanonicalizeBindings" in cuda and "WriteConcatInPlace" not in cuda
+
+
+def test_fold_stacked_reduce_removes_the_stack_copy():
+    m = model([helper.make_node("Sum", ["a", "b", "c"], ["s"]), helper.make_node("Relu", ["s"], ["y"])],
+              [("a", [1, 4, 5, 5]), ("b", [1, 4, 5, 5]), ("c", [1, 4, 5, 5])], [("y", None)])
+    stock, kiln = lowered(m, fusion=False), lowered(m)
+    assert any("stack" in k for k in launched(stock))
+    assert not any("stack" in k for k in launched(kiln)) and len(launched(kiln)) == 1
+    assert matches_onnxruntime(m, kiln) <= TOLERANCE
+
+
+def test_canonicalize_bindings_fuses_batchnorm_with_its_neighbours():
+    """A batch-norm that cannot fold into a conv (DenseNet's pre-activation) is one kernel with the ReLU."""
+    nodes, inits = _bn("p", "x", 8)
+    m = model(nodes + [helper.make_node("Conv", ["pr", "w"], ["y"])], [("x", [1, 8, 6, 6])], [("y", None)],
+              inits + [const("w", 8, 8, 1, 1)])
+    stock, kiln = launched(lowered(m, fusion=False)), launched(lowered(m))
+    assert len(stock) == 3 and len(kiln) == 2, (stock, kiln)
+    assert matches_onnxruntime(m, lowered(m)) <= TOLERANCE
+
+
+def test_drop_dropout_leaves_no_copy():
+    m = model([helper.make_node("Conv", ["x", "w"], ["c"]),
+               helper.make_node("Dropout", ["c"], ["d"]),
+               helper.make_node("Concat", ["d", "x"], ["y"], axis=1)],
+              [("x", [1, 4, 6, 6])], [("y", None)], [const("w", 4, 4, 1, 1)])
+    kiln = lowered(m)
+    assert not [k for k in launched(kiln) if "dropout" in k]
+    assert not [k for k in launched(kiln) if k.startswith("concatenate") or "_concatenate" in k]
+    assert matches_onnxruntime(m, kiln) <= TOLERANCE
+
+
+def test_concat_inputs_are_written_in_place():
+    """Both expands write their slice; the block input (a function parameter) is copied into its own."""
+    m = fire()
+    stock, mod = launched(lowered(m, fusion=False)), lowered(m)
+    kiln = launched(mod)
+    assert any("concatenate" in k for k in stock)
+    assert not any("concatenate" in k for k in kiln), kiln
+    assert len([k for k in kiln if k.endswith("_into_concat") or "_into_concat_" in k]) == 2, kiln
+    assert len([k for k in kiln if k.startswith("copy_into_concat")]) == 1, kiln
+    assert len(kiln) == len(stock), (stock, kiln)  # one concat kernel traded for one partial copy
+    assert "call_tir_inplace" in lowered_script(m) or any("_into_concat" in k for k in kiln)
+    assert matches_onnxruntime(m, mod) <= TOLERANCE
+
+
+def lowered_script(onnx_model: onnx.ModelProto) -> str:
+    """``main`` right after WriteConcatInPlace and FuseTIR."""
+    preset = resolve_target("host")
+    steps = pipeline_steps(preset)
+    mod = import_onnx(onnx_model, {}).mod
+    with tvm.transform.PassContext(opt_level=3), preset.tvm_target():
+        for step in steps:
+            mod = step.make()(mod)
+            if step.name == "FuseTIR":
+                return mod["main"].script()
+    raise AssertionError("no FuseTIR step")
+
+
+def test_dense_block_concatenations_share_one_buffer():
+    """DenseNet's chain: the pooled input and the first two layers' features write one buffer
+    (c1 is a prefix of c2); the batch-norms read their prefix of it. The third concatenation is
+    fused with its batch-norm (an elementwise kernel) and stays."""
+    m = dense_block()
+    stock, mod = launched(lowered(m, fusion=False)), lowered(m)
+    kiln = launched(mod)
+    assert sum("concatenate" in k for k in stock) == 3
+    left = [k for k in kiln if "concatenate" in k]
+    assert len(left) == 1 and left[0].startswith("fused_concatenate") and "relu" in left[0], kiln
+    assert not any("copy_into" in k for k in kiln), kiln
+    # two concat kernels gone, and each batch-norm + ReLU is one kernel (CanonicalizeBindings)
+    assert len(kiln) == len(stock) - 2 - 4, (stock, kiln)
+    text = lowered_script(m)
+    assert text.count("R.call_tir_inplace") == 2  # second and third writer; the first allocates
+    assert matches_onnxruntime(m, mod) <= TOLERANCE
+
+
+def test_in_place_writers_keep_compile_time_weight_packing():
+    """SplitLayoutRewritePreprocInPlace: the in-place convs read prepacked weights; no packing runs per call."""
+    kiln = launched(lowered(fire()))
+    writers = [k for k in kiln if "conv2d" in k and "_into_concat" in k]
+    assert writers and all(k.endswith("_prepacked") for k in writers), kiln
+    assert not [k for k in kiln if "weight_prepack" in k], kiln
+
+
+def test_concat_axis_is_recognised_by_structure_not_name():
+    """A kernel named like a concat that computes something else is not taken for one."""
+    mod = relax.transform.LegalizeOps()(import_onnx(fire(), {}).mod)
+    concat = next(gv for gv in mod.get_global_vars() if gv.name_hint.startswith("concatenate"))
+    call = next(b.value for b in mod["main"].body.blocks[0].bindings
+                if isinstance(b.value, relax.Call) and b.value.args and b.value.args[0].same_as(concat))
+    assert concat_axis(mod, call) == 1
+    fake = slice_copy((1, 16, 12, 12), (1, 40, 12, 12), 1, 0, "float32", write=True)
+    mod[concat] = fake.with_attr("global_symbol", concat.name_hint)
+    assert concat_axis(mod, call) is None
+
+
+@pytest.mark.parametrize("write", [True, False])
+def test_slice_copy_kernels(write):
+    """The write/read slice kernels move exactly one slice along the axis."""
+    func = slice_copy((2, 3), (2, 7), 1, 4, "float32", write)
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), "llvm")
+    small, big = np.arange(6, dtype=np.float32).reshape(2, 3), np.full((2, 7), -1, np.float32)
+    a, b = tvm.runtime.tensor(small), tvm.runtime.tensor(big)
+    if write:
+        lib["main"](a, b)
+        expected = big.copy()
+        expected[:, 4:7] = small
+        np.testing.assert_array_equal(b.numpy(), expected)
+    else:
+        big = np.arange(14, dtype=np.float32).reshape(2, 7)
+        b = tvm.runtime.tensor(big)
+        lib["main"](b, a)
+        np.testing.assert_array_equal(a.numpy(), big[:, 4:7])

@@ -10,13 +10,13 @@ For each model:
   (a kernel called twice counts twice; reshapes that become views and weight packing folded at
   compile time do not count): TVM's stock lowering, kiln's pipeline without its fusion steps
   (``fusion=False``), and kiln's pipeline.
-- with ``--latency``: both libraries built (``compile_model(..., fusion=False/True)``, same
+- with ``--latency [MODEL ...]`` (no names: every model): both libraries built (``compile_model(..., fusion=False/True)``, same
   default schedules), each checked against ONNX Runtime, then timed in the same process, rounds
   alternating between the two; the p50 is the median over all timed calls.
 
     python scripts/fusion_report.py                                   # kernel counts, all five models
-    python scripts/fusion_report.py --latency --threads 2 --runs 50   # plus latency (a quiet machine!)
-    python scripts/fusion_report.py --models squeezenet --latency --runs 10 --out /tmp/r.json
+    python scripts/fusion_report.py --latency --threads 2 --runs 50   # plus latency of all (a quiet machine!)
+    python scripts/fusion_report.py --latency squeezenet --runs 20    # counts for all, latency for one
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=LIGHT_ZOO_BENCH)
-    ap.add_argument("--latency", action="store_true", help="also build both variants and time them")
+    ap.add_argument("--latency", nargs="*", metavar="MODEL",
+                    help="also build both variants and time them (these models; no names: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=50, help="timed calls per variant")
     ap.add_argument("--rounds", type=int, default=5, help="alternations between the two variants")
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: kernels {row['kernels_stock']} -> {row['kernels_kiln']}, launches "
                   f"{row['launches_stock']} (stock) / {row['launches_no_fusion']} (no fusion) -> "
                   f"{row['launches_kiln']} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-            if args.latency:
+            if args.latency is not None and (not args.latency or name in args.latency):
                 workdir = Path(tmp) / name
                 workdir.mkdir()
                 row["latency"] = measure_latency(model, workdir, args.threads, args.runs, args.rounds)

@@ -179,6 +179,40 @@ def test_dense_block_concatenations_share_one_buffer():
     assert matches_onnxruntime(m, mod) <= TOLERANCE
 
 
+def _conv(x: str, y: str, w: str) -> tuple[onnx.NodeProto, onnx.TensorProto]:
+    return helper.make_node("Conv", [x, w], [y]), const(w, 4, 4, 1, 1)
+
+
+def _concat_cases() -> dict[str, onnx.ModelProto]:
+    (ca, wa), (cb, wb), (cd, wd), (ce, we) = (_conv("x", v, f"w{v}") for v in "abde")
+    pool = [helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[2, 2])]
+    x = [("x", [1, 4, 5, 5])]
+    return {
+        # the graph's output is the concatenation (the buffer's last version leaves the dataflow block)
+        "output": model([ca, cb, helper.make_node("Concat", ["a", "b", "x"], ["y"], axis=1)], x, [("y", None)],
+                        [wa, wb]),
+        # c1 feeds two concatenations: one absorbs it, the other copies it out of that buffer
+        "shared_inner": model([ca, cb, cd, ce, helper.make_node("Concat", ["a", "b"], ["c1"], axis=1),
+                               helper.make_node("Concat", ["c1", "d"], ["c2"], axis=1),
+                               helper.make_node("Concat", ["c1", "e"], ["c3"], axis=1),
+                               helper.make_node("MaxPool", ["c2"], ["p2"], kernel_shape=[1, 1]),
+                               helper.make_node("MaxPool", ["c3"], ["p3"], kernel_shape=[1, 1]),
+                               helper.make_node("Add", ["p2", "p3"], ["y"])], x, [("y", None)], [wa, wb, wd, we]),
+        "last_axis": model([ca, cb, helper.make_node("Concat", ["a", "b"], ["c"], axis=3), *pool], x, [("y", None)],
+                           [wa, wb]),
+        "batch_2": model([ca, cb, helper.make_node("Concat", ["a", "b"], ["c"], axis=1), *pool], [("x", [2, 4, 5, 5])],
+                         [("y", None)], [wa, wb]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_concat_cases()))
+def test_concat_in_place_edge_cases(name):
+    m = _concat_cases()[name]
+    mod = lowered(m)
+    assert not [k for k in launched(mod) if "concatenate" in k], launched(mod)
+    assert matches_onnxruntime(m, mod) <= TOLERANCE
+
+
 def test_in_place_writers_keep_compile_time_weight_packing():
     """SplitLayoutRewritePreprocInPlace: the in-place convs read prepacked weights; no packing runs per call."""
     kiln = launched(lowered(fire()))

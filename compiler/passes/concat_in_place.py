@@ -234,7 +234,7 @@ class _Rewriter(PyExprMutator):
         inplace = write is not None and id(write[0]) in self.latest
         if write is not None:
             buf, _, offset = write
-            result_ty = value.ty if value is not None else new_args[0].ty
+            result_ty = value.ty if value is not None else args[0].ty
             writer = self._slice_kernel(result_ty, buf, offset, True)
             if inplace:
                 new_args.append(self.latest[id(buf)])

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for scripts.int8_models when run as a file
+
 from compiler.build import CompileOptions, compile_model
 from compiler.quantization import Int8Options
 from compiler.reference import OnnxRuntimeReference
@@ -138,7 +140,7 @@ def main() -> int:
     parser.add_argument("--json", required=True, help="where to write the results")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--method", default="entropy", choices=["minmax", "percentile", "entropy"])
+    parser.add_argument("--method", default="percentile", choices=["minmax", "percentile", "entropy"])
     parser.add_argument("--calibration", type=int, default=100, help="calibration samples per model")
     parser.add_argument("--workdir", help="keep the models and libraries here (default: a temp dir)")
     args = parser.parse_args()

@@ -33,12 +33,13 @@ def _hist(values: np.ndarray, chunks: int = 4) -> Histogram:
 def test_minmax_and_percentile_on_known_distributions():
     uniform = RNG.uniform(-2.0, 2.0, 200_000).astype(np.float32)
     r = _hist(uniform).to_range("minmax", 99.99)
-    assert r.signed and abs(r.threshold - 2.0) < 1e-3
+    assert r.signed and abs(r.threshold - 2.0) < 1e-3 and 127 <= r.zero_point <= 128  # [-2, 2] onto 0..255
     normal = RNG.standard_normal(400_000).astype(np.float32)
     p99 = _hist(normal).to_range("percentile", 99.0).threshold
     assert abs(p99 - 2.576) < 0.03  # 99% of |N(0,1)| lies below 2.576
     relu = np.maximum(normal, 0)
-    assert not _hist(relu).to_range("minmax", 99.99).signed  # never negative: uint8
+    relu_range = _hist(relu).to_range("minmax", 99.99)
+    assert not relu_range.signed and relu_range.zero_point == 0  # never negative: zero point 0
 
 
 def test_entropy_clips_outliers_but_not_a_uniform_range():

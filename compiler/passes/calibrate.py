@@ -5,8 +5,8 @@ simplification steps: batch-norm folded, weights constant) and calibration sampl
 Builds a host copy of that module whose ``main`` also returns every tensor a quantizable
 layer reads (``compiler.passes.int8_layers``), runs it over the samples with kiln's own
 default schedules (no other runtime needed), and keeps one histogram per tensor.
-Guarantees one ``TensorRange`` per layer: unsigned (the tensor was never negative, e.g.
-after ReLU) or signed, and the clipping threshold chosen by the method:
+Guarantees one ``TensorRange`` per layer (uint8; zero point 0 when the tensor was never
+negative, e.g. after ReLU) with the clipping threshold chosen by the method:
 
 - ``minmax``: the largest magnitude seen;
 - ``percentile``: the given percentile of magnitudes (default 99.99);
@@ -36,21 +36,39 @@ BINS = 2048
 
 @dataclass
 class TensorRange:
-    """The calibrated range of one layer input."""
+    """The calibrated range of one layer input, quantized as uint8 (asymmetric where needed).
 
-    signed: bool  # False: never negative, quantized as uint8 with zero point 0
+    A tensor never seen negative (after ReLU) gets zero point 0, so zero padding stays
+    exact and a ReLU before it is the quantize's own clip. A tensor with negative values
+    (hard-swish, residual sums, the input image) maps [low, high] onto 0..255 with a
+    zero point: twice the resolution of symmetric int8 when the negative side is small,
+    and the int8 kernels take uint8 activations (``schedules/rules/int8.py``).
+    """
+
+    signed: bool  # seen negative: needs a zero point
     threshold: float  # magnitudes above are clipped
     minimum: float
     maximum: float
 
     @property
     def dtype(self) -> str:
-        return "int8" if self.signed else "uint8"
+        return "uint8"
+
+    @property
+    def low(self) -> float:
+        return max(-self.threshold, self.minimum) if self.signed else 0.0
+
+    @property
+    def high(self) -> float:
+        return min(self.threshold, self.maximum) if self.signed else self.threshold
 
     @property
     def scale(self) -> float:
-        levels = 127.0 if self.signed else 255.0
-        return max(self.threshold, 1e-12) / levels
+        return max(self.high - self.low, 1e-12) / 255.0
+
+    @property
+    def zero_point(self) -> int:
+        return int(np.clip(np.round(-self.low / self.scale), 0, 255))
 
 
 class Histogram:

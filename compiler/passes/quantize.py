@@ -4,9 +4,9 @@ Two passes, one form between them (the same form ONNX Runtime's QDQ models impor
 
 ``insert_qdq(plan)`` expects a module after kiln's simplification steps and a
 ``QuantizationPlan`` from calibration. For every quantizable layer (``int8_layers``) not
-kept in FP32 it quantizes the data input per tensor (uint8 when calibration never saw a
-negative value, else int8; zero point 0) and the constant weight per output channel
-(symmetric int8, ``weight_bits`` wide), and feeds the layer dequantized copies.
+kept in FP32 it quantizes the data input per tensor (uint8; zero point 0 when calibration
+never saw a negative value) and the constant weight per output channel (symmetric int8,
+``weight_bits`` wide), and feeds the layer dequantized copies.
 
 ``lower_qdq()`` expects ``conv2d``/``matmul`` calls whose inputs are
 ``dequantize(q, scale, zero_point)`` of an activation and of a constant weight
@@ -59,6 +59,7 @@ class LayerReport:
     quantized: bool
     activation_dtype: str = ""
     activation_scale: float = 0.0
+    activation_zero_point: int = 0
     threshold: float = 0.0
     seen_min: float = 0.0
     seen_max: float = 0.0
@@ -122,7 +123,7 @@ def insert_qdq(plan: QuantizationPlan) -> tvm.transform.Pass:
                 data = self.visit_expr(call.args[0])
                 key = next((k for k in self.quantized_inputs if k.same_as(call.args[0])), None)
                 if key is None:
-                    scale, zero = _const(rng.scale, "float32"), _const(0, rng.dtype)
+                    scale, zero = _const(rng.scale, "float32"), _const(rng.zero_point, rng.dtype)
                     q = self.builder_.emit(relax.op.quantize(data, scale, zero, axis=-1, out_dtype=rng.dtype))
                     dq = self.builder_.emit(relax.op.dequantize(q, scale, zero, axis=-1, out_dtype="float32"))
                     self.quantized_inputs[call.args[0]] = dq
@@ -319,6 +320,9 @@ def lower_qdq(weight_bits: int = 8) -> tvm.transform.Pass:
                     return None
                 bias_q = np.round(np.broadcast_to(bias.reshape(-1) if bias.size > 1 else bias.reshape(()),
                                                   (scale.size,)).reshape(scale.shape) / scale)
+                if not np.all(np.abs(bias_q) < 2**30):  # not representable next to the accumulator
+                    log.info("bias of %s kept in float (bias / scale out of int32 range)", binding.var.name)
+                    return None
                 acc = self.builder_.emit(relax.op.add(acc, _const(bias_q.astype(np.int32))))
                 return self._emit_scaled(acc, scale, binding.var)
 

@@ -15,10 +15,10 @@ from typing import Callable
 import tvm
 from tvm import relax
 
-from compiler.passes.concat_in_place import write_concat_in_place
+from compiler.passes.concat_in_place import in_place_calls_as_call_tir, write_concat_in_place
 from compiler.passes.drop_dropout import drop_dropout
 from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
-from compiler.passes.prepack_in_place import split_layout_rewrite_in_place
+from compiler.passes.prepack_in_place import attach_layout_free_buffers_in_place, split_layout_rewrite_in_place
 from schedules.defaults import default_schedule_pass
 from schedules.int8 import mark_int8_weight_bits, weight_bits_for
 from schedules.database import apply_database_pass
@@ -122,6 +122,8 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
         # RewriteLayout packs them for tuned schedules as kiln's default rules do for theirs.
         steps.append(Step("AttachAttrLayoutFreeBuffers", "let tuned schedules pack constant weights too",
                           relax.transform.AttachAttrLayoutFreeBuffers))
+        steps.append(Step("AttachAttrLayoutFreeBuffersInPlace", "the same for in-place kernels (concat writers)",
+                          lambda: attach_layout_free_buffers_in_place))
     if db is not None:
         steps.append(Step("MetaScheduleApplyDatabase", "use tuned schedules from the tuning database",
                           lambda: apply_database_pass(db)))
@@ -179,8 +181,11 @@ def _as_one_pass(preset: TargetPreset, steps: list[Step], name: str) -> tvm.tran
 def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32", plan=None) -> tvm.transform.Pass:
     """The steps before scheduling: what MetaSchedule extracts its tuning tasks from."""
     steps = pipeline_steps(preset, None, precision, plan)
-    last = max(i for i, step in enumerate(steps) if step.name in ("FuseTIR", "AttachAttrLayoutFreeBuffers"))
-    return _as_one_pass(preset, steps[: last + 1], "kiln_tuning_input")
+    last = max(i for i, step in enumerate(steps) if step.name in ("FuseTIR", "AttachAttrLayoutFreeBuffers",
+                                                                  "AttachAttrLayoutFreeBuffersInPlace"))
+    extract = Step("InPlaceCallsAsCallTIR", "extract_tasks sees call_tir only: show in-place kernels too",
+                   lambda: in_place_calls_as_call_tir)
+    return _as_one_pass(preset, [*steps[: last + 1], extract], "kiln_tuning_input")
 
 
 def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",

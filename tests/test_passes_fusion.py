@@ -221,6 +221,37 @@ def test_in_place_writers_keep_compile_time_weight_packing():
     assert not [k for k in kiln if "weight_prepack" in k], kiln
 
 
+def test_tuning_extracts_the_in_place_kernels_as_built():
+    """MetaSchedule's extract_tasks sees call_tir only: the tuning input shows the writers as call_tir, and
+    each task is the very kernel the build schedules (constant weights marked layout-free), so records apply."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    from compiler.pipeline import tuning_input_pipeline
+
+    preset = resolve_target("host")
+    with tvm.transform.PassContext(opt_level=3):
+        tasks = ms.relax_integration.extract_tasks(tuning_input_pipeline(preset)(import_onnx(fire(), {}).mod),
+                                                   preset.tvm_target())
+    mod = import_onnx(fire(), {}).mod
+    with tvm.transform.PassContext(opt_level=3), preset.tvm_target():
+        for step in pipeline_steps(preset):
+            mod = step.make()(mod)
+            if step.name == "AttachAttrLayoutFreeBuffersInPlace":
+                break
+
+    def key(f: tirx.PrimFunc) -> int:
+        return tvm_ffi.structural_hash(f.without_attr("global_symbol"))
+
+    built = {key(f): gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+    names = {t.task_name for t in tasks}
+    assert len([n for n in names if "_into_concat" in n]) == 3, names  # two conv writers and the copy
+    for task in tasks:
+        assert key(task.dispatched[0]["main"]) in built, task.task_name
+    writer = next(t for t in tasks if "conv2d2" in t.task_name).dispatched[0]["main"]
+    assert [int(i) for i in writer.attrs["layout_free_buffers"]] == [1, 2]
+
+
 def test_concat_axis_is_recognised_by_structure_not_name():
     """A kernel named like a concat that computes something else is not taken for one."""
     mod = relax.transform.LegalizeOps()(import_onnx(fire(), {}).mod)

@@ -1,11 +1,16 @@
-"""``SplitLayoutRewritePreprocInPlace``: weight packing out of in-place kernels, as TVM does for the others.
+"""TVM's weight-packing passes, extended to kernels called in place (``call_tir_inplace``).
+
+``AttachAttrLayoutFreeBuffersInPlace`` / ``SplitLayoutRewritePreprocInPlace``: weight packing
+for in-place kernels, as TVM does for the others.
 
 The default CPU rules (and tuned schedules) copy a conv/dense weight into a packed layout
 inside the kernel and mark that copy ``meta_schedule.layout_rewrite_preproc``; TVM's
 ``SplitLayoutRewritePreproc`` moves it into its own kernel, which ``FoldConstant`` then runs at
-compile time. TVM's pass only looks at ``call_tir``: a kernel called with ``call_tir_inplace``
-(``WriteConcatInPlace``'s writers) would repack its weights on every call (Inception: about
-10% slower end to end). This pass gives those calls the same treatment.
+compile time. For tuned schedules, ``AttachAttrLayoutFreeBuffers`` first marks which kernel
+parameters are constants (``layout_free_buffers``), which lets MetaSchedule pack them. Both TVM
+passes only look at ``call_tir``: a kernel called with ``call_tir_inplace`` (``WriteConcatInPlace``'s
+writers) would repack its weights on every call (Inception: about 10% slower end to end) and
+could not be tuned with packed weights. These two passes give those calls the same treatment.
 
 Expects scheduled kernels (after ``SplitLayoutRewritePreproc``). Handles
 ``call_tir_inplace`` calls whose only in-place argument is the last one, i.e. kernels whose
@@ -89,6 +94,31 @@ class _Rewriter(PyExprMutator):
             env[b.var] = self.builder_.emit(new, b.var.name)
         self.set_var_remap(binding.var, env[main.body.body])
         return None
+
+
+@tvm.transform.module_pass(opt_level=0, name="AttachAttrLayoutFreeBuffersInPlace")
+def attach_layout_free_buffers_in_place(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Mark the constant arguments of in-place kernels ``layout_free_buffers``, as TVM's
+    ``AttachAttrLayoutFreeBuffers`` does for ``call_tir`` kernels (run right after it).
+
+    A kernel that already carries the attribute (also called with ``call_tir``) is left as it is.
+    """
+    marks: dict[tvm.ir.GlobalVar, tuple[int, ...]] = {}
+    for _, func in mod.functions_items():
+        if not isinstance(func, relax.Function):
+            continue
+        for binding in (b for block in func.body.blocks for b in block.bindings):
+            value = binding.value
+            if is_op(value, "relax.call_tir_inplace") and isinstance(value.args[1], relax.Tuple):
+                consts = tuple(i for i, a in enumerate(value.args[1].fields) if isinstance(a, tvm.ir.expr.Constant))
+                marks[value.args[0]] = consts if marks.get(value.args[0], consts) == consts else ()
+    out = None
+    for gv, consts in marks.items():
+        prim = mod[gv]
+        if isinstance(prim, tirx.PrimFunc) and (prim.attrs is None or "layout_free_buffers" not in prim.attrs):
+            out = out if out is not None else mod.clone()
+            out[gv] = prim.with_attr("layout_free_buffers", [tvm.tirx.IntImm("int32", i) for i in consts])
+    return out if out is not None else mod
 
 
 @tvm.transform.module_pass(opt_level=0, name="SplitLayoutRewritePreprocInPlace")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for scripts.int8_models when run as a file
 
@@ -55,7 +56,9 @@ def ort_qdq(onnx_path: Path, out: Path, input_name: str, samples: list[np.ndarra
 def _zoo_case(name: str, workdir: Path, n_calibration: int):
     from compiler.examples import example_model
 
-    model = example_model(name)
+    # The light-zoo files are old opsets; ONNX Runtime's quantize_static needs 13 for
+    # per-channel QDQ (kiln upgrades by itself, the same way).
+    model = onnx.version_converter.convert_version(example_model(name), 13)
     path = workdir / f"{name}.onnx"
     onnx.save(model, path)
     inp = model.graph.input[0]

@@ -250,6 +250,8 @@ def test_tuning_extracts_the_in_place_kernels_as_built():
         assert key(task.dispatched[0]["main"]) in built, task.task_name
     writer = next(t for t in tasks if "conv2d2" in t.task_name).dispatched[0]["main"]
     assert [int(i) for i in writer.attrs["layout_free_buffers"]] == [1, 2]
+    # plain ints, as TVM's own pass stores them: MetaSchedule's RewriteLayout fails on IntImm
+    assert all(type(i) is int for i in writer.attrs["layout_free_buffers"])
 
 
 def test_concat_axis_is_recognised_by_structure_not_name():

@@ -86,8 +86,10 @@ class _Rewriter(PyExprMutator):
             elif is_op(v, "relax.call_tir") and v.args[0].name_hint.endswith("_prepacked"):  # TVM's name
                 fields = [env.get(f, f) for f in v.args[1].fields] + [args[-1]]
                 new = relax.op.call_tir_inplace(added[v.args[0]], relax.Tuple(fields), [len(fields) - 1], value.ty)
-            elif is_op(v, "relax.call_tir"):  # the packing kernel
-                new = relax.op.call_tir(added[v.args[0]], relax.Tuple([env.get(f, f) for f in v.args[1].fields]), v.ty)
+            elif is_op(v, "relax.call_tir"):  # the packing kernel (a tuned one may pack several weights)
+                out_ty = list(v.ty.fields) if isinstance(v.ty, relax.TupleType) else v.ty
+                new = relax.op.call_tir(added[v.args[0]], relax.Tuple([env.get(f, f) for f in v.args[1].fields]),
+                                        out_ty)
             else:  # a plain Var
                 env[b.var] = env[v]
                 continue
@@ -117,7 +119,9 @@ def attach_layout_free_buffers_in_place(mod: tvm.IRModule, _ctx: tvm.transform.P
         prim = mod[gv]
         if isinstance(prim, tirx.PrimFunc) and (prim.attrs is None or "layout_free_buffers" not in prim.attrs):
             out = out if out is not None else mod.clone()
-            out[gv] = prim.with_attr("layout_free_buffers", [tvm.tirx.IntImm("int32", i) for i in consts])
+            # Plain ints, as TVM's own pass stores them: MetaSchedule's RewriteLayout reads an
+            # Array<int> and fails on IntImm ("Cannot convert from type Array[ir.IntImm]").
+            out[gv] = prim.with_attr("layout_free_buffers", [int(i) for i in consts])
     return out if out is not None else mod
 
 

@@ -1,0 +1,33 @@
+"""kiln's candidate builder: a failing or runaway candidate costs only itself."""
+
+from __future__ import annotations
+
+import time
+
+import schedules.builder as builder
+
+
+def test_a_failing_build_returns_its_error(monkeypatch):
+    def broken(_input, _path):
+        raise ValueError("no such intrinsic")
+
+    monkeypatch.setattr(builder, "_compile_to", broken)
+    assert builder.build_in_child(None, "/nonexistent/x.tar", timeout=30) == "ValueError: no such intrinsic"
+
+
+def test_a_runaway_build_is_killed_at_the_timeout(monkeypatch):
+    monkeypatch.setattr(builder, "_compile_to", lambda _input, _path: time.sleep(60))
+    start = time.monotonic()
+    assert builder.build_in_child(None, "/nonexistent/x.tar", timeout=1) == "build timed out after 1 s"
+    assert time.monotonic() - start < 10
+
+
+def test_a_build_that_kills_its_process_is_reported(monkeypatch):
+    import os
+    import signal
+
+    def die(_input, _path):  # e.g. the kernel's OOM killer
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(builder, "_compile_to", die)
+    assert "died" in builder.build_in_child(None, "/nonexistent/x.tar", timeout=30)

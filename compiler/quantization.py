@@ -110,7 +110,7 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
     for layer in layers:
         rng = result.ranges[layer.name]
         hist = result.histograms[layer.name]
-        weight = layer_weight(mod, layer)
+        weight = layer.weight.value.numpy()
         reports.append(LayerReport(
             name=layer.name, op=layer.op, quantized=True, activation_dtype=rng.dtype,
             activation_scale=rng.scale, threshold=rng.threshold, seen_min=rng.minimum, seen_max=rng.maximum,
@@ -175,14 +175,6 @@ def _search_agreement(imported: ImportedModel, plan: QuantizationPlan, ranked: l
         if agreement >= target:
             break
     return candidate, search
-
-
-def layer_weight(mod, layer: Layer) -> np.ndarray:
-    """The constant weight of ``layer`` (its call's second argument)."""
-    from compiler.passes.int8_layers import main_bindings
-
-    binding = next(b for b in main_bindings(mod) if b.var.same_as(layer.output))
-    return binding.value.args[1].value.numpy()
 
 
 def simplified_module(imported: ImportedModel, preset: TargetPreset):

@@ -425,8 +425,13 @@ def render_line(text: str, font, rng: np.random.Generator) -> np.ndarray:
 
 def cls_preprocess(img: np.ndarray) -> np.ndarray:
     """rapidocr's ``TextClassifier.resize_norm_img``: C x 48 x 192 float32 in [-1, 1], right-padded with 0."""
+    return _resize_norm_pad(img, CLS_SHAPE)
+
+
+def _resize_norm_pad(img: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Resize to the height keeping the aspect ratio (at most the width), scale to [-1, 1], pad right with 0."""
     cv2 = _cv2()
-    img_c, img_h, img_w = CLS_SHAPE
+    img_c, img_h, img_w = shape
     h, w = img.shape[:2]
     ratio = w / float(h)
     resized_w = img_w if math.ceil(img_h * ratio) > img_w else int(math.ceil(img_h * ratio))
@@ -444,20 +449,12 @@ def rec_preprocess(img: np.ndarray) -> np.ndarray:
     rapidocr widens the input past 320 for lines wider than 320/48; callers keep lines
     narrower than that (``InputError`` otherwise) so the shape stays fixed.
     """
-    cv2 = _cv2()
-    img_c, img_h, img_w = REC_SHAPE
+    _, img_h, img_w = REC_SHAPE
     h, w = img.shape[:2]
     max_wh_ratio = max(img_w / img_h, w / float(h))
     if int(img_h * max_wh_ratio) != img_w:
         raise InputError(f"text line {w}x{h} is wider than {img_w}/{img_h}: rapidocr would widen the input")
-    ratio = w / float(h)
-    resized_w = img_w if math.ceil(img_h * ratio) > img_w else int(math.ceil(img_h * ratio))
-    resized = cv2.resize(img, (resized_w, img_h)).astype("float32").transpose((2, 0, 1)) / 255
-    resized -= 0.5
-    resized /= 0.5
-    padded = np.zeros((img_c, img_h, img_w), dtype=np.float32)
-    padded[:, :, 0:resized_w] = resized
-    return padded
+    return _resize_norm_pad(img, REC_SHAPE)
 
 
 @dataclass

@@ -104,7 +104,8 @@ def _samples(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (n, 1, 4, 8, 8)).astype(np.float32)
 
 
-def test_qdq_model_imports_as_real_int8_and_matches_onnxruntime(tmp_path):
+def _ort_qdq_model(tmp_path, reduce_range: bool):
+    """ONNX Runtime's quantize_static QDQ model of ``_conv_relu_conv_gemm`` (per channel, uint8 activations)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     float_path, qdq_path = tmp_path / "f.onnx", tmp_path / "qdq.onnx"
@@ -117,9 +118,14 @@ def test_qdq_model_imports_as_real_int8_and_matches_onnxruntime(tmp_path):
         def get_next(self):
             return next(self.items, None)
 
-    # reduce_range: 7-bit weights, exact on AVX2 for ONNX Runtime's kernels and kiln's
     quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return qdq_path
+
+
+def test_qdq_model_imports_as_real_int8_and_matches_onnxruntime(tmp_path):
+    # reduce_range: 7-bit weights, exact on AVX2 for ONNX Runtime's kernels and kiln's
+    qdq_path = _ort_qdq_model(tmp_path, reduce_range=True)
     imported = import_onnx(qdq_path)
     simplified = simplified_module(imported, resolve_target("host"))
     text = simplified["main"].script()
@@ -227,20 +233,7 @@ def test_digits_cnn_int8_accuracy(tmp_path):
 
 def test_qdq_model_with_full_range_weights_is_narrowed_not_saturated(tmp_path):
     """8-bit weights on AVX2 without VNNI: kiln narrows them to 7 bits instead of overflowing int16."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    float_path, qdq_path = tmp_path / "f.onnx", tmp_path / "qdq.onnx"
-    onnx.save(_conv_relu_conv_gemm(), float_path)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter({"x": s} for s in _samples(16))
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    qdq_path = _ort_qdq_model(tmp_path, reduce_range=False)
     compile_model(qdq_path, tmp_path / "qdq.so")
     lib = load(tmp_path / "qdq.so")
     plain = ort.SessionOptions()

@@ -257,10 +257,9 @@ def _exposing_module(mod, layers: list[Layer]):
     import tvm
     from tvm import relax
 
-    wanted = []
+    position: dict = {}  # distinct layer input -> its place among the extra outputs
     for layer in layers:
-        if not any(layer.data.same_as(w) for w in wanted):
-            wanted.append(layer.data)
+        position.setdefault(layer.data, len(position))
 
     @relax.expr_functor.mutator
     class _Expose(relax.PyExprMutator):
@@ -270,13 +269,12 @@ def _exposing_module(mod, layers: list[Layer]):
 
         def visit_var_binding_(self, binding):
             value = self.visit_expr(binding.value)
-            hit = next((i for i, w in enumerate(wanted) if binding.var.same_as(w)), None)
+            hit = position.get(binding.var)
             if hit is None and isinstance(binding.var, relax.DataflowVar):
                 new_var = self.builder_.emit(value, binding.var.name)
-            elif hit is None:  # already a block output
+            else:  # a layer input to expose, or already a block output
                 new_var = self.builder_.emit_output(value, binding.var.name)
-            else:
-                new_var = self.builder_.emit_output(value, binding.var.name)
+            if hit is not None:
                 self.exposed[hit] = new_var
             self.set_var_remap(binding.var, new_var)
 
@@ -285,11 +283,11 @@ def _exposing_module(mod, layers: list[Layer]):
     new_func = mutator.visit_expr(func)
     params = {p: i for i, p in enumerate(func.params)}
     extra = []
-    for i, w in enumerate(wanted):
+    for data, i in position.items():
         if i in mutator.exposed:
             extra.append(mutator.exposed[i])
         else:  # a function parameter read directly by a layer
-            extra.append(new_func.params[next(j for p, j in params.items() if p.same_as(w))])
+            extra.append(new_func.params[params[data]])
     body = new_func.body
     outputs = relax.Tuple([body.body, *extra])
     new_body = relax.SeqExpr(body.blocks, outputs)
@@ -298,8 +296,7 @@ def _exposing_module(mod, layers: list[Layer]):
     out = tvm.IRModule(dict(mod.functions_items()))
     out["main"] = exposing
     out = relax.transform.Normalize()(out)
-    index = [next(i for i, w in enumerate(wanted) if layer.data.same_as(w)) for layer in layers]
-    return out, index
+    return out, [position[layer.data] for layer in layers]
 
 
 def calibrate(

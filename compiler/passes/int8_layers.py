@@ -26,12 +26,13 @@ ONNX_LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 @dataclass(frozen=True)
 class Layer:
-    """One quantizable layer: its binding var (output), data input and kind."""
+    """One quantizable layer: its binding var (output), data input, constant weight and kind."""
 
     name: str
     op: str  # "conv2d" or "matmul"
     output: relax.Var
     data: relax.Expr
+    weight: Constant
     index: int  # position among quantizable layers, in dataflow order
 
 
@@ -85,5 +86,5 @@ def find_layers(mod, onnx_model: onnx.ModelProto | None = None) -> list[Layer]:
     for name, binding in zip(names, calls):
         if _is_layer(binding.value):
             op = _op_name(binding.value).split(".")[-1]
-            layers.append(Layer(name, op, binding.var, binding.value.args[0], len(layers)))
+            layers.append(Layer(name, op, binding.var, binding.value.args[0], binding.value.args[1], len(layers)))
     return layers

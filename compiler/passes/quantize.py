@@ -115,21 +115,19 @@ def insert_qdq(plan: QuantizationPlan) -> tvm.transform.Pass:
                 self.quantized_inputs: dict = {}  # original data var -> dequantized var (shared)
 
             def visit_var_binding_(self, binding):
-                layer = next((l for v, l in layers.items() if v.same_as(binding.var)), None)
+                layer = layers.get(binding.var)
                 if layer is None or layer.name in plan.keep_fp32 or layer.name not in plan.ranges:
                     return super().visit_var_binding_(binding)
                 call = binding.value
                 rng = plan.ranges[layer.name]
                 data = self.visit_expr(call.args[0])
-                key = next((k for k in self.quantized_inputs if k.same_as(call.args[0])), None)
-                if key is None:
+                dq = self.quantized_inputs.get(call.args[0])
+                if dq is None:
                     scale, zero = _const(rng.scale, "float32"), _const(rng.zero_point, rng.dtype)
                     q = self.builder_.emit(relax.op.quantize(data, scale, zero, axis=-1, out_dtype=rng.dtype))
                     dq = self.builder_.emit(relax.op.dequantize(q, scale, zero, axis=-1, out_dtype="float32"))
                     self.quantized_inputs[call.args[0]] = dq
-                else:
-                    dq = self.quantized_inputs[key]
-                weight = call.args[1].value.numpy()
+                weight = layer.weight.value.numpy()
                 axis = _weight_axis(layer.op)
                 wq, wscale = quantize_weight(weight, axis, plan.weight_bits)
                 wdq = self.builder_.emit(relax.op.dequantize(
@@ -311,7 +309,7 @@ def lower_qdq(weight_bits: int = 8) -> tvm.transform.Pass:
             def _fold_bias(self, binding):
                 lhs, rhs = binding.value.args
                 source = self.visit_expr(lhs)
-                entry = next((v for k, v in self.scaled.items() if k.same_as(source)), None)
+                entry = self.scaled.get(source)
                 bias = self.const.value(rhs)
                 if entry is None or bias is None:
                     return None

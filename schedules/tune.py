@@ -328,7 +328,7 @@ def _tune(model, options, preset, threads, work_dir, database) -> TuneReport:
 
     from compiler.frontend import import_onnx
     from compiler.pipeline import tuning_input_pipeline
-    from schedules.builder import InProcessBuilder
+    from schedules.builder import ForkedBuilder
 
     from schedules.intrinsics import import_tensor_intrinsics
     from schedules.scheduler import EagerGradientScheduler
@@ -355,7 +355,7 @@ def _tune(model, options, preset, threads, work_dir, database) -> TuneReport:
         else:
             summaries[context.task_name] = TaskSummary(context.task_name, float(weight), 0, None,
                                                        "one candidate only: default schedule, not searched")
-    builder = InProcessBuilder()
+    builder = ForkedBuilder()
     runner = _runner(options)
     if preset.device == "cpu":
         seeded = seed_default_schedules(tunable, database, target, builder, runner)

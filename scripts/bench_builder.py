@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark kiln's InProcessBuilder against TVM's stock LocalBuilder on the same candidates.
+"""Benchmark kiln's ForkedBuilder against TVM's stock LocalBuilder on the same candidates.
 
 Extracts the tuning tasks of a built-in example model, samples the same candidate
 schedules for both builders (each task's design spaces replayed with fresh random
@@ -115,7 +115,7 @@ def markdown(rows: list[dict], speedup: float | None) -> str:
         lines.append(f"| {r['builder']} | {r['candidates']} | {r['built']} | {r['failed']} | {r['seconds']:.1f} | "
                      f"{per_batch} | {r['built_per_minute']:.1f} | {r['kiln_speedup']}x |")
     if speedup is not None:
-        lines.append(f"\nInProcessBuilder vs stock LocalBuilder (built candidates per minute): **{speedup:.1f}x**")
+        lines.append(f"\nForkedBuilder vs stock LocalBuilder (built candidates per minute): **{speedup:.1f}x**")
     return "\n".join(lines)
 
 
@@ -136,7 +136,7 @@ def main() -> None:
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.builder import BuilderInput
 
-    from schedules.builder import InProcessBuilder
+    from schedules.builder import ForkedBuilder
 
     load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="kiln-bench-builder-") as work_dir:
@@ -149,7 +149,7 @@ def main() -> None:
               f"({prepare_s:.0f} s to extract and sample)", file=sys.stderr)
         inputs = [BuilderInput(mod, target) for _, mod in candidates]
 
-        rows = [time_builder("kiln InProcessBuilder", InProcessBuilder(), inputs, args.batch)]
+        rows = [time_builder("kiln ForkedBuilder", ForkedBuilder(), inputs, args.batch)]
         t0 = time.perf_counter()
         stock = ms.builder.LocalBuilder(timeout_sec=args.stock_timeout, max_workers=args.stock_workers)
         stock_init_s = time.perf_counter() - t0  # its constructor starts (and stops) one process pool

@@ -31,3 +31,24 @@ def test_a_build_that_kills_its_process_is_reported(monkeypatch):
 
     monkeypatch.setattr(builder, "_compile_to", die)
     assert "died" in builder.build_in_child(None, "/nonexistent/x.tar", timeout=30)
+
+
+def test_children_build_in_parallel_and_each_keeps_its_own_result(monkeypatch):
+    def compile_one(build_input, _path):
+        time.sleep(1.0)
+        if build_input == "bad":
+            raise RuntimeError("bad candidate")
+
+    monkeypatch.setattr(builder, "_compile_to", compile_one)
+    start = time.monotonic()
+    errors = builder.build_in_children(["ok", "bad", "ok", "bad"], ["/x"] * 4, timeout=30, workers=2)
+    elapsed = time.monotonic() - start
+    assert errors == [None, "RuntimeError: bad candidate", None, "RuntimeError: bad candidate"]
+    assert elapsed < 3.5  # two at a time: about 2 s, not 4
+
+
+def test_a_timeout_in_one_child_leaves_the_others_alone(monkeypatch):
+    monkeypatch.setattr(builder, "_compile_to",
+                        lambda build_input, _path: time.sleep(60 if build_input == "slow" else 0.1))
+    errors = builder.build_in_children(["slow", "fast", "fast"], ["/x"] * 3, timeout=2, workers=2)
+    assert errors == ["build timed out after 2 s", None, None]

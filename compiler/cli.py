@@ -190,10 +190,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.passes:
         info = inspect_passes(args.path, args.target, parse_input_shapes(args.input_shape))
         if not args.json:
-            print(f"{'pass':32s} {'bindings':>8s} {'kernels':>7s}  why")
+            print(f"{'pass':32s} {'bindings':>8s} {'kernels':>7s} {'launches':>8s}  why")
             for p in info["passes"]:
-                print(f"{p['pass']:32s} {p['bindings']:8d} {p['kernels']:7d}  {p['why']}")
-            print(f"kernels: TVM stock fusion {info['kernels_stock']}, kiln {info['kernels_kiln']}")
+                print(f"{p['pass']:32s} {p['bindings']:8d} {p['kernels']:7d} {p['launches']:8d}  {p['why']}")
+            print(f"kernels: TVM stock fusion {info['kernels_stock']}, kiln {info['kernels_kiln']}; "
+                  f"launches per inference: stock {info['launches_stock']}, kiln {info['launches_kiln']}")
             print("fused kernels: " + ", ".join(info["fused_kernels"]))
             return 0
         print(json.dumps(info, indent=2))

@@ -75,6 +75,28 @@ def _count(mod) -> tuple[int, int]:
     return bindings, kernels
 
 
+def kernel_launches(mod) -> int:
+    """TIR kernels ``main`` launches per inference (a kernel called twice counts twice).
+
+    Reshape kernels are not counted: the build turns them into views (RewriteDataflowReshape).
+    """
+    import tvm
+    from tvm import relax
+
+    mod = relax.transform.DeadCodeElimination()(relax.transform.RewriteDataflowReshape()(mod))
+    count = 0
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if not isinstance(value, relax.Call):
+                continue
+            if isinstance(value.op, tvm.ir.Op) and value.op.name in ("relax.call_tir", "relax.call_tir_inplace"):
+                count += 1
+            elif isinstance(value.op, tvm.ir.GlobalVar) and isinstance(mod[value.op], tvm.tirx.PrimFunc):
+                count += 1
+    return count
+
+
 def _kernel_names(mod) -> list[str]:
     import tvm
 
@@ -82,7 +104,10 @@ def _kernel_names(mod) -> list[str]:
 
 
 def inspect_passes(path: str | Path, target: str = "host", input_shapes: dict | None = None) -> dict[str, Any]:
-    """Run kiln's pipeline one step at a time up to scheduling; bindings and kernels after each step.
+    """Run kiln's pipeline one step at a time up to scheduling; bindings, kernels and launches after each step.
+
+    "kernels" counts distinct TIR functions, "launches" the kernel calls ``main`` makes
+    per inference (the same kernel called for two layers counts twice).
 
     Also counts the kernels of TVM's stock lowering (LegalizeOps, FoldConstant, FuseOps,
     FuseTIR, nothing before) for comparison.
@@ -103,16 +128,19 @@ def inspect_passes(path: str | Path, target: str = "host", input_shapes: dict | 
     with target_obj, tvm.transform.PassContext(opt_level=3):
         mod = imported.mod
         bindings, kernels = _count(mod)
-        per_pass.append({"pass": "import", "bindings": bindings, "kernels": kernels, "why": "TVM's ONNX importer"})
+        per_pass.append({"pass": "import", "bindings": bindings, "kernels": kernels,
+                         "launches": kernel_launches(mod), "why": "TVM's ONNX importer"})
         for step in steps[: last + 1]:
             mod = step.make()(mod)
             bindings, kernels = _count(mod)
-            per_pass.append({"pass": step.name, "bindings": bindings, "kernels": kernels, "why": step.why})
+            per_pass.append({"pass": step.name, "bindings": bindings, "kernels": kernels,
+                             "launches": kernel_launches(mod), "why": step.why})
         stock = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                                           relax.transform.FoldConstant(), relax.transform.FuseOps(),
                                           relax.transform.FuseTIR()])(imported.mod)
     return {
         "model": str(path), "target": preset.name,
         "kernels_stock": _count(stock)[1], "kernels_kiln": per_pass[-1]["kernels"],
+        "launches_stock": kernel_launches(stock), "launches_kiln": per_pass[-1]["launches"],
         "passes": per_pass, "fused_kernels": _kernel_names(mod),
     }

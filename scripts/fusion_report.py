@@ -35,36 +35,17 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from compiler.examples import LIGHT_ZOO_BENCH, example_model  # noqa: E402
+from compiler.inspect import kernel_launches  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "fusion_report.json"
 
 
-def kernel_launches(mod) -> int:
-    """Kernels ``main`` launches per inference, counted after fusion."""
-    import tvm
-    from tvm import relax
-
-    count = 0
-    for block in mod["main"].body.blocks:
-        for binding in block.bindings:
-            value = binding.value
-            if not isinstance(value, relax.Call):
-                continue
-            if isinstance(value.op, tvm.ir.Op) and value.op.name in ("relax.call_tir", "relax.call_tir_inplace"):
-                count += 1
-            elif isinstance(value.op, tvm.ir.GlobalVar) and isinstance(mod[value.op], tvm.tirx.PrimFunc):
-                count += 1
-    return count
-
-
 def _fused(mod, steps):
-    """``mod`` through ``steps`` up to FuseTIR, reshapes turned into views (as the build does)."""
-    from tvm import relax
-
+    """``mod`` through ``steps`` up to FuseTIR."""
     last = max(i for i, s in enumerate(steps) if s.name == "FuseTIR")
     for step in steps[: last + 1]:
         mod = step.make()(mod)
-    return relax.transform.DeadCodeElimination()(relax.transform.RewriteDataflowReshape()(mod))
+    return mod
 
 
 def count_kernels(model: onnx.ModelProto, path: Path, target: str = "host") -> dict:
@@ -83,7 +64,7 @@ def count_kernels(model: onnx.ModelProto, path: Path, target: str = "host") -> d
     stock_steps = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                    relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
     with preset.tvm_target(), tvm.transform.PassContext(opt_level=3):
-        stock = relax.transform.RewriteDataflowReshape()(tvm.transform.Sequential(stock_steps)(mod))
+        stock = tvm.transform.Sequential(stock_steps)(mod)
         plain = _fused(mod, pipeline_steps(preset, fusion=False))
         kiln = _fused(mod, pipeline_steps(preset))
     return {

@@ -79,8 +79,9 @@ def _cmd_quantize_report(args: argparse.Namespace) -> int:
 
 def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", metavar="DATA", help="int8: calibration inputs (.npz by input name, .npy, or a dir)")
-    p.add_argument("--calibration-method", default="percentile", choices=["minmax", "percentile", "entropy"],
-                   help="int8: how activation ranges are chosen (default percentile; entropy is TensorRT's KL method)")
+    p.add_argument("--calibration-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"],
+                   help="int8: how activation ranges are chosen (default percentile; entropy is TensorRT's KL "
+                        "method; mse the least squared quantization error)")
     p.add_argument("--percentile", type=float, default=99.99, help="int8 with --calibration-method percentile")
     p.add_argument("--calibration-samples", type=int, default=100, help="int8: use at most N calibration samples")
     p.add_argument("--keep-fp32", metavar="NODE,...", help="int8: layers (ONNX node names, or first/last) kept in FP32")

@@ -18,7 +18,7 @@ import numpy as np
 
 from compiler.errors import InputError
 from compiler.frontend import ImportedModel
-from compiler.passes.calibrate import CalibrationResult, Histogram, calibrate, load_calibration
+from compiler.passes.calibrate import CalibrationResult, Histogram, calibrate, first_output, load_calibration
 from compiler.passes.int8_layers import Layer, find_layers
 from compiler.passes.quantize import LayerReport, QuantizationPlan, quantize_weight
 from targets.registry import TargetPreset
@@ -29,7 +29,7 @@ class Int8Options:
     """How to quantize: calibration samples and method, and which layers stay FP32."""
 
     calibration: object  # .npz / .npy / directory path, or an iterable of samples
-    method: str = "percentile"  # minmax | percentile | entropy (see README: entropy clipped PP-OCR badly)
+    method: str = "percentile"  # minmax | percentile | entropy | mse (see README: entropy clipped PP-OCR badly)
     percentile: float = 99.99
     samples: int | None = 100  # use at most this many calibration samples
     keep_fp32: tuple[str, ...] = ()  # layer (ONNX node) names; "first" and "last" are allowed
@@ -167,9 +167,7 @@ def _search_agreement(imported: ImportedModel, plan: QuantizationPlan, ranked: l
         outputs = []
         for sample in samples:
             out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(sample[s.name])) for s in imported.inputs])
-            while not hasattr(out, "numpy"):
-                out = out[0]
-            outputs.append(out.numpy())
+            outputs.append(first_output(out))
         agreement = top1_agreement(outputs, fp32_outputs)
         search.append((len(keep), agreement))
         if agreement >= target:

@@ -51,6 +51,24 @@ def test_entropy_clips_outliers_but_not_a_uniform_range():
     assert _hist(flat).to_range("entropy", 99.99).threshold > 4.5
 
 
+def _quantization_mse(values: np.ndarray, r) -> float:
+    codes = np.clip(np.round(values / r.scale) + r.zero_point, 0, 255)
+    return float(np.mean(((codes - r.zero_point) * r.scale - values) ** 2))
+
+
+def test_mse_threshold_has_the_least_real_quantization_error():
+    body = RNG.standard_normal(200_000).astype(np.float32)
+    with_outliers = np.concatenate([body, np.float32([40.0, -45.0, 50.0])])
+    hist = _hist(with_outliers)
+    mse = hist.to_range("mse", 99.99)
+    assert 2.5 < mse.threshold < 45.0  # clips the outliers somewhat (each costs more than 200000 roundings)
+    error = _quantization_mse(with_outliers, mse)
+    for method, q in (("minmax", 99.99), ("percentile", 99.99), ("percentile", 99.0), ("entropy", 99.99)):
+        assert error <= 1.02 * _quantization_mse(with_outliers, hist.to_range(method, q)), method
+    flat = RNG.uniform(0.0, 5.0, 200_000).astype(np.float32)
+    assert _hist(flat).to_range("mse", 99.99).threshold > 4.9  # nothing worth clipping
+
+
 def test_nan_in_calibration_is_a_clear_error():
     with pytest.raises(InputError, match="NaN"):
         Histogram().add(np.float32([1.0, np.nan]))

@@ -11,7 +11,9 @@ negative, e.g. after ReLU) with the clipping threshold chosen by the method:
 - ``minmax``: the largest magnitude seen;
 - ``percentile``: the given percentile of magnitudes (default 99.99);
 - ``entropy``: the threshold whose 8-bit quantized histogram is closest to the float
-  one in KL divergence (TensorRT's calibrator).
+  one in KL divergence (TensorRT's calibrator);
+- ``mse``: the threshold with the least expected squared error, rounding inside plus
+  clipping outside (as ONNX Runtime's and PyTorch's MSE/"histogram" observers).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from compiler.passes.int8_layers import Layer, find_layers
 
 log = logging.getLogger(__name__)
 
-METHODS = ("minmax", "percentile", "entropy")
+METHODS = ("minmax", "percentile", "entropy", "mse")
 BINS = 2048
 
 
@@ -139,12 +141,40 @@ class Histogram:
                 best, best_kl = i, kl
         return (best + 0.5) * self.bin_width
 
+    def mse_threshold(self, levels: int = 256) -> float:
+        """The clipping threshold with the least expected squared error over ``levels`` codes.
+
+        For a threshold t at each bin edge: values inside round with step s (error s^2/12
+        each), values beyond t are clipped to it (error (|x| - t)^2). A tensor with
+        negative values spreads its codes over [max(-t, min), min(t, max)].
+        """
+        counts = self.counts
+        if counts.sum() == 0 or self.edge == 0:
+            return self.edge
+        width = self.bin_width
+        centers = (np.arange(len(counts)) + 0.5) * width
+        thresholds = (np.arange(len(counts)) + 1) * width
+        # sums over the bins beyond each threshold: count, first and second moments
+        tail0 = np.concatenate([np.cumsum(counts[::-1])[::-1][1:], [0.0]])
+        tail1 = np.concatenate([np.cumsum((counts * centers)[::-1])[::-1][1:], [0.0]])
+        tail2 = np.concatenate([np.cumsum((counts * centers**2)[::-1])[::-1][1:], [0.0]])
+        clipping = tail2 - 2 * thresholds * tail1 + thresholds**2 * tail0
+        if self.minimum < 0.0:
+            spans = np.minimum(thresholds, self.maximum) - np.maximum(-thresholds, self.minimum)
+        else:
+            spans = thresholds
+        steps = np.maximum(spans, 1e-30) / (levels - 1)
+        rounding = (counts.sum() - tail0) * steps**2 / 12.0
+        return float(thresholds[int(np.argmin(clipping + rounding))])
+
     def to_range(self, method: str, percentile: float) -> TensorRange:
         signed = self.minimum < 0.0
         if method == "minmax":
             threshold = self.edge
         elif method == "percentile":
             threshold = self.percentile(percentile)
+        elif method == "mse":
+            threshold = self.mse_threshold()
         else:
             threshold = self.entropy_threshold(128 if signed else 256)
         threshold = min(max(threshold, 1e-8), self.edge) if self.edge > 0 else 1e-8
@@ -299,6 +329,13 @@ def _exposing_module(mod, layers: list[Layer]):
     return out, [position[layer.data] for layer in layers]
 
 
+def first_output(result) -> np.ndarray:
+    """The model's first output from a VM result (a model with several outputs returns nested tuples)."""
+    while not hasattr(result, "numpy"):
+        result = result[0]
+    return result.numpy()
+
+
 def calibrate(
     mod,
     inputs: list[TensorSpec],
@@ -336,10 +373,7 @@ def calibrate(
     for sample in samples:
         args = [tvm.runtime.tensor(np.ascontiguousarray(sample[spec.name]), device) for spec in inputs]
         result = vm["main"](*args)
-        first = result[0]
-        while not hasattr(first, "numpy"):  # a model with several outputs returns a tuple first
-            first = first[0]
-        fp32_outputs.append(first.numpy())
+        fp32_outputs.append(first_output(result[0]))
         for i, hist in enumerate(histograms):
             hist.add(result[i + 1].numpy())
     by_layer = {layer.name: histograms[index[layer.index]] for layer in layers}

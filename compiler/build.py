@@ -23,7 +23,7 @@ from compiler.metadata import LibraryMetadata, TensorSpec, metadata_source, seal
 from compiler.pipeline import PRECISIONS, build_pipeline
 from compiler.quantization import Int8Options, Int8Result, plan_int8, simplified_module
 from targets.cuda import cuda_compile_hook, enable_cuda_codegen, parse_archs
-from targets.registry import TargetPreset, resolve_target
+from targets.registry import TargetPreset, resolve_target, with_conv_layout
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class CompileOptions:
     cuda_archs: str | None = None  # e.g. "sm_80,sm_90"; default: the preset's arch
     int8: Int8Options | None = None  # calibration and layer choices for precision "int8"
     fusion: bool = True  # kiln's own fusion steps; False: TVM's FuseOps/FuseTIR alone (before/after comparisons)
+    conv_layout: str | None = None  # "NCHW" | "NHWC"; None: the target preset's (TargetPreset.conv_layout)
 
 
 @dataclass
@@ -102,7 +103,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     """Build an already imported model; see ``compile_model``."""
     import tvm
 
-    preset = resolve_target(options.target)
+    preset = with_conv_layout(resolve_target(options.target), options.conv_layout)
     if options.precision not in PRECISIONS:
         raise KilnError(f"precision '{options.precision}' is not supported; use one of {', '.join(PRECISIONS)}")
     output = Path(output)

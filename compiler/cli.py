@@ -27,6 +27,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         raise InputError("--calibration is for --precision int8")
     options = CompileOptions(target=args.target, input_shapes=parse_input_shapes(args.input_shape),
                              db=args.db, precision=args.precision, cuda_archs=args.cuda_arch,
+                             conv_layout=args.layout,
                              int8=_int8_options(args) if args.precision == "int8" else None)
     report = compile_model(args.model, args.output, options)
     if report.int8 is not None:
@@ -160,7 +161,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         budget_seconds=parse_budget(args.budget) if args.budget else None, per_task=args.per_task,
         trials_per_iter=args.trials_per_iter, threads=args.threads,
         input_shapes=parse_input_shapes(args.input_shape), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
-        progress=not args.no_progress, population=args.population,
+        progress=not args.no_progress, population=args.population, conv_layout=args.layout,
     )
     report = tune_model(args.model, args.db, options)
     print(f"tuned {args.model} for '{report.target}' with {report.threads} threads into {report.db}: "
@@ -223,7 +224,7 @@ def _cmd_targets(args: argparse.Namespace) -> int:
         return 0
     for p in presets:
         extra = f"  (cross: {p.cross_compiler})" if p.cross_compiler else ""
-        print(f"{p.name:14s} {p.device:5s} {p.description}{extra}")
+        print(f"{p.name:14s} {p.device:5s} {p.conv_layout:5s} {p.description}{extra}")
     print('\nor a TVM target JSON object, e.g. --target \'{"kind": "llvm", "mcpu": "znver3"}\'')
     return 0
 
@@ -274,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="host", help="preset name (see `kiln targets`) or TVM target JSON")
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help="fix an input's shape")
     p.add_argument("--db", help="tuning database directory whose records to apply")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"],
+                   help="activation layout of float convolutions (default: the target's; see kiln targets)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="fp16: float16 compute with float32 accumulation (CUDA, ARM64 +fullfp16); "
                         "int8: post-training quantization from --calibration data")
@@ -298,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-task", type=int, help="at most N trials per kernel")
     p.add_argument("--trials-per-iter", type=int, default=16, help="candidates measured per batch")
     p.add_argument("--threads", type=int, help="threads to measure with (default: this machine's cores)")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"],
+                   help="activation layout of float convolutions; compile with the same --layout to use the records")
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on RPC servers registered with this tracker")
     p.add_argument("--rpc-key", help="device key of those RPC servers")

@@ -15,6 +15,7 @@ from typing import Callable
 import tvm
 from tvm import relax
 
+from compiler.passes.conv_layout import convert_conv_layout
 from compiler.passes.concat_in_place import in_place_calls_as_call_tir, write_concat_in_place
 from compiler.passes.drop_dropout import drop_dropout
 from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
@@ -163,7 +164,16 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     """
     weight_bits = plan.weight_bits if plan is not None else weight_bits_for(preset.tvm_target())
     return (simplify_steps(weight_bits, fusion) + precision_steps(precision, plan)
-            + lowering_steps(preset, db, fusion))
+            + layout_steps(preset) + lowering_steps(preset, db, fusion))
+
+
+def layout_steps(preset: TargetPreset) -> list[Step]:
+    """Float convolutions in the preset's layout (nothing to do for NCHW, the importer's own)."""
+    if preset.conv_layout == "NCHW":
+        return []
+    return [Step("ConvertConvLayout", f"float conv2d and the ops between them in {preset.conv_layout} "
+                 "(one transpose at each end, weights transposed at compile time)",
+                 lambda: convert_conv_layout(preset.conv_layout))]
 
 
 def _as_one_pass(preset: TargetPreset, steps: list[Step], name: str) -> tvm.transform.Pass:

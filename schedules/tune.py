@@ -47,6 +47,7 @@ class TuneOptions:
     rpc_tracker: str | None = None  # "host:port"
     rpc_key: str | None = None
     precision: str = "fp32"
+    conv_layout: str | None = None  # as CompileOptions.conv_layout: compile with the same to use the records
     seed: int = 0
     progress: bool = True
     # Evolutionary search population (TVM's default 512); smaller means quicker batches.
@@ -303,9 +304,9 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     if options.trials is None and options.budget_seconds is None:
         options.trials = -1  # resolved to DEFAULT_TRIALS_PER_TASK per task below
     from schedules.database import DurableDatabase
-    from targets.registry import default_threads, resolve_target
+    from targets.registry import default_threads, resolve_target, with_conv_layout
 
-    preset = resolve_target(options.target)
+    preset = with_conv_layout(resolve_target(options.target), options.conv_layout)
     threads = options.threads or default_threads()
     # Measurements must use the threads the library will run with (TVM's default is 1 here).
     os.environ["TVM_NUM_THREADS"] = str(threads)

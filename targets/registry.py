@@ -7,6 +7,7 @@ means adding a row to ``PRESETS``, not an ``if`` somewhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -34,6 +35,8 @@ class TargetPreset:
     cross_package: str | None = None
     device: str = "cpu"  # runtime device: "cpu" or "cuda"
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    # Activation layout of float convolutions (compiler/passes/conv_layout.py): "NCHW" or "NHWC".
+    conv_layout: str = "NCHW"
 
     @property
     def kind(self) -> str:
@@ -59,6 +62,7 @@ class TargetPreset:
             "host": self.host,
             "cross_compiler": self.cross_compiler,
             "device": self.device,
+            "conv_layout": self.conv_layout,
         }
 
 
@@ -156,6 +160,18 @@ def detect_host() -> TargetPreset:
     else:
         return TargetPreset("host", "this machine (x86-64, no AVX2)", {"kind": "llvm"})
     return TargetPreset("host", f"this machine ({base.name}: {base.description})", base.target)
+
+
+CONV_LAYOUTS = ("NCHW", "NHWC")
+
+
+def with_conv_layout(preset: TargetPreset, layout: str | None) -> TargetPreset:
+    """``preset`` with its float conv layout replaced (None: unchanged)."""
+    if layout is None:
+        return preset
+    if layout.upper() not in CONV_LAYOUTS:
+        raise TargetError(f"--layout {layout}: use one of {', '.join(CONV_LAYOUTS)}")
+    return dataclasses.replace(preset, conv_layout=layout.upper())
 
 
 def list_presets() -> list[TargetPreset]:

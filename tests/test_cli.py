@@ -35,6 +35,17 @@ def test_example_compile_run_roundtrip(tmp_path):
     assert info.returncode == 0 and '"source_sha256"' in info.stdout
 
 
+def test_compile_with_nhwc_layout_matches_onnxruntime(tmp_path):
+    model, lib = tmp_path / "tiny.onnx", tmp_path / "tiny.so"
+    assert kiln("example", "tiny", "-o", str(model)).returncode == 0
+    done = kiln("compile", str(model), "-o", str(lib), "--layout", "NHWC")
+    assert done.returncode == 0, done.stderr
+    done = kiln("run", str(lib), "--reference", str(model))
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.split("max abs diff ")[1].split()[0]) < 1e-4
+    assert kiln("compile", str(model), "-o", str(lib), "--layout", "NCHWc").returncode == 2  # argparse refuses
+
+
 def test_listings():
     assert "squeezenet" in kiln("example").stdout
     out = kiln("targets").stdout

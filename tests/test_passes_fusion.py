@@ -283,3 +283,48 @@ def test_slice_copy_kernels(write):
         b = tvm.runtime.tensor(big)
         lib["main"](b, a)
         np.testing.assert_array_equal(a.numpy(), big[:, 4:7])
+
+
+def _relax_ops(mod: tvm.IRModule) -> list[relax.Call]:
+    calls = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: calls.append(e) if isinstance(e, relax.Call)
+                                    and isinstance(e.op, tvm.ir.Op) else None)
+    return calls
+
+
+def test_convert_conv_layout_runs_convs_in_nhwc_with_one_transpose_at_each_end():
+    from targets.registry import with_conv_layout
+
+    graph = fire()
+    steps = pipeline_steps(with_conv_layout(resolve_target("host"), "NHWC"))
+    names = [s.name for s in steps]
+    assert "ConvertConvLayout" in names and "ConvertConvLayout" not in [s.name for s in pipeline_steps(
+        with_conv_layout(resolve_target("host"), "NCHW"))]
+    converted = import_onnx(graph, {}).mod
+    with tvm.transform.PassContext(opt_level=3):
+        for step in steps[: names.index("ConvertConvLayout") + 1]:
+            converted = step.make()(converted)
+    calls = _relax_ops(converted)
+    convs = [c for c in calls if c.op.name == "relax.nn.conv2d"]
+    assert len(convs) == 3 and all(c.attrs.data_layout == "NHWC" and c.attrs.kernel_layout == "OHWI" for c in convs)
+    transposes = [c for c in calls if c.op.name == "relax.permute_dims"]
+    assert len(transposes) == 2  # the input once (conv and concat share it), the output once; weights folded
+    preset = with_conv_layout(resolve_target("host"), "NHWC")
+    with tvm.transform.PassContext(opt_level=3):
+        mod = build_pipeline(preset)(import_onnx(graph, {}).mod)
+    assert matches_onnxruntime(graph, mod) < TOLERANCE
+
+
+def test_convert_conv_layout_leaves_int8_convolutions_in_nchw():
+    from compiler.passes.conv_layout import _has_int8_conv, convert_conv_layout
+
+    x = relax.Var("x", relax.TensorType((1, 8, 6, 6), "uint8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w = relax.const(np.ones((8, 8, 1, 1), "int8"))
+            y = bb.emit_output(relax.op.nn.conv2d(x, w, out_dtype="int32"))
+        bb.emit_func_output(y)
+    mod = bb.get()
+    assert _has_int8_conv(mod)
+    assert convert_conv_layout("NHWC")(mod).same_as(mod)

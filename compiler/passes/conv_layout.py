@@ -1,0 +1,54 @@
+"""``ConvertConvLayout``: float conv2d computed in the layout the target's kernels want.
+
+TVM's ONNX importer gives NCHW convolutions. A target preset names its preferred
+activation layout (``TargetPreset.conv_layout``): NCHW keeps the graph as it is; NHWC runs
+TVM's ``ConvertLayout`` so every float conv2d (weights OHWI) and the layout-agnostic ops
+between them (bias, activations, pooling, concat, residual adds) work in NHWC, with one
+transpose at the graph's input and one at its output instead of one per conv; constant
+weights and biases are transposed at compile time.
+
+Expects a Relax module after kiln's simplification steps (batch-norm folded). Guarantees
+the same values. Leaves a module with int8 convolutions unchanged: kiln's int8 kernels
+(``schedules/rules/int8.py``) pack NCHW activations themselves.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+LAYOUTS = ("NCHW", "NHWC")
+_KERNEL_LAYOUT = {"NHWC": "OHWI"}
+
+
+def _has_int8_conv(mod: tvm.IRModule) -> bool:
+    found = False
+
+    def visit(expr) -> None:
+        nonlocal found
+        if (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.nn.conv2d"
+                and "int" in str(expr.args[0].ty.dtype)):
+            found = True
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found
+
+
+def convert_conv_layout(layout: str) -> tvm.transform.Pass:
+    """A pass computing float conv2d in ``layout`` (``LAYOUTS``); see the module doc."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"conv layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+
+    @tvm.transform.module_pass(opt_level=0, name="ConvertConvLayout")
+    def _convert(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        if layout == "NCHW" or _has_int8_conv(mod):
+            return mod
+        converted = relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, _KERNEL_LAYOUT[layout]]})(mod)
+        # ConvertLayout transposes a tensor once per consumer (SqueezeNet's input feeds a conv and a
+        # concat): one transpose is enough. Constant weights and biases are transposed right here.
+        converted = relax.transform.EliminateCommonSubexpr()(relax.transform.Normalize()(converted))
+        return relax.transform.FoldConstant()(converted)
+
+    return _convert

@@ -181,8 +181,8 @@ def mark_int8_weight_bits():
     """A Relax module pass: every PrimFunc called with an int8 constant argument gets
     ``kiln.int8_weight_bits`` (7 or 8, the most any call needs).
 
-    Expects legalized, fused TIR with constant weights as ``call_tir`` arguments (after
-    ``FuseTIR``); run it before the default schedules. ``Int8Tensorized`` then uses only
+    Expects legalized, fused TIR with constant weights as ``call_tir`` / ``call_tir_inplace``
+    arguments (after ``FuseTIR``); run it before the default schedules. ``Int8Tensorized`` then uses only
     intrinsics exact for that many bits (8: VNNI, or the generic int32 loops), so a model
     quantized with 8-bit weights stays exact on AVX2. Changes nothing else.
     """
@@ -190,14 +190,15 @@ def mark_int8_weight_bits():
     from tvm import relax
     from tvm.ir.expr import Constant
 
-    call_tir = tvm.ir.Op.get("relax.call_tir")
+    # WriteConcatInPlace's kernels are called with call_tir_inplace: their weights count too.
+    kernel_calls = (tvm.ir.Op.get("relax.call_tir"), tvm.ir.Op.get("relax.call_tir_inplace"))
 
     @tvm.transform.module_pass(opt_level=0, name="KilnMarkInt8WeightBits")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         bits: dict[str, int] = {}
 
         def visit(expr) -> None:
-            if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            if isinstance(expr, relax.Call) and any(expr.op.same_as(op) for op in kernel_calls):
                 args = expr.args[1].fields if isinstance(expr.args[1], relax.Tuple) else [expr.args[1]]
                 for arg in args:
                     if isinstance(arg, Constant) and str(arg.value.dtype) == "int8":

@@ -273,3 +273,33 @@ def test_min_agreement_keeps_sensitive_layers_until_top1_agrees():
     assert [k for k, _ in result.agreement_search] == sorted(k for k, _ in result.agreement_search)
     with pytest.raises(InputError, match="percentage"):
         plan_int8(mod, imported, preset, Int8Options(calibration=_samples(4)[:, 0], min_agreement=150.0))
+
+
+def test_eight_bit_weights_mark_the_kernels_that_write_into_a_concat_too():
+    """WriteConcatInPlace's kernels are call_tir_inplace calls: their 8-bit weights must keep
+    them off AVX2's saturating intrinsic as well (they once were missed: wrong results)."""
+    import tvm
+    from tvm import relax
+
+    from compiler.pipeline import pipeline_steps
+    from schedules.int8 import WEIGHT_BITS_ATTR
+    from tests.test_passes_fusion import fire
+
+    imported = import_onnx(fire())
+    preset = resolve_target("x86-avx2")
+    samples = np.random.default_rng(0).standard_normal((8, 1, 8, 12, 12)).astype(np.float32)
+    result = plan_int8(simplified_module(imported, preset), imported, preset,
+                       Int8Options(calibration=samples, method="minmax", weight_bits=8))
+    mod = imported.mod
+    with tvm.transform.PassContext(opt_level=3), preset.tvm_target():
+        for step in pipeline_steps(preset, precision="int8", plan=result.plan):
+            if step.name.startswith("kiln default"):
+                break
+            mod = step.make()(mod)
+    in_place = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: in_place.append(e.args[0]) if isinstance(e, relax.Call)
+                                    and isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.call_tir_inplace"
+                                    else None)
+    writers = [gv for gv in in_place if "conv2d" in gv.name_hint]
+    assert writers  # expands writing into the concatenation
+    assert all(int(mod[gv].attrs[WEIGHT_BITS_ATTR]) == 8 for gv in writers)

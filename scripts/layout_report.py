@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""NCHW against NHWC convolutions (``--layout``) on the light zoo, one process, alternating rounds.
+
+For each model: compile it twice for the host, once with convolutions in the importer's
+NCHW layout and once converted to NHWC (``compiler/passes/conv_layout.py``), check both
+against ONNX Runtime on the same input, then time the two libraries in alternating rounds
+(NCHW, NHWC, NCHW, …) at the same thread count. Writes JSON and prints a Markdown table.
+``--compile-only`` builds the libraries into ``--workdir`` (e.g. while the machine is busy);
+a later run with the same ``--workdir`` reuses them and only times.
+
+    python scripts/layout_report.py --threads 2 --rounds 5 --out scripts/results/layout_report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from compiler.build import CompileOptions, compile_model
+from compiler.examples import LIGHT_ZOO_BENCH, example_model
+from compiler.reference import OnnxRuntimeReference, max_abs_diff
+from compiler.runtime import load
+
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def build(name: str, workdir: Path) -> dict[str, float]:
+    """Compile ``name`` in both layouts into ``workdir`` (kept if already there); compile seconds."""
+    seconds = {}
+    for layout in LAYOUTS:
+        lib = workdir / f"{name}_{layout}.so"
+        if not lib.exists():
+            t0 = time.perf_counter()
+            compile_model(example_model(name), lib, CompileOptions(conv_layout=layout))
+            seconds[layout] = round(time.perf_counter() - t0, 1)
+            print(f"{name} {layout}: compiled in {seconds[layout]} s", file=sys.stderr)
+    return seconds
+
+
+def compare(name: str, workdir: Path, threads: int, rounds: int, runs: int) -> dict:
+    libs = {layout: load(workdir / f"{name}_{layout}.so", threads=threads) for layout in LAYOUTS}
+    inputs = libs["NCHW"].random_inputs(seed=0)
+    reference = OnnxRuntimeReference(example_model(name), threads).run(inputs)
+    row: dict = {"model": name}
+    for layout, lib in libs.items():
+        row[f"{layout}_max_rel_diff"] = max_abs_diff(lib.run(inputs), reference)[1]
+    times: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
+    for _ in range(rounds):
+        for layout, lib in libs.items():
+            times[layout].append(lib.benchmark(runs, inputs, warmup=2).p50_ms)
+    for layout in LAYOUTS:
+        row[f"{layout}_p50_ms"] = round(float(np.median(times[layout])), 3)
+    row["NHWC_vs_NCHW"] = round(row["NHWC_p50_ms"] / row["NCHW_p50_ms"], 3)
+    print(f"{name}: {json.dumps(row)}", file=sys.stderr)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(LIGHT_ZOO_BENCH))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=10, help="timed calls per library per round")
+    parser.add_argument("--workdir", default="layout_libs")
+    parser.add_argument("--compile-only", action="store_true")
+    parser.add_argument("--out", default="layout_report.json")
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    names = args.models.split(",")
+    for name in names:
+        build(name, workdir)
+    if args.compile_only:
+        return
+    rows = [compare(name, workdir, args.threads, args.rounds, args.runs) for name in names]
+    Path(args.out).write_text(json.dumps({"threads": args.threads, "rounds": args.rounds, "runs": args.runs,
+                                          "command": " ".join(sys.argv), "rows": rows}, indent=2) + "\n")
+    print("| model | NCHW p50 (ms) | NHWC p50 (ms) | NHWC / NCHW | max rel diff NCHW / NHWC |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for r in rows:
+        print(f"| {r['model']} | {r['NCHW_p50_ms']:.2f} | {r['NHWC_p50_ms']:.2f} | {r['NHWC_vs_NCHW']:.2f} | "
+              f"{r['NCHW_max_rel_diff']:.1e} / {r['NHWC_max_rel_diff']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -95,7 +95,7 @@ def test_inspect_passes_reports_kernel_counts(tiny_onnx):
     names = [p["pass"] for p in info["passes"]]
     assert names[0] == "import" and "FuseTIR" in names and "FoldBatchnormToConv2D" in names
     assert len(info["fused_kernels"]) == info["kernels_kiln"]
-    assert info["launches_kiln"] >= info["kernels_kiln"] and 0 < info["launches_kiln"] <= info["launches_stock"]
+    assert 0 < info["launches_kiln"] <= info["launches_stock"]  # reshapes are views: not launches
     assert info["passes"][-1]["launches"] == info["launches_kiln"]
     text = kiln("inspect", str(tiny_onnx), "--passes").stdout
     assert "kernels: TVM stock fusion" in text

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 import compiler
-from compiler.errors import KilnError, TargetError, ToolMissingError
+from compiler.errors import InputError, KilnError, TargetError, ToolMissingError
 from compiler.frontend import ImportedModel, import_onnx
 from compiler.metadata import LibraryMetadata, TensorSpec, metadata_source, seal_library
 from compiler.pipeline import PRECISIONS, build_pipeline
@@ -39,7 +39,7 @@ class CompileOptions:
     cuda_archs: str | None = None  # e.g. "sm_80,sm_90"; default: the preset's arch
     int8: Int8Options | None = None  # calibration and layer choices for precision "int8"
     fusion: bool = True  # kiln's own fusion steps; False: TVM's FuseOps/FuseTIR alone (before/after comparisons)
-    conv_layout: str | None = None  # "NCHW" | "NHWC"; None: the target preset's (TargetPreset.conv_layout)
+    conv_layout: str | None = None  # "NCHW" | "NHWC" | "auto" (build both, time here, keep the faster); None: the preset's
 
 
 @dataclass
@@ -57,6 +57,8 @@ class CompileReport:
     seconds_export: float
     size_bytes: int
     int8: Int8Result | None = None  # per-layer quantization (precision "int8")
+    conv_layout: str | None = None  # the layout kept by --layout auto
+    layout_p50_ms: dict[str, float] = field(default_factory=dict)  # --layout auto: each layout's measured p50
 
     @property
     def seconds_total(self) -> float:
@@ -187,6 +189,47 @@ def compile_model(
     t0 = time.perf_counter()
     imported = import_onnx(model, options.input_shapes)
     seconds_import = time.perf_counter() - t0
-    report = build_imported(imported, output, options)
+    if options.conv_layout is not None and options.conv_layout.lower() == "auto":
+        report = _build_faster_layout(imported, output, options)
+    else:
+        report = build_imported(imported, output, options)
     report.seconds_import = seconds_import
+    return report
+
+
+def _build_faster_layout(imported: ImportedModel, output: str | Path, options: CompileOptions) -> CompileReport:
+    """Build with NCHW and with NHWC convolutions, time both on this machine, keep the faster.
+
+    The better layout depends on the model (SqueezeNet and Inception run faster in NHWC on
+    x86, ResNet-50 and ShuffleNet slower; README "Fusion"), so it is measured, not guessed.
+    Needs a target this machine runs: the libraries are timed here.
+    """
+    import statistics
+
+    from compiler.runtime import load
+    from targets.registry import CONV_LAYOUTS
+
+    preset = resolve_target(options.target)
+    if preset.device != "cpu" or preset.is_cross or preset.target != resolve_target("host").target:
+        raise InputError(f"--layout auto times both builds on this machine, so it needs --target host "
+                         f"(not '{preset.name}'); choose --layout NCHW or NHWC for other targets")
+    reports: dict[str, CompileReport] = {}
+    times: dict[str, list[float]] = {layout: [] for layout in CONV_LAYOUTS}
+    with tempfile.TemporaryDirectory(prefix="kiln-layout-") as tmp:
+        for layout in CONV_LAYOUTS:
+            reports[layout] = build_imported(imported, Path(tmp) / f"{layout}.so", replace(options, conv_layout=layout))
+        libs = {layout: load(Path(tmp) / f"{layout}.so") for layout in CONV_LAYOUTS}
+        inputs = libs[CONV_LAYOUTS[0]].random_inputs(seed=0)
+        for _ in range(3):  # alternating rounds: a noisy moment hits both
+            for layout, lib in libs.items():
+                times[layout].append(lib.benchmark(10, inputs, warmup=2).p50_ms)
+        medians = {layout: statistics.median(t) for layout, t in times.items()}
+        best = min(medians, key=medians.get)
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(tmp) / f"{best}.so", output)
+    report = reports[best]
+    report.output = Path(output)
+    report.conv_layout = best
+    report.layout_p50_ms = {layout: round(ms, 3) for layout, ms in medians.items()}
+    report.seconds_build = sum(r.seconds_build for r in reports.values())
     return report

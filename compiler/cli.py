@@ -30,6 +30,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                              conv_layout=args.layout,
                              int8=_int8_options(args) if args.precision == "int8" else None)
     report = compile_model(args.model, args.output, options)
+    if report.conv_layout is not None:
+        timed = ", ".join(f"{layout} {ms:.2f} ms" for layout, ms in report.layout_p50_ms.items())
+        print(f"layout auto: {timed} -> kept {report.conv_layout}")
     if report.int8 is not None:
         c = report.int8.calibration
         fp32 = sorted(report.int8.plan.keep_fp32)
@@ -275,8 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="host", help="preset name (see `kiln targets`) or TVM target JSON")
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help="fix an input's shape")
     p.add_argument("--db", help="tuning database directory whose records to apply")
-    p.add_argument("--layout", choices=["NCHW", "NHWC"],
-                   help="activation layout of float convolutions (default: the target's; see kiln targets)")
+    p.add_argument("--layout", choices=["NCHW", "NHWC", "auto"],
+                   help="activation layout of float convolutions (default: the target's, see kiln targets; "
+                        "auto: build both, time them here, keep the faster)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="fp16: float16 compute with float32 accumulation (CUDA, ARM64 +fullfp16); "
                         "int8: post-training quantization from --calibration data")

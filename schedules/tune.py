@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from compiler.errors import KilnError
+from compiler.errors import InputError, KilnError
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +306,8 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     from schedules.database import DurableDatabase
     from targets.registry import default_threads, resolve_target, with_conv_layout
 
+    if options.conv_layout is not None and options.conv_layout.lower() == "auto":
+        raise InputError("tuning needs one layout: pass --layout NCHW or NHWC (compile with the same)")
     preset = with_conv_layout(resolve_target(options.target), options.conv_layout)
     threads = options.threads or default_threads()
     # Measurements must use the threads the library will run with (TVM's default is 1 here).

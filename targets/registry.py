@@ -167,7 +167,7 @@ CONV_LAYOUTS = ("NCHW", "NHWC")
 
 def with_conv_layout(preset: TargetPreset, layout: str | None) -> TargetPreset:
     """``preset`` with its float conv layout replaced (None: unchanged)."""
-    if layout is None:
+    if layout is None or layout.lower() == "auto":  # auto: compile_model builds both and keeps the faster
         return preset
     if layout.upper() not in CONV_LAYOUTS:
         raise TargetError(f"--layout {layout}: use one of {', '.join(CONV_LAYOUTS)}")

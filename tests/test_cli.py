@@ -44,6 +44,13 @@ def test_compile_with_nhwc_layout_matches_onnxruntime(tmp_path):
     assert done.returncode == 0, done.stderr
     assert float(done.stdout.split("max abs diff ")[1].split()[0]) < 1e-4
     assert kiln("compile", str(model), "-o", str(lib), "--layout", "NCHWc").returncode == 2  # argparse refuses
+    done = kiln("compile", str(model), "-o", str(lib), "--layout", "auto")
+    assert done.returncode == 0, done.stderr
+    line = next(s for s in done.stdout.splitlines() if s.startswith("layout auto:"))
+    assert "NCHW" in line and "NHWC" in line and ("kept NCHW" in line or "kept NHWC" in line)
+    assert kiln("run", str(lib), "--reference", str(model)).returncode == 0
+    refused = kiln("compile", str(model), "-o", str(lib), "--layout", "auto", "--target", "arm64")
+    assert refused.returncode != 0 and "--layout auto" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_listings():

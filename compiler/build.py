@@ -204,9 +204,7 @@ def _build_faster_layout(imported: ImportedModel, output: str | Path, options: C
     x86, ResNet-50 and ShuffleNet slower; README "Fusion"), so it is measured, not guessed.
     Needs a target this machine runs: the libraries are timed here.
     """
-    import statistics
-
-    from compiler.runtime import load
+    from compiler.runtime import alternating_p50_ms, load
     from targets.registry import CONV_LAYOUTS
 
     preset = resolve_target(options.target)
@@ -214,16 +212,11 @@ def _build_faster_layout(imported: ImportedModel, output: str | Path, options: C
         raise InputError(f"--layout auto times both builds on this machine, so it needs --target host "
                          f"(not '{preset.name}'); choose --layout NCHW or NHWC for other targets")
     reports: dict[str, CompileReport] = {}
-    times: dict[str, list[float]] = {layout: [] for layout in CONV_LAYOUTS}
     with tempfile.TemporaryDirectory(prefix="kiln-layout-") as tmp:
         for layout in CONV_LAYOUTS:
             reports[layout] = build_imported(imported, Path(tmp) / f"{layout}.so", replace(options, conv_layout=layout))
         libs = {layout: load(Path(tmp) / f"{layout}.so") for layout in CONV_LAYOUTS}
-        inputs = libs[CONV_LAYOUTS[0]].random_inputs(seed=0)
-        for _ in range(3):  # alternating rounds: a noisy moment hits both
-            for layout, lib in libs.items():
-                times[layout].append(lib.benchmark(10, inputs, warmup=2).p50_ms)
-        medians = {layout: statistics.median(t) for layout, t in times.items()}
+        medians = alternating_p50_ms(libs, libs[CONV_LAYOUTS[0]].random_inputs(seed=0), rounds=3, runs=10)
         best = min(medians, key=medians.get)
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(tmp) / f"{best}.so", output)

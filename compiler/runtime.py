@@ -239,6 +239,16 @@ class CompiledModel:
         return time_calls(lambda: self._call(tensors), runs, warmup)
 
 
+def alternating_p50_ms(models: Mapping[str, CompiledModel], inputs, rounds: int = 3, runs: int = 10) -> dict[str, float]:
+    """Median over ``rounds`` of each model's p50 (``runs`` calls), timed in turn round by round
+    (A, B, A, B, …) so a noisy moment on a shared machine hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(model.benchmark(runs, inputs, warmup=2).p50_ms)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def load(path: str | Path, threads: int | None = None) -> CompiledModel:
     """Load a library made by ``kiln compile``; ``threads`` defaults to this machine's cores."""
     path = Path(path)

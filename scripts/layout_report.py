@@ -19,20 +19,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from compiler.build import CompileOptions, compile_model
 from compiler.examples import LIGHT_ZOO_BENCH, example_model
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
-from compiler.runtime import load
-
-LAYOUTS = ("NCHW", "NHWC")
+from compiler.runtime import alternating_p50_ms, load
+from targets.registry import CONV_LAYOUTS
 
 
 def build(name: str, workdir: Path) -> dict[str, float]:
     """Compile ``name`` in both layouts into ``workdir`` (kept if already there); compile seconds."""
     seconds = {}
-    for layout in LAYOUTS:
+    for layout in CONV_LAYOUTS:
         lib = workdir / f"{name}_{layout}.so"
         if not lib.exists():
             t0 = time.perf_counter()
@@ -43,18 +40,14 @@ def build(name: str, workdir: Path) -> dict[str, float]:
 
 
 def compare(name: str, workdir: Path, threads: int, rounds: int, runs: int) -> dict:
-    libs = {layout: load(workdir / f"{name}_{layout}.so", threads=threads) for layout in LAYOUTS}
+    libs = {layout: load(workdir / f"{name}_{layout}.so", threads=threads) for layout in CONV_LAYOUTS}
     inputs = libs["NCHW"].random_inputs(seed=0)
     reference = OnnxRuntimeReference(example_model(name), threads).run(inputs)
     row: dict = {"model": name}
     for layout, lib in libs.items():
         row[f"{layout}_max_rel_diff"] = max_abs_diff(lib.run(inputs), reference)[1]
-    times: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
-    for _ in range(rounds):
-        for layout, lib in libs.items():
-            times[layout].append(lib.benchmark(runs, inputs, warmup=2).p50_ms)
-    for layout in LAYOUTS:
-        row[f"{layout}_p50_ms"] = round(float(np.median(times[layout])), 3)
+    for layout, ms in alternating_p50_ms(libs, inputs, rounds, runs).items():
+        row[f"{layout}_p50_ms"] = round(ms, 3)
     row["NHWC_vs_NCHW"] = round(row["NHWC_p50_ms"] / row["NCHW_p50_ms"], 3)
     print(f"{name}: {json.dumps(row)}", file=sys.stderr)
     return row

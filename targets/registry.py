@@ -7,11 +7,10 @@ means adding a row to ``PRESETS``, not an ``if`` somewhere else.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -166,12 +165,17 @@ CONV_LAYOUTS = ("NCHW", "NHWC")
 
 
 def with_conv_layout(preset: TargetPreset, layout: str | None) -> TargetPreset:
-    """``preset`` with its float conv layout replaced (None: unchanged)."""
-    if layout is None or layout.lower() == "auto":  # auto: compile_model builds both and keeps the faster
+    """``preset`` with its float conv layout replaced (None: unchanged).
+
+    "auto" is not a layout: ``compiler.build.compile_model`` resolves it (build both, keep
+    the faster) before any preset sees it.
+    """
+    if layout is None:
         return preset
     if layout.upper() not in CONV_LAYOUTS:
-        raise TargetError(f"--layout {layout}: use one of {', '.join(CONV_LAYOUTS)}")
-    return dataclasses.replace(preset, conv_layout=layout.upper())
+        raise TargetError(f"--layout {layout}: use one of {', '.join(CONV_LAYOUTS)} "
+                          "(auto only for kiln compile / compile_model)")
+    return replace(preset, conv_layout=layout.upper())
 
 
 def list_presets() -> list[TargetPreset]:

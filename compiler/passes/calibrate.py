@@ -154,10 +154,12 @@ class Histogram:
         width = self.bin_width
         centers = (np.arange(len(counts)) + 0.5) * width
         thresholds = (np.arange(len(counts)) + 1) * width
-        # sums over the bins beyond each threshold: count, first and second moments
-        tail0 = np.concatenate([np.cumsum(counts[::-1])[::-1][1:], [0.0]])
-        tail1 = np.concatenate([np.cumsum((counts * centers)[::-1])[::-1][1:], [0.0]])
-        tail2 = np.concatenate([np.cumsum((counts * centers**2)[::-1])[::-1][1:], [0.0]])
+
+        def beyond(values: np.ndarray) -> np.ndarray:  # per threshold: the sum over the bins above it
+            return np.concatenate([np.cumsum(values[::-1])[::-1][1:], [0.0]])
+
+        # count, first and second moment of the values each threshold clips
+        tail0, tail1, tail2 = beyond(counts), beyond(counts * centers), beyond(counts * centers**2)
         clipping = tail2 - 2 * thresholds * tail1 + thresholds**2 * tail0
         if self.minimum < 0.0:
             spans = np.minimum(thresholds, self.maximum) - np.maximum(-thresholds, self.minimum)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-LAYOUTS = ("NCHW", "NHWC")
+from targets.registry import CONV_LAYOUTS
+
 _KERNEL_LAYOUT = {"NHWC": "OHWI"}
 
 
@@ -37,9 +38,9 @@ def _has_int8_conv(mod: tvm.IRModule) -> bool:
 
 
 def convert_conv_layout(layout: str) -> tvm.transform.Pass:
-    """A pass computing float conv2d in ``layout`` (``LAYOUTS``); see the module doc."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"conv layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    """A pass computing float conv2d in ``layout`` (``CONV_LAYOUTS``); see the module doc."""
+    if layout not in CONV_LAYOUTS:
+        raise ValueError(f"conv layout must be one of {', '.join(CONV_LAYOUTS)}, not {layout!r}")
 
     @tvm.transform.module_pass(opt_level=0, name="ConvertConvLayout")
     def _convert(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:

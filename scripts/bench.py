@@ -24,13 +24,15 @@ from compiler.build import compile_model
 from compiler.examples import LIGHT_ZOO_BENCH, example_model
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import load
+from targets.registry import resolve_target
 
 
-def bench_model(name: str, threads: int, runs: int, ref_runs: int, db: str | None, workdir: Path) -> dict:
+def bench_model(name: str, threads: int, runs: int, ref_runs: int, db: str | None, workdir: Path,
+                layout: str | None = None) -> dict:
     model = example_model(name)
     lib = workdir / f"{name}.so"
     t0 = time.perf_counter()
-    report = compile_model(model, lib, target="host", db=db)
+    report = compile_model(model, lib, target="host", db=db, conv_layout=layout)
     compile_s = time.perf_counter() - t0
     m = load(lib, threads=threads)
     inputs = m.random_inputs(seed=0)
@@ -41,6 +43,8 @@ def bench_model(name: str, threads: int, runs: int, ref_runs: int, db: str | Non
     row = {
         "model": name,
         "kernels": report.kernels,
+        "layout": report.conv_layout or layout or resolve_target("host").conv_layout,
+        "layout_p50_ms": report.layout_p50_ms,
         "compile_s": round(compile_s, 2),
         "kiln_p50_ms": round(ours.p50_ms, 3),
         "onnxruntime_p50_ms": round(theirs.p50_ms, 3),
@@ -56,12 +60,12 @@ def bench_model(name: str, threads: int, runs: int, ref_runs: int, db: str | Non
 
 
 def markdown(rows: list[dict], geomean: float) -> str:
-    lines = ["| model | kernels | compile (s) | kiln p50 (ms) | ONNX Runtime p50 (ms) | kiln / ORT | max rel diff |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | layout | kernels | compile (s) | kiln p50 (ms) | ONNX Runtime p50 (ms) | kiln / ORT | max rel diff |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['kernels']} | {r['compile_s']} | {r['kiln_p50_ms']:.2f} | "
+        lines.append(f"| {r['model']} | {r['layout']} | {r['kernels']} | {r['compile_s']} | {r['kiln_p50_ms']:.2f} | "
                      f"{r['onnxruntime_p50_ms']:.2f} | {r['ratio']:.2f}x | {r['max_rel_diff']:.1e} |")
-    lines.append(f"| **geometric mean** | | | | | **{geomean:.2f}x** | |")
+    lines.append(f"| **geometric mean** | | | | | | **{geomean:.2f}x** | |")
     return "\n".join(lines)
 
 
@@ -72,16 +76,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="timed kiln runs per model")
     parser.add_argument("--ref-runs", type=int, default=50, help="timed ONNX Runtime runs per model")
     parser.add_argument("--db", help="tuning database to apply")
+    parser.add_argument("--layout", choices=["NCHW", "NHWC", "auto"],
+                        help="conv layout between kernels (auto: each model keeps the faster; default: the preset's)")
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
-        rows = [bench_model(n, args.threads, args.runs, args.ref_runs, args.db, Path(tmp)) for n in args.models]
+        rows = [bench_model(n, args.threads, args.runs, args.ref_runs, args.db, Path(tmp), args.layout)
+                for n in args.models]
     geomean = float(np.exp(np.mean(np.log([r["ratio"] for r in rows]))))
     result = {
         "machine": {"cpu": _cpu_name(), "cores": len(__import__("os").sched_getaffinity(0)),
                     "python": platform.python_version()},
         "threads": args.threads,
         "db": args.db,
+        "layout": args.layout,
         "rows": rows,
         "geomean_ratio": round(geomean, 2),
     }

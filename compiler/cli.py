@@ -58,7 +58,27 @@ def _int8_options(args: argparse.Namespace):
     keep = tuple(n.strip() for n in (args.keep_fp32 or "").split(",") if n.strip())
     return Int8Options(calibration=args.calibration, method=args.calibration_method, percentile=args.percentile,
                        samples=args.calibration_samples, keep_fp32=keep, auto_keep=args.auto_keep_fp32,
-                       min_agreement=args.min_agreement)
+                       min_agreement=args.min_agreement, sensitivity=args.sensitivity,
+                       evaluate=_load_function(args.evaluate) if args.evaluate else None,
+                       max_accuracy_drop=args.max_accuracy_drop)
+
+
+def _load_function(spec: str):
+    """``FILE.py:NAME`` -> the function ``NAME`` defined in that file (for ``--evaluate``)."""
+    import importlib.util
+
+    path, _, name = spec.rpartition(":")
+    if not path or not name:
+        raise InputError(f"--evaluate {spec}: expected FILE.py:FUNCTION")
+    if not Path(path).is_file():
+        raise InputError(f"--evaluate {spec}: no such file {path}")
+    module_spec = importlib.util.spec_from_file_location(f"kiln_evaluate_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise InputError(f"--evaluate {spec}: {path} defines no function '{name}'")
+    return function
 
 
 def _cmd_quantize_report(args: argparse.Namespace) -> int:
@@ -90,10 +110,19 @@ def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-samples", type=int, default=100, help="int8: use at most N calibration samples")
     p.add_argument("--keep-fp32", metavar="NODE,...", help="int8: layers (ONNX node names, or first/last) kept in FP32")
     p.add_argument("--auto-keep-fp32", type=int, default=0, metavar="N",
-                   help="int8: also keep the N layers with the largest estimated quantization error in FP32")
+                   help="int8: also keep the N most sensitive layers in FP32")
     p.add_argument("--min-agreement", type=float, metavar="PCT",
-                   help="int8: keep the most sensitive layers in FP32 until the INT8 top-1 agrees with FP32 on "
-                        "PCT%% of the calibration samples")
+                   help="int8: keep the fewest most sensitive layers in FP32 for which the INT8 top-1 agrees "
+                        "with FP32 on PCT%% of the calibration samples")
+    p.add_argument("--evaluate", metavar="FILE.py:FUNC",
+                   help="int8: FUNC(run) returns the model's accuracy (%%) on your labelled validation data, "
+                        "run(inputs) -> first output; keep the most sensitive layers in FP32 until INT8 is within "
+                        "--max-accuracy-drop of FP32")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="PTS",
+                   help="int8 with --evaluate: accuracy points INT8 may lose against FP32 (default 0.5)")
+    p.add_argument("--sensitivity", default="measured", choices=["measured", "estimated"],
+                   help="int8: rank layers for --auto-keep-fp32/--min-agreement by the output error each one "
+                        "causes, measured on one probe build (default), or by the error estimate (no build)")
 
 
 def _load_inputs(args: argparse.Namespace, model) -> dict[str, np.ndarray]:

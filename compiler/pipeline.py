@@ -80,8 +80,11 @@ def simplify_steps(weight_bits: int = 8, fusion: bool = True) -> list[Step]:
     ]
 
 
-def precision_steps(precision: str, plan=None) -> list[Step]:
-    """FP16 mixed precision, or INT8 from a calibrated ``QuantizationPlan``."""
+def precision_steps(precision: str, plan=None, probe: bool = False) -> list[Step]:
+    """FP16 mixed precision, or INT8 from a calibrated ``QuantizationPlan``.
+
+    ``probe=True``: the INT8 sensitivity probe (every layer both ways, a runtime switch per layer;
+    ``compiler.passes.quantize.insert_qdq``)."""
     from compiler.passes.quantize import fold_relu_into_quantize, insert_qdq, lower_qdq
 
     if precision == "fp16":
@@ -92,7 +95,7 @@ def precision_steps(precision: str, plan=None) -> list[Step]:
         if plan is None:
             raise ValueError("precision int8 needs a QuantizationPlan (calibrate first)")
         return [Step("InsertQDQ", "quantize calibrated layer inputs (per tensor) and weights (per channel)",
-                     lambda: insert_qdq(plan)),
+                     lambda: insert_qdq(plan, probe)),
                 Step("LowerQDQ", "int8 conv/matmul with int32 accumulation, bias in int32, float requantize",
                      lambda: lower_qdq(plan.weight_bits)),
                 Step("FoldReluIntoQuantize", "a ReLU before a uint8 quantize is the quantize's own clip",
@@ -207,6 +210,11 @@ def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision
 def simplify_pipeline(preset: TargetPreset) -> tvm.transform.Pass:
     """Only the simplification steps: the module INT8 calibration runs on."""
     return _as_one_pass(preset, simplify_steps(weight_bits_for(preset.tvm_target())), "kiln_simplify")
+
+
+def int8_probe_pipeline(preset: TargetPreset, plan) -> tvm.transform.Pass:
+    """A simplified module to the INT8 sensitivity probe: quantized by ``plan``, each layer switchable."""
+    return _as_one_pass(preset, precision_steps("int8", plan, probe=True) + lowering_steps(preset), "kiln_probe")
 
 
 def lowering_pipeline(preset: TargetPreset, db: str | Path | None = None) -> tvm.transform.Pass:

@@ -4,15 +4,24 @@ Expects an ``ImportedModel`` and ``Int8Options`` (calibration data, method, laye
 keep in FP32). Guarantees a ``QuantizationPlan`` for ``compiler.passes.quantize`` and a
 per-layer report (scales, calibrated ranges, estimated quantization error) — what
 ``kiln quantize-report`` prints and ``kiln compile --precision int8`` builds.
-The mixed-precision mode ``auto_keep`` keeps the layers with the worst estimated error in
-FP32 (see ``sensitivity``); ``min_agreement`` keeps the most sensitive layers in FP32 until
-the INT8 model's top-1 (argmax over the last axis of the first output) agrees with the FP32
-model's on at least that percentage of the calibration samples, trying 0, 1, 2, 4, … layers.
+The mixed-precision modes rank layers by sensitivity: ``measured`` (the default) builds one
+sensitivity probe (``SensitivityProbe``: every layer both quantized and FP32, a runtime switch
+each) and measures the model's output error with each layer alone in INT8;
+``estimated`` uses the per-layer error estimate (input histogram + weight rounding, no build).
+``auto_keep`` keeps the N most sensitive layers in FP32. Two searches keep the fewest
+most-sensitive layers in FP32 that meet a target, measured on the probe (0, 1, 2, 4, …
+layers, then bisected): ``min_agreement`` — the INT8 model's top-1 (argmax over the last
+axis of the first output) agrees with the FP32 model's on that percentage of the calibration
+samples (no labels needed); ``evaluate`` — the user's own accuracy function on labelled
+validation data loses at most ``max_accuracy_drop`` points against FP32 (what a sequence
+model needs: a CTC recognizer's per-position agreement says little about its read text).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -35,6 +44,12 @@ class Int8Options:
     keep_fp32: tuple[str, ...] = ()  # layer (ONNX node) names; "first" and "last" are allowed
     auto_keep: int = 0  # additionally keep this many most sensitive layers in FP32
     min_agreement: float | None = None  # keep sensitive layers in FP32 until top-1 agreement (%) reaches this
+    # evaluate(run) -> accuracy in %, where run(inputs) -> first output (inputs: dict by input name, or
+    # one array for a one-input model); keep sensitive layers FP32 until within max_accuracy_drop of FP32
+    evaluate: Callable[[Callable], float] | None = None
+    max_accuracy_drop: float = 0.5
+    sensitivity: str = "measured"  # how auto_keep and the searches rank layers: measured | estimated
+    probe_samples: int = 32  # calibration samples the per-layer measurement runs over
     weight_bits: int | None = None  # default: what the target's int8 kernels need (7 on AVX2 without VNNI)
     threads: int | None = None  # for running calibration
 
@@ -44,7 +59,10 @@ class Int8Result:
     plan: QuantizationPlan
     calibration: CalibrationResult
     layers: list[LayerReport] = field(default_factory=list)
-    agreement_search: list[tuple[int, float]] = field(default_factory=list)  # (layers kept, agreement %)
+    agreement_search: list[tuple[int, float]] = field(default_factory=list)  # (layers kept, score %)
+    search_metric: str = ""  # what agreement_search scores: top-1 agreement or evaluate's accuracy
+    fp32_score: float | None = None  # evaluate's accuracy with every layer FP32
+    probe_seconds: float = 0.0  # building and running the sensitivity probe
 
     @property
     def quantized(self) -> int:
@@ -94,6 +112,9 @@ def sensitivity(report: LayerReport) -> float:
     return report.activation_error + report.weight_error
 
 
+SENSITIVITY = ("measured", "estimated")
+
+
 def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8Options) -> Int8Result:
     """Calibrate the simplified module ``mod`` and decide what to quantize (see module doc)."""
     from schedules.int8 import weight_bits_for
@@ -101,6 +122,10 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
     bits = options.weight_bits or weight_bits_for(preset.tvm_target())
     if bits not in (7, 8):
         raise InputError(f"weight bits must be 7 or 8, not {bits}")
+    if options.sensitivity not in SENSITIVITY:
+        raise InputError(f"sensitivity '{options.sensitivity}' is unknown; use one of {', '.join(SENSITIVITY)}")
+    if options.min_agreement is not None and not 0.0 < options.min_agreement <= 100.0:
+        raise InputError(f"--min-agreement {options.min_agreement} must be a percentage in (0, 100]")
     samples = load_calibration(options.calibration, imported.inputs, options.samples)
     result = calibrate(mod, imported.inputs, samples, options.method, options.percentile,
                        imported.onnx_model, options.threads)
@@ -116,15 +141,40 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
             activation_scale=rng.scale, threshold=rng.threshold, seen_min=rng.minimum, seen_max=rng.maximum,
             weight_error=weight_error(weight, 0 if layer.op == "conv2d" else 1, bits),
             activation_error=activation_error(hist, rng.threshold, rng.scale), activation_zero_point=rng.zero_point))
-    ranked = [r.name for r in sorted(reports, key=sensitivity, reverse=True)]
-    keep |= set(ranked[: options.auto_keep])
     plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model)
-    search: list[tuple[int, float]] = []
-    if options.min_agreement is not None:
-        plan, search = _search_agreement(imported, plan, ranked, samples, result.fp32_outputs, options.min_agreement)
+    int8 = Int8Result(plan, result, reports)
+    if options.min_agreement is not None and options.evaluate is not None:
+        raise InputError("choose one target: --min-agreement (agreement with FP32) or --evaluate (accuracy)")
+    searching = options.min_agreement is not None or options.evaluate is not None
+    if options.auto_keep or searching:
+        t0 = time.perf_counter()
+        probe = SensitivityProbe(mod, imported, plan, samples, result.fp32_outputs)
+        if options.sensitivity == "measured":
+            errors = probe.measure_errors(options.probe_samples)
+            for report in reports:
+                report.measured_error = errors.get(report.name)
+            ranked = sorted(errors, key=errors.get, reverse=True)
+        else:
+            ranked = [r.name for r in sorted(reports, key=sensitivity, reverse=True) if r.name not in keep]
+        plan.keep_fp32 |= set(ranked[: options.auto_keep])
+        rest = ranked[options.auto_keep:]
+        if options.evaluate is not None:
+            def score(kept: set[str]) -> float:
+                return float(options.evaluate(probe.runner(kept)))
+
+            int8.search_metric = "accuracy (evaluate)"
+            int8.fp32_score = score(set(probe.layers))
+            target = int8.fp32_score - options.max_accuracy_drop
+        else:
+            score, target = probe.agreement, options.min_agreement
+            int8.search_metric = "top-1 agreement with FP32"
+        if searching:
+            int8.agreement_search = probe.search(plan.keep_fp32, rest, score, target)
+            plan.keep_fp32 |= set(rest[: _fewest_meeting(int8.agreement_search, len(plan.keep_fp32), target)])
+        int8.probe_seconds = time.perf_counter() - t0
     for report in reports:
         report.quantized = report.name not in plan.keep_fp32
-    return Int8Result(plan, result, reports, search)
+    return int8
 
 
 def top1_agreement(ours: list[np.ndarray], reference: list[np.ndarray]) -> float:
@@ -137,42 +187,114 @@ def top1_agreement(ours: list[np.ndarray], reference: list[np.ndarray]) -> float
     return 100.0 * same / max(total, 1)
 
 
-def _search_agreement(imported: ImportedModel, plan: QuantizationPlan, ranked: list[str], samples,
-                      fp32_outputs, target: float) -> tuple[QuantizationPlan, list[tuple[int, float]]]:
-    """Keep 0, 1, 2, 4, … most sensitive layers in FP32 until top-1 agreement reaches ``target``."""
-    import dataclasses
+def relative_error(ours: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """Mean over samples of ||ours - reference|| / ||reference||."""
+    errors = [np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-12) for a, b in zip(ours, reference)]
+    return float(np.mean(errors))
 
-    import tvm
 
-    from compiler.pipeline import build_pipeline
-    from schedules.int8 import weight_bits_for
-    from targets.registry import resolve_target
+def _fewest_meeting(search: list[tuple[int, float]], base: int, target: float) -> int:
+    """How many extra layers the smallest kept set reaching ``target`` in ``search`` adds to ``base``."""
+    meeting = [kept for kept, agreement in search if agreement >= target]
+    return (min(meeting) if meeting else max(kept for kept, _ in search)) - base
 
-    if not 0.0 < target <= 100.0:
-        raise InputError(f"--min-agreement {target} must be a percentage in (0, 100]")
-    host = resolve_target("host")
-    # Built and run here: the weights must suit this machine's int8 kernels too.
-    host_bits = min(plan.weight_bits, weight_bits_for(host.tvm_target()))
-    search = []
-    counts = sorted({0, *[min(2 ** i, len(ranked)) for i in range(len(ranked).bit_length() + 1)]})
-    candidate = plan
-    for count in counts:
-        keep = set(plan.keep_fp32) | set(ranked[:count])
-        candidate = dataclasses.replace(plan, keep_fp32=keep)
-        trial = dataclasses.replace(candidate, weight_bits=host_bits)
+
+class SensitivityProbe:
+    """One host build of the INT8 model in which any set of layers can run FP32 instead.
+
+    Built from the simplified module by ``compiler.pipeline.int8_probe_pipeline`` with the
+    weight width this machine's int8 kernels need; every call picks the FP32 layers with the
+    ``kiln_keep_fp32`` input, so choosing among thousands of mixed-precision variants costs
+    one compile and a pass over the samples per variant.
+    """
+
+    def __init__(self, mod, imported: ImportedModel, plan: QuantizationPlan, samples, fp32_outputs) -> None:
+        import dataclasses
+
+        import tvm
+
+        from compiler.passes.quantize import probed_layers
+        from compiler.pipeline import int8_probe_pipeline
+        from schedules.int8 import weight_bits_for
+        from targets.registry import resolve_target
+
+        host = resolve_target("host")
+        trial = dataclasses.replace(plan, keep_fp32=set(plan.keep_fp32),
+                                    weight_bits=min(plan.weight_bits, weight_bits_for(host.tvm_target())))
+        self.layers = probed_layers(trial, find_layers(mod, imported.onnx_model))
         with tvm.transform.PassContext(opt_level=3):
-            lowered = build_pipeline(host, None, "int8", trial)(imported.mod)
-            executable = tvm.compile(lowered, host.tvm_target(), relax_pipeline=None)
-        vm = tvm.runtime.vm.VirtualMachine(executable, tvm.cpu())
-        outputs = []
-        for sample in samples:
-            out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(sample[s.name])) for s in imported.inputs])
-            outputs.append(first_output(out))
-        agreement = top1_agreement(outputs, fp32_outputs)
-        search.append((len(keep), agreement))
-        if agreement >= target:
-            break
-    return candidate, search
+            executable = tvm.compile(int8_probe_pipeline(host, trial)(mod), host.tvm_target(), relax_pipeline=None)
+        self.vm = tvm.runtime.vm.VirtualMachine(executable, tvm.cpu())
+        self.inputs = [[tvm.runtime.tensor(np.ascontiguousarray(s[spec.name])) for spec in imported.inputs]
+                       for s in samples]
+        self.fp32_outputs = fp32_outputs
+        self.input_specs = list(imported.inputs)
+
+    def _mask(self, keep_fp32: set[str]):
+        import tvm
+
+        return tvm.runtime.tensor(np.array([name in keep_fp32 for name in self.layers], dtype=bool))
+
+    def run(self, keep_fp32: set[str], count: int | None = None) -> list[np.ndarray]:
+        """First outputs over the first ``count`` samples with the layers in ``keep_fp32`` in FP32."""
+        mask = self._mask(keep_fp32)
+        return [first_output(self.vm["main"](*args, mask)) for args in self.inputs[:count]]
+
+    def runner(self, keep_fp32: set[str]) -> Callable:
+        """``run(inputs) -> first output`` of the model with ``keep_fp32`` in FP32 (for ``evaluate``)."""
+        import tvm
+
+        mask = self._mask(keep_fp32)
+
+        def run(inputs) -> np.ndarray:
+            if not isinstance(inputs, dict):
+                if len(self.input_specs) != 1:
+                    names = [spec.name for spec in self.input_specs]
+                    raise InputError(f"evaluate: this model has inputs {names}; pass run() a dict")
+                inputs = {self.input_specs[0].name: inputs}
+            args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype))
+                    for spec in self.input_specs]
+            return first_output(self.vm["main"](*args, mask))
+
+        return run
+
+    def measure_errors(self, count: int) -> dict[str, float]:
+        """Per layer: relative output error against FP32 with only this layer INT8 (all others FP32).
+
+        Measured alone rather than as the error removed by keeping one layer FP32 among INT8
+        ones: on the PP-OCR recognizer layer errors do not add up (keeping its worst layer alone
+        in FP32 *lowered* accuracy), and the isolated ranking is what found a 4-layer mix there.
+        """
+        reference = self.fp32_outputs[:count]
+        everything = set(self.layers)
+        return {name: relative_error(self.run(everything - {name}, count), reference) for name in self.layers}
+
+    def agreement(self, keep_fp32: set[str]) -> float:
+        return top1_agreement(self.run(keep_fp32), self.fp32_outputs)
+
+    def search(self, keep: set[str], ranked: list[str], score: Callable[[set[str]], float],
+               target: float) -> list[tuple[int, float]]:
+        """(layers kept, score) for 0, 1, 2, 4, … of ``ranked`` added to ``keep``, then bisected to
+        the fewest whose ``score(kept layers)`` reaches ``target``; sorted by layers kept."""
+        tried: dict[int, float] = {}
+
+        def trial(count: int) -> bool:
+            tried[count] = score(set(keep) | set(ranked[:count]))
+            return tried[count] >= target
+
+        low, high = -1, None  # low: largest count known to miss; high: smallest known to reach
+        for count in sorted({0, *[min(2 ** i, len(ranked)) for i in range(len(ranked).bit_length() + 1)]}):
+            if trial(count):
+                high = count
+                break
+            low = count
+        while high is not None and high - low > 1:
+            middle = (low + high) // 2
+            if trial(middle):
+                high = middle
+            else:
+                low = middle
+        return sorted((len(set(keep) | set(ranked[:count])), agreement) for count, agreement in tried.items())
 
 
 def simplified_module(imported: ImportedModel, preset: TargetPreset):
@@ -188,14 +310,17 @@ def simplified_module(imported: ImportedModel, preset: TargetPreset):
 def describe_layers(result: Int8Result) -> str:
     """A table of the per-layer quantization (``kiln quantize-report``)."""
     lines = [f"{'layer':<28} {'op':<7} {'int8':<5} {'input':<6} {'zp':>4} {'scale':>10} {'clip':>9} "
-             f"{'min':>9} {'max':>9} {'w err':>7} {'x err':>7}"]
+             f"{'min':>9} {'max':>9} {'w err':>7} {'x err':>7} {'alone':>7}"]
     for r in result.layers:
         lines.append(f"{r.name[:28]:<28} {r.op:<7} {'yes' if r.quantized else 'FP32':<5} "
                      f"{r.activation_dtype:<6} {r.activation_zero_point:>4} "
                      f"{r.activation_scale:>10.3g} {r.threshold:>9.3g} {r.seen_min:>9.3g} {r.seen_max:>9.3g} "
-                     f"{r.weight_error:>7.2%} {r.activation_error:>7.2%}")
-    for kept, agreement in result.agreement_search:
-        lines.append(f"  {kept} layer(s) in FP32: top-1 agreement with FP32 {agreement:.2f}%")
+                     f"{r.weight_error:>7.2%} {r.activation_error:>7.2%} "
+                     f"{'' if r.measured_error is None else format(r.measured_error, '.2%'):>7}")
+    if result.fp32_score is not None:
+        lines.append(f"  every layer in FP32: {result.search_metric} {result.fp32_score:.2f}%")
+    for kept, score in result.agreement_search:
+        lines.append(f"  {kept} layer(s) in FP32: {result.search_metric} {score:.2f}%")
     c = result.calibration
     lines.append(f"{result.quantized}/{len(result.layers)} layers int8; calibration: {c.method} over "
                  f"{c.samples} samples in {c.seconds:.1f} s; weights {result.plan.weight_bits}-bit per channel")

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tvm
 from onnx import helper
 
 from compiler.build import CompileOptions, compile_model
@@ -266,13 +267,54 @@ def test_min_agreement_keeps_sensitive_layers_until_top1_agrees():
     imported = import_onnx(_conv_relu_conv_gemm())
     preset = resolve_target("host")
     mod = simplified_module(imported, preset)
-    result = plan_int8(mod, imported, preset, Int8Options(calibration=_samples(24)[:, 0], method="entropy",
-                                                          min_agreement=100.0))
-    kept, agreement = result.agreement_search[-1]
-    assert agreement == 100.0 and kept == len(result.plan.keep_fp32)
-    assert [k for k, _ in result.agreement_search] == sorted(k for k, _ in result.agreement_search)
+    for sensitivity in ("measured", "estimated"):
+        result = plan_int8(mod, imported, preset, Int8Options(calibration=_samples(24)[:, 0], method="entropy",
+                                                              min_agreement=100.0, sensitivity=sensitivity))
+        kept = [k for k, agreement in result.agreement_search if agreement == 100.0]
+        assert kept and min(kept) == len(result.plan.keep_fp32)  # the fewest that reach the target
+        assert all(agreement < 100.0 for k, agreement in result.agreement_search if k < min(kept))
+        assert [k for k, _ in result.agreement_search] == sorted(k for k, _ in result.agreement_search)
+    assert all(layer.measured_error is None for layer in result.layers)  # estimated: nothing measured
     with pytest.raises(InputError, match="percentage"):
         plan_int8(mod, imported, preset, Int8Options(calibration=_samples(4)[:, 0], min_agreement=150.0))
+    with pytest.raises(InputError, match="sensitivity 'guess'"):
+        plan_int8(mod, imported, preset, Int8Options(calibration=_samples(4)[:, 0], auto_keep=1,
+                                                     sensitivity="guess"))
+
+
+def test_sensitivity_probe_matches_builds_with_layers_kept_fp32(tmp_path):
+    """One probe build answers for every keep set exactly what a build with that set would compute."""
+    from compiler.quantization import SensitivityProbe, relative_error
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_conv_relu_conv_gemm(), path)
+    imported = import_onnx(path)
+    preset = resolve_target("host")
+    mod = simplified_module(imported, preset)
+    calibration = _samples(16)[:, 0]
+    result = plan_int8(mod, imported, preset, Int8Options(calibration=calibration, auto_keep=1))
+    errors = {layer.name: layer.measured_error for layer in result.layers}
+    assert set(errors) == {"conv_a", "conv_b", "fc"} and all(0 < e < 0.1 for e in errors.values())
+    assert result.plan.keep_fp32 == {max(errors, key=errors.get)}  # auto_keep keeps the most damaging layer
+    plan = result.plan
+    plan.keep_fp32 = set()
+    samples = load_calibration(calibration, imported.inputs)
+    probe = SensitivityProbe(mod, imported, plan, samples, result.calibration.fp32_outputs)
+    assert probe.layers == ["conv_a", "conv_b", "fc"]
+    tests = _samples(4, seed=3)
+    for i, keep in enumerate(((), ("conv_b",), ("conv_a", "fc"))):
+        report = compile_model(path, tmp_path / f"k{i}.so", CompileOptions(precision="int8", int8=Int8Options(
+            calibration=calibration, keep_fp32=keep)))
+        assert report.int8.quantized == 3 - len(keep)
+        lib = load(tmp_path / f"k{i}.so")  # a new name: a library loaded once stays loaded
+        probe.inputs = [[tvm.runtime.tensor(x)] for x in tests]
+        probed = probe.run(set(keep))
+        built = [lib.run({"x": x})["y"] for x in tests]
+        assert relative_error(probed, built) < 1e-5, keep
+    compile_model(path, tmp_path / "f.so")  # every layer switched to FP32 is the FP32 model
+    fp32 = [load(tmp_path / "f.so").run({"x": x})["y"] for x in tests]
+    assert relative_error(probe.run({"conv_a", "conv_b", "fc"}), fp32) < 1e-5
+    assert relative_error(probe.run(set()), fp32) > 1e-3  # and none of them is the INT8 model
 
 
 def test_eight_bit_weights_mark_the_kernels_that_write_into_a_concat_too():
@@ -303,3 +345,33 @@ def test_eight_bit_weights_mark_the_kernels_that_write_into_a_concat_too():
     writers = [gv for gv in in_place if "conv2d" in gv.name_hint]
     assert writers  # expands writing into the concatenation
     assert all(int(mod[gv].attrs[WEIGHT_BITS_ATTR]) == 8 for gv in writers)
+
+
+def test_evaluate_keeps_layers_fp32_until_accuracy_is_within_the_drop(tmp_path, capsys):
+    """--evaluate FILE.py:FUNC: the user's accuracy on labelled data drives the mixed-precision search."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_conv_relu_conv_gemm(), path)
+    x = _samples(40, seed=4)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    labels = np.array([session.run(None, {"x": s})[0].argmax() for s in x])
+    np.savez(tmp_path / "val.npz", x=x, labels=labels)
+    (tmp_path / "acc.py").write_text(
+        "import numpy as np\n"
+        f"DATA = np.load({str(tmp_path / 'val.npz')!r})\n"
+        "def accuracy(run):\n"
+        "    hits = [run(s).argmax() == y for s, y in zip(DATA['x'], DATA['labels'])]\n"
+        "    return 100.0 * sum(hits) / len(hits)\n")
+    np.savez(tmp_path / "c.npz", x=_samples(16)[:, 0])
+    args = ["quantize-report", str(path), "--calibration", str(tmp_path / "c.npz"), "--calibration-method",
+            "minmax", "--evaluate", f"{tmp_path / 'acc.py'}:accuracy", "--max-accuracy-drop", "0"]
+    assert kiln(args) == 0
+    out = capsys.readouterr().out
+    assert "every layer in FP32: accuracy (evaluate) 100.00%" in out  # the labels are FP32's own answers
+    searched = [line for line in out.splitlines() if "layer(s) in FP32: accuracy (evaluate)" in line]
+    int8_layers = int(out.split(" layers int8")[0].rsplit("\n", 1)[-1].split("/")[0])  # "N/3 layers int8"
+    assert searched and any(line.endswith("100.00%") for line in searched)
+    assert 3 - int8_layers == min(int(line.split()[0]) for line in searched if line.endswith("100.00%"))
+    assert kiln(args[:-4] + ["--evaluate", f"{tmp_path / 'acc.py'}:nope"]) == 2
+    assert "defines no function 'nope'" in capsys.readouterr().err
+    assert kiln(args + ["--min-agreement", "99"]) == 2
+    assert "choose one target" in capsys.readouterr().err

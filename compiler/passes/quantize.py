@@ -65,6 +65,7 @@ class LayerReport:
     seen_max: float = 0.0
     weight_error: float = 0.0  # relative L2 error of the quantized weights
     activation_error: float = 0.0  # relative L2 error of the quantized input (from the histogram)
+    measured_error: float | None = None  # model output error with only this layer INT8 (sensitivity probe)
 
 
 def quantize_weight(weight: np.ndarray, axis: int, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -101,12 +102,35 @@ def _weight_axis(op: str) -> int:
     return 0 if op == "conv2d" else 1  # OIHW's O; matmul weight [K, N]'s N
 
 
-def insert_qdq(plan: QuantizationPlan) -> tvm.transform.Pass:
-    """Fake-quantize every planned layer (see module doc)."""
+PROBE_PARAM = "kiln_keep_fp32"  # the probe module's extra input: one bool per probed layer
+
+
+def probed_layers(plan: QuantizationPlan, layers) -> list[str]:
+    """Names of the layers ``insert_qdq(plan, probe=True)`` gives a switch, in mask order."""
+    return [layer.name for layer in layers if layer.name not in plan.keep_fp32 and layer.name in plan.ranges]
+
+
+def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pass:
+    """Fake-quantize every planned layer (see module doc).
+
+    ``probe=True`` builds a sensitivity probe instead: every planned layer computes both its
+    quantized and its FP32 result, and ``main`` takes one more input, ``kiln_keep_fp32``
+    (bool, one entry per layer in ``probed_layers`` order), that picks the FP32 result where
+    set (after the layer's bias add, so the quantized bias still folds into int32). One build
+    then answers "what if these layers stayed FP32" for any set as a build with those layers in
+    ``keep_fp32`` would (same int8 kernels, same FP32 convs; kernels fused differently can
+    round a requantized value the other way: relative output differences ~1e-5).
+    """
 
     @tvm.transform.module_pass(opt_level=0, name="kiln.InsertQDQ")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        layers = {layer.output: layer for layer in find_layers(mod, plan.onnx_model)}
+        found = find_layers(mod, plan.onnx_model)
+        layers = {layer.output: layer for layer in found}
+        switch = {name: i for i, name in enumerate(probed_layers(plan, found))}
+        mask = relax.Var(PROBE_PARAM, relax.TensorType([len(switch)], "bool")) if probe else None
+        # The probe switches after a layer's bias add, which LowerQDQ folds into the int32 accumulator.
+        bias_adds = _sole_bias_adds(mod["main"], set(layers)) if probe else {}
+        absorbed = {binding.var for binding in bias_adds.values()}
 
         @relax.expr_functor.mutator
         class _Insert(relax.PyExprMutator):
@@ -115,8 +139,10 @@ def insert_qdq(plan: QuantizationPlan) -> tvm.transform.Pass:
                 self.quantized_inputs: dict = {}  # original data var -> dequantized var (shared)
 
             def visit_var_binding_(self, binding):
+                if binding.var in absorbed:
+                    return None  # emitted with its layer (probe)
                 layer = layers.get(binding.var)
-                if layer is None or layer.name in plan.keep_fp32 or layer.name not in plan.ranges:
+                if layer is None or layer.name not in switch:
                     return super().visit_var_binding_(binding)
                 call = binding.value
                 rng = plan.ranges[layer.name]
@@ -134,14 +160,50 @@ def insert_qdq(plan: QuantizationPlan) -> tvm.transform.Pass:
                     _const(wq), _const(wscale), _const(np.zeros(len(wscale), np.int8)), axis=axis,
                     out_dtype="float32"))
                 new_value = relax.Call(call.op, [dq, wdq], call.attrs, call.ty_args)
-                self.set_var_remap(binding.var, _emit_like(self.builder_, new_value, binding.var))
+                if mask is None:
+                    self.set_var_remap(binding.var, _emit_like(self.builder_, new_value, binding.var))
+                    return None
+                quantized = self.builder_.emit(new_value)
+                fp32 = self.builder_.emit(relax.Call(call.op, [data, self.visit_expr(call.args[1])],
+                                                     call.attrs, call.ty_args))
+                replaced = binding.var
+                add = bias_adds.get(binding.var)
+                if add is not None:
+                    bias = self.visit_expr(add.value.args[1])
+                    quantized = self.builder_.emit(relax.op.add(quantized, bias))
+                    fp32 = self.builder_.emit(relax.op.add(fp32, bias))
+                    replaced = add.var
+                keep = relax.op.take(mask, _const(switch[layer.name], "int64"), axis=0, mode="clip")
+                self.set_var_remap(replaced, _emit_like(self.builder_, relax.op.where(keep, fp32, quantized),
+                                                        replaced))
 
         mutator = _Insert(mod)
         out = tvm.IRModule(dict(mod.functions_items()))
-        out["main"] = mutator.visit_expr(mod["main"])
+        main = mutator.visit_expr(mod["main"])
+        if mask is not None:
+            main = relax.Function([*main.params, mask], main.body, main.ret_ty, is_pure=True,
+                                  attrs=main.attrs)
+        out["main"] = main
         return relax.transform.Normalize()(out)
 
     return _pass
+
+
+def _sole_bias_adds(func: relax.Function, outputs: set) -> dict:
+    """Layer output var -> the binding ``add(output, constant)`` that is its only use."""
+    uses: dict = {}
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    for b in bindings:
+        for var in set(relax.analysis.all_vars(b.value)):
+            uses[var] = uses.get(var, 0) + 1
+    for var in set(relax.analysis.all_vars(func.body.body)):
+        uses[var] = uses.get(var, 0) + 1
+    adds = {}
+    for b in bindings:
+        if _op(b.value) == "relax.add" and b.value.args[0] in outputs and uses.get(b.value.args[0]) == 1 \
+                and isinstance(b.value.args[1], Constant):
+            adds[b.value.args[0]] = b
+    return adds
 
 
 class _ConstEval:

@@ -60,7 +60,7 @@ def _int8_options(args: argparse.Namespace):
                        samples=args.calibration_samples, keep_fp32=keep, auto_keep=args.auto_keep_fp32,
                        min_agreement=args.min_agreement, sensitivity=args.sensitivity,
                        evaluate=_load_function(args.evaluate) if args.evaluate else None,
-                       max_accuracy_drop=args.max_accuracy_drop)
+                       max_accuracy_drop=args.max_accuracy_drop, per_channel_depthwise=args.per_channel_depthwise)
 
 
 def _load_function(spec: str):
@@ -120,6 +120,9 @@ def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
                         "--max-accuracy-drop of FP32")
     p.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="PTS",
                    help="int8 with --evaluate: accuracy points INT8 may lose against FP32 (default 0.5)")
+    p.add_argument("--per-channel-depthwise", action="store_true",
+                   help="int8: depthwise convs quantize their input per channel (each channel its own scale and "
+                        "zero point; exact with int32 accumulation)")
     p.add_argument("--sensitivity", default="measured", choices=["measured", "estimated"],
                    help="int8: rank layers for --auto-keep-fp32/--min-agreement by the output error each one "
                         "causes, measured on one probe build (default), or by the error estimate (no build)")

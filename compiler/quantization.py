@@ -51,6 +51,9 @@ class Int8Options:
     sensitivity: str = "measured"  # how auto_keep and the searches rank layers: measured | estimated
     probe_samples: int = 32  # calibration samples the per-layer measurement runs over
     weight_bits: int | None = None  # default: what the target's int8 kernels need (7 on AVX2 without VNNI)
+    # depthwise convs quantize their input per channel (exact in int32); off: no gain measured on the
+    # PP-OCR recognizer (README "INT8 vs FP32")
+    per_channel_depthwise: bool = False
     threads: int | None = None  # for running calibration
 
 
@@ -128,7 +131,7 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
         raise InputError(f"--min-agreement {options.min_agreement} must be a percentage in (0, 100]")
     samples = load_calibration(options.calibration, imported.inputs, options.samples)
     result = calibrate(mod, imported.inputs, samples, options.method, options.percentile,
-                       imported.onnx_model, options.threads)
+                       imported.onnx_model, options.threads, options.per_channel_depthwise)
     layers = find_layers(mod, imported.onnx_model)
     keep = _resolve_names(tuple(options.keep_fp32), layers)
     reports = []

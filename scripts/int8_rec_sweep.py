@@ -33,6 +33,7 @@ from compiler.runtime import alternating_p50_ms, load  # noqa: E402
 SETTINGS = {
     "fp32": None,  # the FP32 build: the accuracy every other setting is compared with
     "percentile": dict(method="percentile"),
+    "per_channel_dw": dict(method="percentile", per_channel_depthwise=True),  # depthwise inputs per channel
     "mse": dict(method="mse"),
     "p99.9": dict(method="percentile", percentile=99.9),
     "p99.95": dict(method="percentile", percentile=99.95),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -375,3 +377,60 @@ def test_evaluate_keeps_layers_fp32_until_accuracy_is_within_the_drop(tmp_path, 
     assert "defines no function 'nope'" in capsys.readouterr().err
     assert kiln(args + ["--min-agreement", "99"]) == 2
     assert "choose one target" in capsys.readouterr().err
+
+
+def _depthwise_model(c: int, h: int, w: int) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    weight = rng.normal(0, 1, (c, 1, 3, 3)).astype(np.float32)
+    bias = rng.normal(0, 1, c).astype(np.float32)
+    graph = model([helper.make_node("Conv", ["x", "w", "b"], ["y"], group=c, pads=[1, 1, 1, 1], name="dw")],
+                  [("x", [1, c, h, w])], [("y", [1, c, h, w])],
+                  [onnx.numpy_helper.from_array(weight, "w"), onnx.numpy_helper.from_array(bias, "b")])
+    return graph, weight, bias
+
+
+def test_depthwise_input_is_quantized_per_channel_and_matches_a_numpy_reference(tmp_path, caplog):
+    """Channels 20x apart in range (a conv + batch-norm output before a depthwise conv): each gets
+    its own scale, and the int8 kernel computes exactly what per-channel fake quantization does."""
+    c, h, w = 16, 10, 12
+    graph, weight, bias = _depthwise_model(c, h, w)
+    onnx.save(graph, tmp_path / "dw.onnx")
+    spread = np.geomspace(1.0, 20.0, c).astype(np.float32)[None, :, None, None]
+    rng = np.random.default_rng(2)
+    calibration = (rng.normal(0, 1, (32, c, h, w)) * spread).astype(np.float32)
+    x = (rng.normal(0, 1, (1, c, h, w)) * spread).astype(np.float32)
+    outputs = {}
+    for per_channel in (False, True):
+        out = tmp_path / f"dw{int(per_channel)}.so"
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="compiler.passes.quantize"):
+            report = compile_model(tmp_path / "dw.onnx", out, CompileOptions(precision="int8", int8=Int8Options(
+                calibration=calibration, method="minmax", per_channel_depthwise=per_channel)))
+        assert "lowered 1 layers to int8" in caplog.text  # real int8 math, not float fake quantization
+        assert (report.int8.plan.ranges["dw"].channels is not None) == per_channel
+        outputs[per_channel] = load(out).run({"x": x})["y"]
+    rng_dw = report.int8.plan.ranges["dw"]
+    scales, zero = rng_dw.channel_scales().reshape(1, c, 1, 1), rng_dw.channel_zero_points().reshape(1, c, 1, 1)
+    x_hat = (np.clip(np.round(x / scales) + zero, 0, 255) - zero.astype(np.float32)) * scales
+    wq, wscale = quantize_weight(weight, 0, report.int8.plan.weight_bits)
+    w_hat = wq.astype(np.float32) * wscale.reshape(c, 1, 1, 1)
+    padded = np.pad(x_hat, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    reference = bias.reshape(1, c, 1, 1) + sum(padded[:, :, i:i + h, j:j + w] * w_hat[:, 0, i, j].reshape(1, c, 1, 1)
+                                               for i in range(3) for j in range(3))
+    assert np.abs(outputs[True] - reference).max() <= 1e-3 * np.abs(reference).max()  # int32 bias rounding only
+    fp32 = bias.reshape(1, c, 1, 1) + sum(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))[:, :, i:i + h, j:j + w]
+                                          * weight[:, 0, i, j].reshape(1, c, 1, 1) for i in range(3) for j in range(3))
+    narrow = slice(0, 4)  # the channels a per-tensor scale serves worst
+    per_tensor_error = np.abs(outputs[False] - fp32)[:, narrow].mean()
+    assert np.abs(outputs[True] - fp32)[:, narrow].mean() < 0.5 * per_tensor_error
+    np.savez(tmp_path / "c.npz", x=calibration)
+    assert kiln(["compile", str(tmp_path / "dw.onnx"), "-o", str(tmp_path / "cli.so"), "--precision", "int8",
+                 "--calibration", str(tmp_path / "c.npz"), "--calibration-method", "minmax",
+                 "--per-channel-depthwise"]) == 0
+    assert np.array_equal(load(tmp_path / "cli.so").run({"x": x})["y"], outputs[True])
+    # The sensitivity probe builds the same per-channel, pre-padded input next to the FP32 conv.
+    imported = import_onnx(tmp_path / "dw.onnx")
+    preset = resolve_target("host")
+    probed = plan_int8(simplified_module(imported, preset), imported, preset,
+                       Int8Options(calibration=calibration, method="minmax", auto_keep=1))
+    assert 0 < probed.layers[0].measured_error < 0.05 and probed.plan.keep_fp32 == {"dw"}

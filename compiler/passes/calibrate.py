@@ -4,9 +4,11 @@ Expects the Relax module as the quantization step will see it (after kiln's
 simplification steps: batch-norm folded, weights constant) and calibration samples.
 Builds a host copy of that module whose ``main`` also returns every tensor a quantizable
 layer reads (``compiler.passes.int8_layers``), runs it over the samples with kiln's own
-default schedules (no other runtime needed), and keeps one histogram per tensor.
+default schedules (no other runtime needed), and keeps one histogram per tensor (and, with
+``per_channel_depthwise``, one per channel of each depthwise conv's input).
 Guarantees one ``TensorRange`` per layer (uint8; zero point 0 when the tensor was never
-negative, e.g. after ReLU) with the clipping threshold chosen by the method:
+negative, e.g. after ReLU; per-channel thresholds for depthwise inputs when asked) with the
+clipping threshold chosen by the method:
 
 - ``minmax``: the largest magnitude seen;
 - ``percentile``: the given percentile of magnitudes (default 99.99);
@@ -18,6 +20,7 @@ negative, e.g. after ReLU) with the clipping threshold chosen by the method:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -51,6 +54,7 @@ class TensorRange:
     threshold: float  # magnitudes above are clipped
     minimum: float
     maximum: float
+    channels: tuple["TensorRange", ...] | None = None  # per channel (NCHW axis 1): depthwise layer inputs
 
     @property
     def dtype(self) -> str:
@@ -71,6 +75,12 @@ class TensorRange:
     @property
     def zero_point(self) -> int:
         return int(np.clip(np.round(-self.low / self.scale), 0, 255))
+
+    def channel_scales(self) -> np.ndarray:
+        return np.array([c.scale for c in self.channels], dtype=np.float32)
+
+    def channel_zero_points(self) -> np.ndarray:
+        return np.array([c.zero_point for c in self.channels], dtype=self.dtype)
 
 
 class Histogram:
@@ -346,6 +356,7 @@ def calibrate(
     percentile: float = 99.99,
     onnx_model=None,
     threads: int | None = None,
+    per_channel_depthwise: bool = False,
 ) -> CalibrationResult:
     """Ranges of every quantizable layer's input of ``mod`` over ``samples`` (see module doc)."""
     import tvm
@@ -371,15 +382,27 @@ def calibrate(
     device = tvm.cpu()
     vm = tvm.runtime.vm.VirtualMachine(executable, device)
     histograms = [Histogram() for _ in range(max(index) + 1)]
+    # Depthwise layers may quantize their input per channel (exact with int32 accumulation):
+    # their inputs also get one histogram per channel.
+    channel_histograms = {index[layer.index]: [Histogram() for _ in range(int(layer.weight.value.shape[0]))]
+                          for layer in layers if per_channel_depthwise and layer.depthwise}
     fp32_outputs = []
     for sample in samples:
         args = [tvm.runtime.tensor(np.ascontiguousarray(sample[spec.name]), device) for spec in inputs]
         result = vm["main"](*args)
         fp32_outputs.append(first_output(result[0]))
         for i, hist in enumerate(histograms):
-            hist.add(result[i + 1].numpy())
+            values = result[i + 1].numpy()
+            hist.add(values)
+            for c, channel in enumerate(channel_histograms.get(i, ())):
+                channel.add(values[:, c])
     by_layer = {layer.name: histograms[index[layer.index]] for layer in layers}
     ranges = {name: hist.to_range(method, percentile) for name, hist in by_layer.items()}
+    for layer in layers:
+        per_channel = channel_histograms.get(index[layer.index])
+        if per_channel is not None:
+            channels = tuple(h.to_range(method, percentile) for h in per_channel)
+            ranges[layer.name] = dataclasses.replace(ranges[layer.name], channels=channels)
     seconds = time.perf_counter() - t0
     log.info("calibrated %d layers over %d samples (%s) in %.1f s", len(ranges), len(samples), method, seconds)
     return CalibrationResult(method, ranges, len(samples), seconds, by_layer, fp32_outputs)

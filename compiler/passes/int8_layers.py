@@ -34,6 +34,13 @@ class Layer:
     data: relax.Expr
     weight: Constant
     index: int  # position among quantizable layers, in dataflow order
+    groups: int = 1  # conv2d groups
+
+    @property
+    def depthwise(self) -> bool:
+        """One input channel per output channel: each output reads only its own channel."""
+        shape = self.weight.value.shape
+        return self.op == "conv2d" and self.groups > 1 and int(shape[1]) == 1 and int(shape[0]) == self.groups
 
 
 def _op_name(call: relax.Expr) -> str | None:
@@ -86,5 +93,7 @@ def find_layers(mod, onnx_model: onnx.ModelProto | None = None) -> list[Layer]:
     for name, binding in zip(names, calls):
         if _is_layer(binding.value):
             op = _op_name(binding.value).split(".")[-1]
-            layers.append(Layer(name, op, binding.var, binding.value.args[0], binding.value.args[1], len(layers)))
+            groups = int(binding.value.attrs.groups) if op == "conv2d" else 1
+            layers.append(Layer(name, op, binding.var, binding.value.args[0], binding.value.args[1], len(layers),
+                                groups))
     return layers

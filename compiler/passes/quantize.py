@@ -5,8 +5,10 @@ Two passes, one form between them (the same form ONNX Runtime's QDQ models impor
 ``insert_qdq(plan)`` expects a module after kiln's simplification steps and a
 ``QuantizationPlan`` from calibration. For every quantizable layer (``int8_layers``) not
 kept in FP32 it quantizes the data input per tensor (uint8; zero point 0 when calibration
-never saw a negative value) and the constant weight per output channel (symmetric int8,
-``weight_bits`` wide), and feeds the layer dequantized copies.
+never saw a negative value) — per channel for depthwise convs calibrated so (one zero point,
+each channel its own scale: channel c only meets weight c, so int32 accumulation stays
+exact) — and the constant weight per output channel (symmetric int8, ``weight_bits`` wide),
+and feeds the layer dequantized copies.
 
 ``lower_qdq()`` expects ``conv2d``/``matmul`` calls whose inputs are
 ``dequantize(q, scale, zero_point)`` of an activation and of a constant weight
@@ -146,25 +148,38 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                     return super().visit_var_binding_(binding)
                 call = binding.value
                 rng = plan.ranges[layer.name]
-                data = self.visit_expr(call.args[0])
-                dq = self.quantized_inputs.get(call.args[0])
+                source = data = self.visit_expr(call.args[0])
+                per_channel = rng.channels is not None and layer.depthwise
+                attrs = call.attrs
+                if per_channel and any(int(p) for p in attrs.padding):
+                    # Each channel has its own zero point: pad in float (0.0 quantizes to each
+                    # channel's zero point), so the int8 conv needs no padding value of its own.
+                    top, left, bottom, right = [int(p) for p in attrs.padding]
+                    data = self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right]))
+                    attrs = _conv_attrs_without_padding(attrs)
+                key = (call.args[0], per_channel)
+                dq = self.quantized_inputs.get(key)
                 if dq is None:
-                    scale, zero = _const(rng.scale, "float32"), _const(rng.zero_point, rng.dtype)
-                    q = self.builder_.emit(relax.op.quantize(data, scale, zero, axis=-1, out_dtype=rng.dtype))
-                    dq = self.builder_.emit(relax.op.dequantize(q, scale, zero, axis=-1, out_dtype="float32"))
-                    self.quantized_inputs[call.args[0]] = dq
+                    if per_channel:  # depthwise: channel c only meets weights of channel c
+                        scale, zero, axis = _const(rng.channel_scales()), _const(rng.channel_zero_points()), 1
+                    else:
+                        scale, zero, axis = _const(rng.scale, "float32"), _const(rng.zero_point, rng.dtype), -1
+                    q = self.builder_.emit(relax.op.quantize(data, scale, zero, axis=axis, out_dtype=rng.dtype))
+                    dq = self.builder_.emit(relax.op.dequantize(q, scale, zero, axis=axis, out_dtype="float32"))
+                    if not per_channel:  # a padded copy is this layer's own
+                        self.quantized_inputs[key] = dq
                 weight = layer.weight.value.numpy()
                 axis = _weight_axis(layer.op)
                 wq, wscale = quantize_weight(weight, axis, plan.weight_bits)
                 wdq = self.builder_.emit(relax.op.dequantize(
                     _const(wq), _const(wscale), _const(np.zeros(len(wscale), np.int8)), axis=axis,
                     out_dtype="float32"))
-                new_value = relax.Call(call.op, [dq, wdq], call.attrs, call.ty_args)
+                new_value = relax.Call(call.op, [dq, wdq], attrs, call.ty_args)
                 if mask is None:
                     self.set_var_remap(binding.var, _emit_like(self.builder_, new_value, binding.var))
                     return None
                 quantized = self.builder_.emit(new_value)
-                fp32 = self.builder_.emit(relax.Call(call.op, [data, self.visit_expr(call.args[1])],
+                fp32 = self.builder_.emit(relax.Call(call.op, [source, self.visit_expr(call.args[1])],
                                                      call.attrs, call.ty_args))
                 replaced = binding.var
                 add = bias_adds.get(binding.var)
@@ -187,6 +202,14 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
         return relax.transform.Normalize()(out)
 
     return _pass
+
+
+def _conv_attrs_without_padding(attrs):
+    """The attributes of a conv2d call with its padding set to 0 (the input was padded already)."""
+    return tvm.ir.make_node("relax.attrs.Conv2DAttrs", strides=attrs.strides, padding=[0, 0, 0, 0],
+                            dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
+                            kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
+                            out_dtype=attrs.out_dtype)
 
 
 def _sole_bias_adds(func: relax.Function, outputs: set) -> dict:
@@ -324,13 +347,18 @@ def lower_qdq(weight_bits: int = 8) -> tvm.transform.Pass:
                 weight = self.const.int8_weight(call.args[1])
                 if data is None or weight is None:
                     return None
-                q_expr, sx, zx, _ = data
-                if sx.size != 1 or zx.size != 1:
-                    return None  # per-channel activation scales are not lowered
+                q_expr, sx, zx, data_axis = data
                 wq, sw, axis = weight
                 conv = _op(call) == "relax.nn.conv2d"
                 if axis != (0 if conv else wq.ndim - 1):
                     return None  # scales must run along the output channels
+                if sx.size != 1 or zx.size != 1:
+                    # Per-channel activation scales and zero points only where each output channel
+                    # reads one input channel (depthwise) and nothing pads the int8 tensor.
+                    depthwise = (conv and int(call.attrs.groups) == wq.shape[0] == sx.size == zx.size
+                                 and wq.shape[1] == 1 and data_axis % 4 == 1)
+                    if not depthwise or any(int(p) for p in call.attrs.padding):
+                        return None
                 wq, sw = _requantize_to_bits(wq, sw, axis, weight_bits)
                 q = self.visit_expr(q_expr)
                 zero = int(zx.reshape(-1)[0])
@@ -355,10 +383,12 @@ def lower_qdq(weight_bits: int = 8) -> tvm.transform.Pass:
                     acc = self.builder_.emit(relax.op.matmul(q, _const(wq), out_dtype="int32"))
                     channel_shape = [wq.shape[1]]
                     weight_sums = wq.astype(np.int64).sum(axis=0)
-                if zero != 0:
-                    correction = (zero * weight_sums).astype(np.int32).reshape(channel_shape)
+                zeros = zx.reshape(-1).astype(np.int64) if zx.size > 1 else zero  # per channel: depthwise
+                if np.any(zeros != 0):
+                    correction = (zeros * weight_sums).astype(np.int32).reshape(channel_shape)
                     acc = self.builder_.emit(relax.op.subtract(acc, _const(correction)))
-                scale = (sx.reshape(()) * sw).astype(np.float32).reshape(channel_shape)
+                scale = ((sx.reshape(-1) if sx.size > 1 else sx.reshape(())) * sw).astype(np.float32).reshape(
+                    channel_shape)
                 self.lowered += 1
                 return self._emit_scaled(acc, scale, binding.var)
 

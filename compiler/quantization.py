@@ -129,6 +129,8 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
         raise InputError(f"sensitivity '{options.sensitivity}' is unknown; use one of {', '.join(SENSITIVITY)}")
     if options.min_agreement is not None and not 0.0 < options.min_agreement <= 100.0:
         raise InputError(f"--min-agreement {options.min_agreement} must be a percentage in (0, 100]")
+    if options.min_agreement is not None and options.evaluate is not None:
+        raise InputError("choose one target: --min-agreement (agreement with FP32) or --evaluate (accuracy)")
     samples = load_calibration(options.calibration, imported.inputs, options.samples)
     result = calibrate(mod, imported.inputs, samples, options.method, options.percentile,
                        imported.onnx_model, options.threads, options.per_channel_depthwise)
@@ -146,8 +148,6 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
             activation_error=activation_error(hist, rng.threshold, rng.scale), activation_zero_point=rng.zero_point))
     plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model)
     int8 = Int8Result(plan, result, reports)
-    if options.min_agreement is not None and options.evaluate is not None:
-        raise InputError("choose one target: --min-agreement (agreement with FP32) or --evaluate (accuracy)")
     searching = options.min_agreement is not None or options.evaluate is not None
     if options.auto_keep or searching:
         t0 = time.perf_counter()

@@ -87,18 +87,21 @@ class LabelledModel:
             out.append(np.ascontiguousarray(chunk, dtype=np.float32))
         return out
 
-    def predict(self, run: Runner) -> list:
-        """One prediction per test sample, from ``run`` (one batch -> raw output)."""
+    def predict(self, run: Runner, samples: np.ndarray | None = None) -> list:
+        """One prediction per sample (default: the test samples), from ``run`` (one batch -> raw output)."""
+        samples = self.test_inputs if samples is None else samples
         preds: list = []
-        for chunk in self.batches(self.test_inputs):
+        for chunk in self.batches(samples):
             preds.extend(self.decode(np.asarray(run(chunk))))
-        return preds[:len(self.test_inputs)]
+        return preds[:len(samples)]
 
-    def accuracy(self, run: Runner) -> float:
-        """Percent of test samples whose prediction equals the label."""
-        preds = self.predict(run)
-        hits = sum(1 for p, y in zip(preds, self.test_labels) if p == y)
-        return 100.0 * hits / len(self.test_labels)
+    def accuracy(self, run: Runner, samples: np.ndarray | None = None, labels: list | None = None) -> float:
+        """Percent of samples whose prediction equals the label (default: the test set)."""
+        if samples is None:
+            samples, labels = self.test_inputs, self.test_labels
+        preds = self.predict(run, samples)
+        hits = sum(1 for p, y in zip(preds, labels) if p == y)
+        return 100.0 * hits / len(labels)
 
 
 def onnxruntime_runner(model: LabelledModel, threads: int = 1) -> Runner:

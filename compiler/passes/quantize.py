@@ -138,7 +138,7 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
         class _Insert(relax.PyExprMutator):
             def __init__(self, module):
                 super().__init__(module)
-                self.quantized_inputs: dict = {}  # original data var -> dequantized var (shared)
+                self.quantized_inputs: dict = {}  # original data var -> per-tensor dequantized var (shared)
 
             def visit_var_binding_(self, binding):
                 if binding.var in absorbed:
@@ -157,8 +157,8 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                     top, left, bottom, right = [int(p) for p in attrs.padding]
                     data = self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right]))
                     attrs = _conv_attrs_without_padding(attrs)
-                key = (call.args[0], per_channel)
-                dq = self.quantized_inputs.get(key)
+                # A per-channel (possibly pre-padded) input is its depthwise layer's own: not shared.
+                dq = None if per_channel else self.quantized_inputs.get(call.args[0])
                 if dq is None:
                     if per_channel:  # depthwise: channel c only meets weights of channel c
                         scale, zero, axis = _const(rng.channel_scales()), _const(rng.channel_zero_points()), 1
@@ -166,8 +166,8 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                         scale, zero, axis = _const(rng.scale, "float32"), _const(rng.zero_point, rng.dtype), -1
                     q = self.builder_.emit(relax.op.quantize(data, scale, zero, axis=axis, out_dtype=rng.dtype))
                     dq = self.builder_.emit(relax.op.dequantize(q, scale, zero, axis=axis, out_dtype="float32"))
-                    if not per_channel:  # a padded copy is this layer's own
-                        self.quantized_inputs[key] = dq
+                    if not per_channel:
+                        self.quantized_inputs[call.args[0]] = dq
                 weight = layer.weight.value.numpy()
                 axis = _weight_axis(layer.op)
                 wq, wscale = quantize_weight(weight, axis, plan.weight_bits)
@@ -383,12 +383,11 @@ def lower_qdq(weight_bits: int = 8) -> tvm.transform.Pass:
                     acc = self.builder_.emit(relax.op.matmul(q, _const(wq), out_dtype="int32"))
                     channel_shape = [wq.shape[1]]
                     weight_sums = wq.astype(np.int64).sum(axis=0)
-                zeros = zx.reshape(-1).astype(np.int64) if zx.size > 1 else zero  # per channel: depthwise
+                zeros = zx.reshape(-1).astype(np.int64)  # one, or one per channel (depthwise)
                 if np.any(zeros != 0):
                     correction = (zeros * weight_sums).astype(np.int32).reshape(channel_shape)
                     acc = self.builder_.emit(relax.op.subtract(acc, _const(correction)))
-                scale = ((sx.reshape(-1) if sx.size > 1 else sx.reshape(())) * sw).astype(np.float32).reshape(
-                    channel_shape)
+                scale = (sx.reshape(-1) * sw).astype(np.float32).reshape(channel_shape)
                 self.lowered += 1
                 return self._emit_scaled(acc, scale, binding.var)
 

@@ -21,7 +21,7 @@ from compiler.passes.drop_dropout import drop_dropout
 from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
 from compiler.passes.prepack_in_place import attach_layout_free_buffers_in_place, split_layout_rewrite_in_place
 from schedules.defaults import default_schedule_pass
-from schedules.int8 import mark_int8_weight_bits, weight_bits_for
+from schedules.int8 import channel_multiple_for, mark_int8_weight_bits, weight_bits_for
 from schedules.database import apply_database_pass
 from targets.registry import TargetPreset
 
@@ -52,12 +52,13 @@ def _backend(kind: str):
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def simplify_steps(weight_bits: int = 8, fusion: bool = True) -> list[Step]:
+def simplify_steps(weight_bits: int = 8, fusion: bool = True, channel_multiple: int = 1) -> list[Step]:
     """Clean-up before precision changes; INT8 calibration sees the module as these leave it.
 
     ``weight_bits``: a pre-quantized model's int8 weights are narrowed to this width where the
     target's int8 kernels need it (7 on AVX2 without VNNI; ``schedules.int8.weight_bits_for``).
     ``fusion=False`` leaves out kiln's own fusion rewrites (for before/after comparisons).
+    ``channel_multiple``: a pre-quantized model's conv input channels are padded to a multiple of it.
     """
     from compiler.passes.quantize import lower_qdq
 
@@ -65,7 +66,7 @@ def simplify_steps(weight_bits: int = 8, fusion: bool = True) -> list[Step]:
         *([Step("FoldStackedReduce", "ONNX Sum/Max/Min become elementwise adds (no stack copy; fusable)",
                 lambda: fold_stacked_reduce)] if fusion else []),
         Step("LowerQDQ", "a pre-quantized (QDQ) model's conv/matmul become int8 math with int32 accumulation",
-             lambda: lower_qdq(weight_bits)),
+             lambda: lower_qdq(weight_bits, channel_multiple)),
         Step("FoldBatchnormToConv2D", "batch-norm after conv becomes conv weights and bias",
              relax.transform.FoldBatchnormToConv2D),
         Step("DecomposeOpsForInference", "remaining batch-norm/layer-norm become plain arithmetic",
@@ -85,6 +86,7 @@ def precision_steps(precision: str, plan=None, probe: bool = False) -> list[Step
 
     ``probe=True``: the INT8 sensitivity probe (every layer both ways, a runtime switch per layer;
     ``compiler.passes.quantize.insert_qdq``)."""
+    from compiler.passes.hoist_quantize import hoist_quantize
     from compiler.passes.quantize import fold_relu_into_quantize, insert_qdq, lower_qdq
 
     if precision == "fp16":
@@ -97,7 +99,9 @@ def precision_steps(precision: str, plan=None, probe: bool = False) -> list[Step
         return [Step("InsertQDQ", "quantize calibrated layer inputs (per tensor) and weights (per channel)",
                      lambda: insert_qdq(plan, probe)),
                 Step("LowerQDQ", "int8 conv/matmul with int32 accumulation, bias in int32, float requantize",
-                     lambda: lower_qdq(plan.weight_bits)),
+                     lambda: lower_qdq(plan.weight_bits, plan.channel_multiple)),
+                Step("HoistQuantize", "quantize before max-pool and concat: the layer before writes uint8 "
+                     "(no float pool/concat pass; SqueezeNet)", lambda: hoist_quantize),
                 Step("FoldReluIntoQuantize", "a ReLU before a uint8 quantize is the quantize's own clip",
                      lambda: fold_relu_into_quantize),
                 Step("FoldConstant", "fold the int8 weight constants", relax.transform.FoldConstant)]
@@ -165,9 +169,12 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     Inputs and outputs keep their float32 interface. ``fusion=False`` leaves out kiln's own
     fusion steps (TVM's FuseOps/FuseTIR still run): the baseline of ``scripts/fusion_report.py``.
     """
-    weight_bits = plan.weight_bits if plan is not None else weight_bits_for(preset.tvm_target())
-    return (simplify_steps(weight_bits, fusion) + precision_steps(precision, plan)
-            + layout_steps(preset) + lowering_steps(preset, db, fusion))
+    target = preset.tvm_target()
+    weight_bits = plan.weight_bits if plan is not None else weight_bits_for(target)
+    # Layout before precision: INT8 is inserted into the NHWC graph, so int8 kernels exchange
+    # NHWC tensors (4 consecutive channels contiguous: what the dot-product intrinsics read).
+    return (simplify_steps(weight_bits, fusion, channel_multiple_for(target)) + layout_steps(preset)
+            + precision_steps(precision, plan) + lowering_steps(preset, db, fusion))
 
 
 def layout_steps(preset: TargetPreset) -> list[Step]:

@@ -165,6 +165,14 @@ def weight_bits_for(target: Target | str | dict) -> int:
     return 7 if has_avx2(target) and not has_vnni(target) else 8
 
 
+def channel_multiple_for(target: Target | str | dict) -> int:
+    """The input-channel multiple kiln's int8 kernels reduce per step on ``target``: 4 where a
+    dot-product intrinsic takes 4 channels (x86 with AVX2), else 1. Convolutions with other
+    channel counts (RGB inputs) are padded to it by ``LowerQDQ``."""
+    target = target if isinstance(target, Target) else Target(target)
+    return 4 if has_avx2(target) else 1
+
+
 WEIGHT_BITS_ATTR = "kiln.int8_weight_bits"  # on a PrimFunc: its int8 constant arguments need this many bits
 
 

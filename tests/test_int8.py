@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import onnx
@@ -20,7 +21,7 @@ from compiler.passes.calibrate import Histogram, load_calibration
 from compiler.passes.quantize import quantize_weight
 from compiler.quantization import Int8Options, plan_int8, simplified_module
 from compiler.runtime import load
-from targets.registry import resolve_target
+from targets.registry import cpu_flags, resolve_target
 from tests.onnx_graphs import const, model
 
 RNG = np.random.default_rng(7)
@@ -418,6 +419,10 @@ def test_depthwise_input_is_quantized_per_channel_and_matches_a_numpy_reference(
     reference = bias.reshape(1, c, 1, 1) + sum(padded[:, :, i:i + h, j:j + w] * w_hat[:, 0, i, j].reshape(1, c, 1, 1)
                                                for i in range(3) for j in range(3))
     assert np.abs(outputs[True] - reference).max() <= 1e-3 * np.abs(reference).max()  # int32 bias rounding only
+    compile_model(tmp_path / "dw.onnx", tmp_path / "nhwc.so", CompileOptions(conv_layout="NHWC", precision="int8",
+                  int8=Int8Options(calibration=calibration, method="minmax", per_channel_depthwise=True)))
+    nhwc = load(tmp_path / "nhwc.so").run({"x": x})["y"]  # channel scales on the NHWC axis, padding in float
+    assert np.abs(nhwc - outputs[True]).max() <= 1e-5 * np.abs(reference).max()
     fp32 = bias.reshape(1, c, 1, 1) + sum(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))[:, :, i:i + h, j:j + w]
                                           * weight[:, 0, i, j].reshape(1, c, 1, 1) for i in range(3) for j in range(3))
     narrow = slice(0, 4)  # the channels a per-tensor scale serves worst
@@ -434,3 +439,75 @@ def test_depthwise_input_is_quantized_per_channel_and_matches_a_numpy_reference(
     probed = plan_int8(simplified_module(imported, preset), imported, preset,
                        Int8Options(calibration=calibration, method="minmax", auto_keep=1))
     assert 0 < probed.layers[0].measured_error < 0.05 and probed.plan.keep_fp32 == {"dw"}
+
+
+def _fire() -> onnx.ModelProto:
+    """SqueezeNet's pattern: an RGB conv, max-pool, squeeze, two expands concatenated, a 1x1 conv."""
+    return model([
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], name="rgb"),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("MaxPool", ["r0"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["p", "ws", "bs"], ["s"], name="squeeze"),
+        helper.make_node("Relu", ["s"], ["rs"]),
+        helper.make_node("Conv", ["rs", "we1", "be1"], ["e1"], name="expand1x1"),
+        helper.make_node("Relu", ["e1"], ["re1"]),
+        helper.make_node("Conv", ["rs", "we3", "be3"], ["e3"], pads=[1, 1, 1, 1], name="expand3x3"),
+        helper.make_node("Relu", ["e3"], ["re3"]),
+        helper.make_node("Concat", ["re1", "re3"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "wl", "bl"], ["y"], name="last"),
+    ], [("x", [1, 3, 16, 16])], [("y", None)],
+        [const("w0", 16, 3, 3, 3), const("b0", 16), const("ws", 8, 16, 1, 1), const("bs", 8),
+         const("we1", 16, 8, 1, 1), const("be1", 16), const("we3", 16, 8, 3, 3), const("be3", 16),
+         const("wl", 8, 32, 1, 1), const("bl", 8)])
+
+
+def test_hoist_quantize_pools_and_concatenates_uint8_with_the_same_values(tmp_path):
+    """HoistQuantize moves the quantize above max-pool and concat: the producing convs write uint8
+    (in place into the concat), the pool reads uint8, and the outputs equal the build without it."""
+    from compiler.pipeline import _as_one_pass, lowering_steps, precision_steps
+
+    imported = import_onnx(_fire())
+    preset = resolve_target("host")
+    mod = simplified_module(imported, preset)
+    calibration = np.random.default_rng(0).uniform(-1, 1, (8, 1, 3, 16, 16)).astype(np.float32)
+    plan = plan_int8(mod, imported, preset, Int8Options(calibration=calibration[:, 0], method="minmax")).plan
+    x = tvm.runtime.tensor(calibration[3])
+    outputs = {}
+    for hoisted in (True, False):
+        steps = [s for s in precision_steps("int8", plan) if hoisted or s.name != "HoistQuantize"]
+        with tvm.transform.PassContext(opt_level=3):
+            quantized = _as_one_pass(preset, steps, "t")(mod)
+            text = quantized["main"].script()
+            pool_input = re.search(r"R.nn.max_pool2d\((\w+)", text).group(1)
+            assert (f'{pool_input}: R.Tensor((1, 16, 16, 16), dtype="uint8")' in text) == hoisted, text
+            assert ('dtype="uint8") = R.concat(' in text) == hoisted
+            lowered = _as_one_pass(preset, lowering_steps(preset), "l")(quantized)
+            ex = tvm.compile(lowered, preset.tvm_target(), relax_pipeline=None)
+        outputs[hoisted] = tvm.runtime.vm.VirtualMachine(ex, tvm.cpu())["main"](x).numpy()
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=0, atol=1e-5 * np.abs(outputs[False]).max())
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_int8_layout_rgb_conv_is_tensorized_and_matches_fp32(tmp_path, layout):
+    """The RGB conv's channels are padded 3 -> 4 so it runs on the dot-product kernel, in either
+    layout; the NHWC build computes the same int8 model as the NCHW one."""
+    path = tmp_path / "fire.onnx"
+    onnx.save(_fire(), path)
+    calibration = np.random.default_rng(0).uniform(-1, 1, (16, 3, 16, 16)).astype(np.float32)
+    options = CompileOptions(conv_layout=layout, precision="int8",
+                             int8=Int8Options(calibration=calibration, method="minmax"))
+    compile_model(path, tmp_path / f"{layout}.so", options)
+    compile_model(path, tmp_path / "nchw_ref.so", CompileOptions(
+        conv_layout="NCHW", precision="int8", int8=Int8Options(calibration=calibration, method="minmax")))
+    compile_model(path, tmp_path / "fp32.so", CompileOptions(conv_layout=layout))
+    lib = load(tmp_path / f"{layout}.so")
+    schedules = lib.metadata.extra["kernel_schedules"]
+    convs = {name: rule for name, rule in schedules.items() if "conv2d" in name}
+    if "avx2" in cpu_flags():
+        assert len(convs) == 5 and set(convs.values()) == {"default:Int8Tensorized"}, convs
+    reference, fp32 = load(tmp_path / "nchw_ref.so"), load(tmp_path / "fp32.so")
+    for x in np.random.default_rng(5).uniform(-1, 1, (4, 1, 3, 16, 16)).astype(np.float32):
+        ours, ref = lib.run({"x": x})["y"], reference.run({"x": x})["y"]
+        assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
+        want = fp32.run({"x": x})["y"]
+        assert np.abs(ours - want).max() / np.abs(want).max() < 0.05

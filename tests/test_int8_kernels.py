@@ -28,27 +28,38 @@ needs_avx2 = pytest.mark.skipif(not AVX2_HERE, reason="this CPU has no AVX2")
 
 
 def conv_model(c: int, f: int, size: int, k: int = 3, stride: int = 1, pad: int = 1, groups: int = 1,
-               x_dtype: str = "uint8", epilogue: str = "bias", w_bits: int = 7, seed: int = 0):
-    """x (c channels, x_dtype) -> int32 conv -> + bias [-> float rescale, relu, round, clip, uint8]."""
+               x_dtype: str = "uint8", epilogue: str = "bias", w_bits: int = 7, seed: int = 0,
+               layout: str = "NCHW"):
+    """x (c channels, x_dtype) -> int32 conv -> + bias [-> float rescale, relu, round, clip, uint8].
+
+    ``layout="NHWC"``: data, output and per-channel constants NHWC, the weight OHWI."""
     rng = np.random.default_rng(seed)
     limit = 2 ** (w_bits - 1)
     w = rng.integers(-limit, limit, (f, c // groups, k, k)).astype("int8")
     b = rng.integers(-2000, 2000, (1, f, 1, 1)).astype("int32")
     s = (rng.random((1, f, 1, 1)) * 0.004 + 0.001).astype("float32")
-    x = relax.Var("x", relax.TensorType((1, c, size, size), x_dtype))
+    nhwc = layout == "NHWC"
+    to_nhwc = (lambda a: a.transpose(0, 2, 3, 1)) if nhwc else (lambda a: a)
+    x = relax.Var("x", relax.TensorType((1, size, size, c) if nhwc else (1, c, size, size), x_dtype))
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
         with bb.dataflow():
-            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride, padding=pad, groups=groups,
-                                           out_dtype="int32"))
-            y = bb.emit(relax.op.add(y, relax.const(b)))
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(to_nhwc(w).copy()), strides=stride, padding=pad,
+                                           groups=groups, data_layout=layout,
+                                           kernel_layout="OHWI" if nhwc else "OIHW", out_dtype="int32"))
+            y = bb.emit(relax.op.add(y, relax.const(to_nhwc(b).copy())))
             if epilogue == "requant":
-                y = bb.emit(relax.op.multiply(relax.op.astype(y, "float32"), relax.const(s)))
+                y = bb.emit(relax.op.multiply(relax.op.astype(y, "float32"), relax.const(to_nhwc(s).copy())))
                 y = bb.emit(relax.op.astype(relax.op.clip(relax.op.round(relax.op.nn.relu(y)), 0, 255), "uint8"))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
 
     def reference(xv: np.ndarray) -> np.ndarray:
+        if nhwc:
+            return to_nhwc(reference_nchw(xv.transpose(0, 3, 1, 2)))
+        return reference_nchw(xv)
+
+    def reference_nchw(xv: np.ndarray) -> np.ndarray:
         xp = np.pad(xv.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
         out_size = (size + 2 * pad - k) // stride + 1
         acc = np.zeros((1, f, out_size, out_size), np.int64)
@@ -133,6 +144,10 @@ TENSORIZED = {
     "conv3x3_pad": dict(c=16, f=32, size=12),
     "conv3x3_requant_uint8": dict(c=16, f=16, size=10, epilogue="requant"),
     "conv3x3_stride2_odd": dict(c=8, f=24, size=13, stride=2),
+    # NHWC: 4 consecutive channels are contiguous already, the kernel reads them in place
+    "nhwc_conv3x3_requant_uint8": dict(c=16, f=16, size=10, epilogue="requant", layout="NHWC"),
+    "nhwc_conv1x1": dict(c=32, f=64, size=14, k=1, pad=0, layout="NHWC"),
+    "nhwc_conv3x3_stride2_odd": dict(c=8, f=24, size=13, stride=2, layout="NHWC"),
 }
 
 

@@ -35,12 +35,27 @@ class Layer:
     weight: Constant
     index: int  # position among quantizable layers, in dataflow order
     groups: int = 1  # conv2d groups
+    data_layout: str = "NCHW"  # conv2d: its data and kernel layouts (ConvertConvLayout may change them)
+    kernel_layout: str = "OIHW"
 
     @property
     def depthwise(self) -> bool:
         """One input channel per output channel: each output reads only its own channel."""
+        if self.op != "conv2d" or self.groups == 1:
+            return False
         shape = self.weight.value.shape
-        return self.op == "conv2d" and self.groups > 1 and int(shape[1]) == 1 and int(shape[0]) == self.groups
+        layout = self.kernel_layout
+        return int(shape[layout.index("I")]) == 1 and int(shape[layout.index("O")]) == self.groups
+
+    @property
+    def weight_axis(self) -> int:
+        """The weight's output-channel axis: conv2d's O, matmul ``[K, N]``'s N."""
+        return self.kernel_layout.index("O") if self.op == "conv2d" else 1
+
+    @property
+    def channel_axis(self) -> int:
+        """The data input's channel axis (conv2d's C; matmul's last)."""
+        return self.data_layout.index("C") if self.op == "conv2d" else -1
 
 
 def _op_name(call: relax.Expr) -> str | None:
@@ -93,7 +108,24 @@ def find_layers(mod, onnx_model: onnx.ModelProto | None = None) -> list[Layer]:
     for name, binding in zip(names, calls):
         if _is_layer(binding.value):
             op = _op_name(binding.value).split(".")[-1]
-            groups = int(binding.value.attrs.groups) if op == "conv2d" else 1
+            extra = {}
+            if op == "conv2d":
+                attrs = binding.value.attrs
+                extra = dict(groups=int(attrs.groups), data_layout=str(attrs.data_layout),
+                             kernel_layout=str(attrs.kernel_layout))
             layers.append(Layer(name, op, binding.var, binding.value.args[0], binding.value.args[1], len(layers),
-                                groups))
+                                **extra))
     return layers
+
+
+def use_counts(func: relax.Function) -> dict:
+    """How many times each var is read by ``func``'s bindings and its result (a binding reading a
+    var twice counts once)."""
+    uses: dict = {}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            for var in set(relax.analysis.all_vars(binding.value)):
+                uses[var] = uses.get(var, 0) + 1
+    for var in set(relax.analysis.all_vars(func.body.body)):
+        uses[var] = uses.get(var, 0) + 1
+    return uses

@@ -37,7 +37,7 @@ from tvm import relax
 from tvm.ir.expr import Constant
 
 from compiler.passes.calibrate import TensorRange
-from compiler.passes.int8_layers import find_layers
+from compiler.passes.int8_layers import find_layers, use_counts
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class QuantizationPlan:
     keep_fp32: set[str] = field(default_factory=set)
     weight_bits: int = 8  # 7 where the int8 kernel's 16-bit intermediate could saturate (AVX2 without VNNI)
     onnx_model: object = None  # for layer names
+    channel_multiple: int = 1  # conv input channels padded to a multiple of this (4 for x86 int8 kernels)
 
 
 @dataclass
@@ -100,8 +101,12 @@ def _emit_like(builder, value, var: relax.Var) -> relax.Var:
     return builder.emit_output(value, var.name)
 
 
-def _weight_axis(op: str) -> int:
-    return 0 if op == "conv2d" else 1  # OIHW's O; matmul weight [K, N]'s N
+def conv_pad_width(attrs, layout: str, channels: tuple[int, int] = (0, 0)) -> list[int]:
+    """``nn.pad`` widths (before, after per axis of ``layout``) for a conv2d's own spatial padding,
+    plus ``channels`` (before, after) on its channel axis."""
+    top, left, bottom, right = [int(p) for p in attrs.padding]
+    per_axis = {"H": (top, bottom), "W": (left, right), "C": channels}
+    return [w for axis in layout for w in per_axis.get(axis, (0, 0))]
 
 
 PROBE_PARAM = "kiln_keep_fp32"  # the probe module's extra input: one bool per probed layer
@@ -154,14 +159,14 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                 if per_channel and any(int(p) for p in attrs.padding):
                     # Each channel has its own zero point: pad in float (0.0 quantizes to each
                     # channel's zero point), so the int8 conv needs no padding value of its own.
-                    top, left, bottom, right = [int(p) for p in attrs.padding]
-                    data = self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right]))
+                    data = self.builder_.emit(relax.op.nn.pad(data, conv_pad_width(attrs, layer.data_layout)))
                     attrs = _conv_attrs_without_padding(attrs)
                 # A per-channel (possibly pre-padded) input is its depthwise layer's own: not shared.
                 dq = None if per_channel else self.quantized_inputs.get(call.args[0])
                 if dq is None:
                     if per_channel:  # depthwise: channel c only meets weights of channel c
-                        scale, zero, axis = _const(rng.channel_scales()), _const(rng.channel_zero_points()), 1
+                        scale, zero = _const(rng.channel_scales()), _const(rng.channel_zero_points())
+                        axis = layer.channel_axis
                     else:
                         scale, zero, axis = _const(rng.scale, "float32"), _const(rng.zero_point, rng.dtype), -1
                     q = self.builder_.emit(relax.op.quantize(data, scale, zero, axis=axis, out_dtype=rng.dtype))
@@ -169,7 +174,7 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                     if not per_channel:
                         self.quantized_inputs[call.args[0]] = dq
                 weight = layer.weight.value.numpy()
-                axis = _weight_axis(layer.op)
+                axis = layer.weight_axis
                 wq, wscale = quantize_weight(weight, axis, plan.weight_bits)
                 wdq = self.builder_.emit(relax.op.dequantize(
                     _const(wq), _const(wscale), _const(np.zeros(len(wscale), np.int8)), axis=axis,
@@ -214,13 +219,8 @@ def _conv_attrs_without_padding(attrs):
 
 def _sole_bias_adds(func: relax.Function, outputs: set) -> dict:
     """Layer output var -> the binding ``add(output, constant)`` that is its only use."""
-    uses: dict = {}
+    uses = use_counts(func)
     bindings = [b for block in func.body.blocks for b in block.bindings]
-    for b in bindings:
-        for var in set(relax.analysis.all_vars(b.value)):
-            uses[var] = uses.get(var, 0) + 1
-    for var in set(relax.analysis.all_vars(func.body.body)):
-        uses[var] = uses.get(var, 0) + 1
     adds = {}
     for b in bindings:
         if _op(b.value) == "relax.add" and b.value.args[0] in outputs and uses.get(b.value.args[0]) == 1 \
@@ -316,8 +316,11 @@ def _requantize_to_bits(q: np.ndarray, scale: np.ndarray, axis: int, bits: int) 
     return np.moveaxis(narrowed, 0, axis), (scale * factor).astype(np.float32)
 
 
-def lower_qdq(weight_bits: int = 8) -> tvm.transform.Pass:
-    """Turn dequantize→conv2d/matmul into int8 math with int32 accumulation (see module doc)."""
+def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.Pass:
+    """Turn dequantize→conv2d/matmul into int8 math with int32 accumulation (see module doc).
+
+    ``channel_multiple``: input channels of ungrouped convs are padded to a multiple of it
+    (4 where the target's dot-product kernels reduce 4 channels per step)."""
 
     @tvm.transform.module_pass(opt_level=0, name="kiln.LowerQDQ")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -350,33 +353,43 @@ def lower_qdq(weight_bits: int = 8) -> tvm.transform.Pass:
                 q_expr, sx, zx, data_axis = data
                 wq, sw, axis = weight
                 conv = _op(call) == "relax.nn.conv2d"
-                if axis != (0 if conv else wq.ndim - 1):
+                if conv:
+                    attrs = call.attrs
+                    data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
+                    out_layout = str(attrs.out_layout) or data_layout
+                    c_axis, o_axis, i_axis = data_layout.index("C"), kernel_layout.index("O"), kernel_layout.index("I")
+                if axis != (o_axis if conv else wq.ndim - 1):
                     return None  # scales must run along the output channels
                 if sx.size != 1 or zx.size != 1:
                     # Per-channel activation scales and zero points only where each output channel
                     # reads one input channel (depthwise) and nothing pads the int8 tensor.
-                    depthwise = (conv and int(call.attrs.groups) == wq.shape[0] == sx.size == zx.size
-                                 and wq.shape[1] == 1 and data_axis % 4 == 1)
-                    if not depthwise or any(int(p) for p in call.attrs.padding):
+                    depthwise = (conv and int(attrs.groups) == wq.shape[o_axis] == sx.size == zx.size
+                                 and wq.shape[i_axis] == 1 and data_axis % 4 == c_axis)
+                    if not depthwise or any(int(p) for p in attrs.padding):
                         return None
                 wq, sw = _requantize_to_bits(wq, sw, axis, weight_bits)
                 q = self.visit_expr(q_expr)
                 zero = int(zx.reshape(-1)[0])
                 if conv:
-                    attrs = call.attrs
                     padding = [int(p) for p in attrs.padding]
-                    if zero != 0 and any(padding):
-                        top, left, bottom, right = padding
-                        q = self.builder_.emit(relax.op.nn.pad(q, [0, 0, 0, 0, top, bottom, left, right],
+                    # Channels padded (zero-point inputs, zero weights: the sums do not change) to a
+                    # multiple the target's int8 kernels need: RGB inputs reach the dot-product kernels.
+                    extra = -wq.shape[i_axis] % channel_multiple if int(attrs.groups) == 1 else 0
+                    if extra or (zero != 0 and any(padding)):
+                        q = self.builder_.emit(relax.op.nn.pad(q, conv_pad_width(attrs, data_layout, (0, extra)),
                                                                pad_value=float(zero)))
                         padding = [0, 0, 0, 0]
+                    if extra:
+                        widths = [(0, extra if i == i_axis else 0) for i in range(wq.ndim)]
+                        wq = np.pad(wq, widths)
                     acc = self.builder_.emit(relax.op.nn.conv2d(
                         q, _const(wq), strides=[int(s) for s in attrs.strides], padding=padding,
                         dilation=[int(d) for d in attrs.dilation], groups=int(attrs.groups),
-                        data_layout=attrs.data_layout, kernel_layout=attrs.kernel_layout,
-                        out_layout=attrs.out_layout, out_dtype="int32"))
-                    channel_shape = [1, wq.shape[0], 1, 1]
-                    weight_sums = wq.astype(np.int64).sum(axis=(1, 2, 3))
+                        data_layout=data_layout, kernel_layout=kernel_layout,
+                        out_layout=out_layout, out_dtype="int32"))
+                    channel_shape = [1, 1, 1, 1]
+                    channel_shape[out_layout.index("C")] = wq.shape[o_axis]
+                    weight_sums = np.moveaxis(wq.astype(np.int64), o_axis, 0).reshape(wq.shape[o_axis], -1).sum(axis=1)
                 else:
                     if wq.ndim != 2:
                         return None

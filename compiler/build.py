@@ -40,6 +40,7 @@ class CompileOptions:
     int8: Int8Options | None = None  # calibration and layer choices for precision "int8"
     fusion: bool = True  # kiln's own fusion steps; False: TVM's FuseOps/FuseTIR alone (before/after comparisons)
     conv_layout: str | None = None  # "NCHW" | "NHWC" | "auto" (build both, time here, keep the faster); None: the preset's
+    # (for precision "int8" the preset's int8_conv_layout: NHWC on x86)
 
 
 @dataclass
@@ -105,7 +106,9 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     """Build an already imported model; see ``compile_model``."""
     import tvm
 
-    preset = with_conv_layout(resolve_target(options.target), options.conv_layout)
+    preset = resolve_target(options.target)
+    layout = options.conv_layout or (preset.int8_conv_layout if options.precision == "int8" else None)
+    preset = with_conv_layout(preset, layout)
     if options.precision not in PRECISIONS:
         raise KilnError(f"precision '{options.precision}' is not supported; use one of {', '.join(PRECISIONS)}")
     output = Path(output)

@@ -259,7 +259,8 @@ def _cmd_targets(args: argparse.Namespace) -> int:
         return 0
     for p in presets:
         extra = f"  (cross: {p.cross_compiler})" if p.cross_compiler else ""
-        print(f"{p.name:14s} {p.device:5s} {p.conv_layout:5s} {p.description}{extra}")
+        layouts = p.conv_layout + (f"/int8 {p.int8_conv_layout}" if p.int8_conv_layout else "")
+        print(f"{p.name:14s} {p.device:5s} {layouts:15s} {p.description}{extra}")
     print('\nor a TVM target JSON object, e.g. --target \'{"kind": "llvm", "mcpu": "znver3"}\'')
     return 0
 
@@ -311,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help="fix an input's shape")
     p.add_argument("--db", help="tuning database directory whose records to apply")
     p.add_argument("--layout", choices=["NCHW", "NHWC", "auto"],
-                   help="activation layout of float convolutions (default: the target's, see kiln targets; "
-                        "auto: build both, time them here, keep the faster)")
+                   help="activation layout of convolutions (default: the target's, see kiln targets; int8 on "
+                        "x86: NHWC; auto: build both, time them here, keep the faster)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="fp16: float16 compute with float32 accumulation (CUDA, ARM64 +fullfp16); "
                         "int8: post-training quantization from --calibration data")

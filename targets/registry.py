@@ -36,6 +36,9 @@ class TargetPreset:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     # Activation layout of float convolutions (compiler/passes/conv_layout.py): "NCHW" or "NHWC".
     conv_layout: str = "NCHW"
+    # The layout for INT8 builds (None: conv_layout). x86: NHWC, where the int8 dot-product
+    # kernels read 4 contiguous channels in place (SqueezeNet INT8 4.6 vs 8.2 ms NCHW, README).
+    int8_conv_layout: str | None = None
 
     @property
     def kind(self) -> str:
@@ -62,6 +65,7 @@ class TargetPreset:
             "cross_compiler": self.cross_compiler,
             "device": self.device,
             "conv_layout": self.conv_layout,
+            "int8_conv_layout": self.int8_conv_layout or self.conv_layout,
         }
 
 
@@ -95,9 +99,12 @@ _X86_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
 PRESETS: dict[str, TargetPreset] = {
     p.name: p
     for p in [
-        TargetPreset("x86-avx2", "x86-64 with AVX2/FMA (Haswell and newer)", _llvm_x86("haswell")),
-        TargetPreset("x86-avx512", "x86-64 with AVX-512 (Skylake-SP and newer)", _llvm_x86("skylake-avx512")),
-        TargetPreset("x86-vnni", "x86-64 with AVX-512 VNNI (Cascade Lake and newer)", _llvm_x86("cascadelake")),
+        TargetPreset("x86-avx2", "x86-64 with AVX2/FMA (Haswell and newer)", _llvm_x86("haswell"),
+                     int8_conv_layout="NHWC"),
+        TargetPreset("x86-avx512", "x86-64 with AVX-512 (Skylake-SP and newer)", _llvm_x86("skylake-avx512"),
+                     int8_conv_layout="NHWC"),
+        TargetPreset("x86-vnni", "x86-64 with AVX-512 VNNI (Cascade Lake and newer)", _llvm_x86("cascadelake"),
+                     int8_conv_layout="NHWC"),
         TargetPreset("arm64", "generic ARMv8-A with NEON", _llvm_arm(None, ["+neon"]), **_ARM_CROSS),
         TargetPreset("rpi4", "Raspberry Pi 4 (Cortex-A72, NEON)", _llvm_arm("cortex-a72", ["+neon"]), **_ARM_CROSS),
         TargetPreset(
@@ -158,7 +165,8 @@ def detect_host() -> TargetPreset:
         base = PRESETS["x86-avx2"]
     else:
         return TargetPreset("host", "this machine (x86-64, no AVX2)", {"kind": "llvm"})
-    return TargetPreset("host", f"this machine ({base.name}: {base.description})", base.target)
+    return TargetPreset("host", f"this machine ({base.name}: {base.description})", base.target,
+                        int8_conv_layout=base.int8_conv_layout)
 
 
 CONV_LAYOUTS = ("NCHW", "NHWC")

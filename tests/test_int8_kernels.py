@@ -289,7 +289,8 @@ def test_sixteen_lane_schedule_is_exact():
 
 
 def test_tile_fits_the_registers():
-    for lane_blocks, rows, windowed in [(8, 56, True), (8, 56, False), (1, 7, True), (64, 1, False), (3, 13, True)]:
+    for lane_blocks, rows, windowed in [(8, 56, True), (8, 56, False), (1, 7, True), (64, 1, False), (3, 13, True),
+                                        (125, 13, False), (32, 13, True)]:
         vectors, tile_rows = int8_tile(lane_blocks, rows, AVX2_DOT, windowed)
         assert lane_blocks % vectors == 0 and rows % tile_rows == 0
         assert vectors * tile_rows + vectors + 4 <= AVX2_DOT.registers

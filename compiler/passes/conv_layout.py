@@ -7,9 +7,12 @@ between them (bias, activations, pooling, concat, residual adds) work in NHWC, w
 transpose at the graph's input and one at its output instead of one per conv; constant
 weights and biases are transposed at compile time.
 
-Expects a Relax module after kiln's simplification steps (batch-norm folded). Guarantees
-the same values. Leaves a module with int8 convolutions unchanged: kiln's int8 kernels
-(``schedules/rules/int8.py``) pack NCHW activations themselves.
+Expects a Relax module after kiln's simplification steps (batch-norm folded), before INT8
+quantization: kiln quantizes the converted graph, so its int8 convolutions are NHWC too (4
+consecutive channels contiguous, which the int8 dot-product kernels read in place).
+Guarantees the same values. Leaves a module that already has int8 convolutions (a
+pre-quantized QDQ model, lowered during simplification) unchanged: those stay NCHW, where
+kiln's int8 kernels pack the activations themselves.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ term), a following constant bias added in int32, and one float multiply by
 ``FuseOps`` keeps it, any ReLU and the next layer's ``quantize`` inside the layer's
 kernel: consecutive quantized layers exchange int8/uint8 tensors. ``fold_relu_into_quantize``
 drops a ReLU whose only readers quantize to uint8 with zero point 0 (the clip already does it).
+Both passes follow each conv's own layouts (NCHW/OIHW or NHWC/OHWI after ``ConvertConvLayout``).
+``lower_qdq(channel_multiple=4)`` pads the input channels of ungrouped convs to a multiple of 4
+(zero-point data, zero weights: the sums do not change), so RGB first layers reach the
+dot-product kernels.
 
 Requantization uses a float scale, not an integer multiplier and shift: on x86 and ARM
 with FMA the float multiply is one instruction per lane and the results match ONNX

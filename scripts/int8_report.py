@@ -6,8 +6,11 @@ ONNX Runtime FP32 and ONNX Runtime INT8 (its own ``quantize_static`` QDQ model f
 calibration samples, per-channel, ``reduce_range`` as ONNX Runtime advises for AVX2). The
 labelled models (``scripts/int8_models.py``: digits, ppocr_cls, ppocr_rec) report test
 accuracy; the light-zoo models (squeezenet, resnet50: seeded random weights, no labels)
-report latency and INT8-vs-FP32 top-1 agreement only. All latencies are medians at the
-same thread count, measured in this process one after another.
+report latency and INT8-vs-FP32 top-1 agreement only. Kiln's FP32 is built with ``--layout
+auto`` (NCHW and NHWC timed, the faster kept: kiln's best FP32 here), its INT8 with the
+target's INT8 layout (NHWC on x86). All latencies are at the same thread count, measured in
+this process in alternating rounds (each runner's p50 per round, the median over rounds), so
+a noisy moment on a shared machine hits all four alike.
 
     python scripts/int8_report.py --models digits --json scripts/results/int8_report.json
 """
@@ -32,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for scripts.int8
 from compiler.build import CompileOptions, compile_model
 from compiler.quantization import Int8Options
 from compiler.reference import OnnxRuntimeReference
-from compiler.runtime import load, time_calls
+from compiler.runtime import alternating_calls_p50_ms, load
 
 ZOO = ("squeezenet", "resnet50")
 
@@ -81,7 +84,8 @@ def report_model(name: str, workdir: Path, threads: int, runs: int, method: str,
         calibration, test = labelled.calibration, labelled.test_inputs
     shapes = {input_name: tuple(shape)}
     t0 = time.perf_counter()
-    compile_model(path, workdir / f"{name}_fp32.so", CompileOptions(input_shapes=shapes))
+    fp32_report = compile_model(path, workdir / f"{name}_fp32.so", CompileOptions(input_shapes=shapes,
+                                                                                 conv_layout="auto"))
     t1 = time.perf_counter()
     report = compile_model(path, workdir / f"{name}_int8.so", CompileOptions(
         input_shapes=shapes, precision="int8", int8=Int8Options(calibration=calibration, method=method)))
@@ -105,8 +109,13 @@ def report_model(name: str, workdir: Path, threads: int, runs: int, method: str,
                  "layers_int8": report.int8.quantized, "layers": len(report.int8.layers),
                  "weight_bits": report.int8.plan.weight_bits,
                  "compile_fp32_s": round(t1 - t0, 1), "compile_int8_s": round(t2 - t1, 1)}
-    for key, run in runners.items():
-        row[f"{key}_ms"] = round(time_calls(lambda run=run: run(sample), runs, warmup=3).p50_ms, 3)
+    row.update(fp32_layout=fp32_report.conv_layout, fp32_layout_p50_ms=fp32_report.layout_p50_ms,
+               int8_layout=int8.metadata.extra["conv_layout"])
+    rounds = 5
+    p50 = alternating_calls_p50_ms({key: lambda run=run: run(sample) for key, run in runners.items()},
+                                   rounds=rounds, runs=max(1, runs // rounds))
+    for key, ms in p50.items():
+        row[f"{key}_ms"] = round(ms, 3)
     if labelled is not None:
         for key in ("fp32", "int8", "ort_fp32", "ort_int8"):
             label = "fp32_accuracy" if key == "fp32" else "int8_accuracy" if key == "int8" else f"{key}_accuracy"

@@ -294,3 +294,16 @@ def test_tile_fits_the_registers():
         vectors, tile_rows = int8_tile(lane_blocks, rows, AVX2_DOT, windowed)
         assert lane_blocks % vectors == 0 and rows % tile_rows == 0
         assert vectors * tile_rows + vectors + 4 <= AVX2_DOT.registers
+
+
+def test_a_tile_tensorize_cannot_match_declines_to_exact_generic_rules(monkeypatch):
+    """Tensorize refuses a row tile that does not divide its loop with TVM's InternalError (not a
+    ScheduleError): the rule declines and the generic rules still compute the exact result."""
+    import schedules.rules.int8 as int8_rules
+
+    monkeypatch.setattr(int8_rules, "int8_tile", lambda lane_blocks, rows, intrin, windowed: (1, 4))
+    mod, reference = conv_model(c=16, f=16, size=13, k=1, pad=0, layout="NHWC")
+    lowered = lower(mod)
+    assert "Int8Tensorized" not in rules_used(lowered, "conv2d")
+    x = random_input(mod)
+    np.testing.assert_array_equal(run(lowered, x)[0], reference(x))

@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.ir import TensorLoad
 from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
@@ -428,6 +429,8 @@ class Int8Tensorized(CPUScheduleRule):
         vectors, tile_rows = int8_tile(a.extents[p.lane_var] // p.intrin.lanes, rows, p.intrin, windowed)
         try:
             return schedule_int8(a, p, vectors, tile_rows)
-        except ScheduleError as err:
+        # TVM's tensorize reports a body it cannot match as an InternalError, not a ScheduleError
+        # (seen with a tile that did not divide its loop): decline, the generic rules are exact.
+        except (ScheduleError, tvm.error.InternalError) as err:
             log.debug("Int8Tensorized declined a kernel: %s", str(err).splitlines()[0] if str(err) else err)
             return None

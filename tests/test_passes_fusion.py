@@ -17,7 +17,7 @@ from targets.registry import resolve_target
 from tests.onnx_graphs import const, model
 
 TOLERANCE = 1e-4
-FUSION_STEPS = {"FoldStackedReduce", "CanonicalizeBindings", "DropDropout", "WriteConcatInPlace"}
+FUSION_STEPS = {"FoldStackedReduce", "CanonicalizeBindings", "DropDropout", "WriteConcatInPlace", "PadMatmulColumns"}
 
 
 def lowered(onnx_model: onnx.ModelProto, fusion: bool = True) -> tvm.IRModule:
@@ -328,3 +328,30 @@ def test_convert_conv_layout_leaves_int8_convolutions_in_nchw():
     mod = bb.get()
     assert _has_int8_conv(mod)
     assert convert_conv_layout("NHWC")(mod).same_as(mod)
+
+
+def _classifier_head(columns: int) -> onnx.ModelProto:
+    """A Gemm to ``columns`` classes (PP-OCR's recognizer ends in 6625) and a softmax over them."""
+    return model([helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1),
+                  helper.make_node("Softmax", ["g"], ["y"], axis=-1)],
+                 [("x", [40, 120])], [("y", None)], [const("w", columns, 120), const("b", columns)])
+
+
+def _rules(mod: tvm.IRModule) -> dict[str, str]:
+    from schedules.defaults import RULE_ATTR
+
+    return {gv.name_hint: str(f.attrs[RULE_ATTR]) for gv, f in mod.functions_items()
+            if isinstance(f, tirx.PrimFunc) and f.attrs is not None and RULE_ATTR in f.attrs}
+
+
+def test_pad_matmul_columns_lets_the_vectorized_kernel_take_odd_class_counts():
+    """6625 columns: padded to 6640 with zero columns, computed by the vectorized matmul rule and
+    sliced back in its epilogue; the softmax over the classes gets TVM's dlight reduction rule."""
+    head = _classifier_head(6625)
+    stock, kiln = lowered(head, fusion=False), lowered(head)
+    stock_rules, kiln_rules = _rules(stock), _rules(kiln)
+    assert [r for n, r in stock_rules.items() if "matmul" in n] == ["SpatialVectorized"]
+    assert {r for n, r in kiln_rules.items() if "matmul" in n} == {"ChannelVectorized"}
+    assert [r for n, r in kiln_rules.items() if "softmax" in n] == ["Reduction"]
+    assert matches_onnxruntime(head, kiln) < TOLERANCE
+    assert _rules(lowered(_classifier_head(48))) == _rules(lowered(_classifier_head(48), fusion=False))  # small: unchanged

@@ -19,7 +19,7 @@ from compiler.passes.conv_layout import convert_conv_layout
 from compiler.passes.concat_in_place import in_place_calls_as_call_tir, write_concat_in_place
 from compiler.passes.drop_dropout import drop_dropout
 from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
-from compiler.passes.pad_matmul_columns import pad_matmul_columns
+from compiler.passes.pad_output_channels import pad_output_channels
 from compiler.passes.prepack_in_place import attach_layout_free_buffers_in_place, split_layout_rewrite_in_place
 from schedules.defaults import default_schedule_pass
 from schedules.int8 import channel_multiple_for, mark_int8_weight_bits, weight_bits_for
@@ -77,9 +77,9 @@ def simplify_steps(weight_bits: int = 8, fusion: bool = True, channel_multiple: 
            Step("DropDropout", "inference Dropout is the identity (no copy; SqueezeNet's last concat can go)",
                 lambda: drop_dropout)] if fusion else []),
         Step("FoldConstant", "compute weight-only expressions at compile time", relax.transform.FoldConstant),
-        *([Step("PadMatmulColumns", "a constant-weight matmul with an odd column count gets zero columns, "
-                "so the vectorized kernels take it (PP-OCR recognizer's 6625 classes)",
-                lambda: pad_matmul_columns)] if fusion else []),
+        *([Step("PadOutputChannels", "a conv/matmul with an odd output-channel count gets zero channels, "
+                "so the vectorized kernels take it (PP-OCR recognizer's 6625 classes, its 60-channel convs)",
+                lambda: pad_output_channels)] if fusion else []),
         Step("DeadCodeElimination", "drop bindings nothing uses (e.g. Dropout masks)",
              relax.transform.DeadCodeElimination),
     ]

@@ -511,3 +511,24 @@ def test_int8_layout_rgb_conv_is_tensorized_and_matches_fp32(tmp_path, layout):
         assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
         want = fp32.run({"x": x})["y"]
         assert np.abs(ours - want).max() / np.abs(want).max() < 0.05
+
+
+def test_int8_conv_with_60_output_channels_is_padded_onto_the_dot_product_kernel(tmp_path):
+    """PadOutputChannels gives the int8 conv 64 channels (60 was declined by Int8Tensorized)."""
+    graph = model([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[0, 1, 0, 1], name="narrow"),
+                   helper.make_node("Relu", ["c"], ["r"]),
+                   helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="after")],
+                  [("x", [1, 48, 1, 40])], [("y", None)],
+                  [const("w", 60, 48, 1, 3), const("b", 60), const("w2", 16, 60, 1, 1), const("b2", 16)])
+    onnx.save(graph, tmp_path / "n.onnx")
+    calibration = np.random.default_rng(0).uniform(-1, 1, (16, 48, 1, 40)).astype(np.float32)
+    compile_model(tmp_path / "n.onnx", tmp_path / "q.so", CompileOptions(
+        precision="int8", int8=Int8Options(calibration=calibration, method="minmax")))
+    compile_model(tmp_path / "n.onnx", tmp_path / "f.so")
+    lib, fp32 = load(tmp_path / "q.so"), load(tmp_path / "f.so")
+    convs = {k: v for k, v in lib.metadata.extra["kernel_schedules"].items() if "conv2d" in k}
+    if "avx2" in cpu_flags():
+        assert set(convs.values()) == {"default:Int8Tensorized"}, convs
+    for x in np.random.default_rng(3).uniform(-1, 1, (4, 1, 48, 1, 40)).astype(np.float32):
+        want = fp32.run({"x": x})["y"]
+        assert np.abs(lib.run({"x": x})["y"] - want).max() / np.abs(want).max() < 0.05

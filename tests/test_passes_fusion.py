@@ -17,7 +17,7 @@ from targets.registry import resolve_target
 from tests.onnx_graphs import const, model
 
 TOLERANCE = 1e-4
-FUSION_STEPS = {"FoldStackedReduce", "CanonicalizeBindings", "DropDropout", "WriteConcatInPlace", "PadMatmulColumns"}
+FUSION_STEPS = {"FoldStackedReduce", "CanonicalizeBindings", "DropDropout", "WriteConcatInPlace", "PadOutputChannels"}
 
 
 def lowered(onnx_model: onnx.ModelProto, fusion: bool = True) -> tvm.IRModule:
@@ -342,6 +342,16 @@ def _rules(mod: tvm.IRModule) -> dict[str, str]:
 
     return {gv.name_hint: str(f.attrs[RULE_ATTR]) for gv, f in mod.functions_items()
             if isinstance(f, tirx.PrimFunc) and f.attrs is not None and RULE_ATTR in f.attrs}
+
+
+def test_pad_output_channels_lets_the_vectorized_conv_take_60_channels():
+    """The recognizer's (1, 3) conv to 60 channels: padded to 64, ChannelVectorized, same values."""
+    m = model([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[0, 1, 0, 1])],
+              [("x", [1, 48, 1, 40])], [("y", None)], [const("w", 60, 48, 1, 3), const("b", 60)])
+    stock, kiln = _rules(lowered(m, fusion=False)), _rules(lowered(m))
+    assert "ChannelVectorized" not in stock.values()
+    assert {r for n, r in kiln.items() if "conv2d" in n} == {"ChannelVectorized"}
+    assert matches_onnxruntime(m, lowered(m)) < TOLERANCE
 
 
 def test_pad_matmul_columns_lets_the_vectorized_kernel_take_odd_class_counts():

@@ -22,7 +22,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from schedules.rules import ChannelVectorized, Injective, Int8Tensorized, ParallelFallback, SpatialVectorized
+from schedules.rules import (ChannelVectorized, Injective, Int8Tensorized, ParallelFallback, RowReduction,
+                             SpatialVectorized)
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,8 @@ RULES_VERSION = _rules_version()
 SCHEDULED_ATTR = "tirx.is_scheduled"  # what dlight and MetaScheduleApplyDatabase set
 RULE_ATTR = "kiln.default_schedule"  # which kiln rule scheduled a function
 
-# TVM's dlight CPU Reduction rule was tried before the fallback (session 5): the PP-OCR
-# recognizer's softmax over 40 x 6625 went 1.45 -> 0.75 ms, but SqueezeNet's over 1000
-# classes 0.05 -> 3.2 ms, so it is not used.
 CPU_RULES: tuple[ScheduleRule, ...] = (Int8Tensorized(), ChannelVectorized(), SpatialVectorized(), Injective(),
-                                        ParallelFallback())
+                                        RowReduction(), ParallelFallback())
 
 
 @dataclass

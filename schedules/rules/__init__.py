@@ -2,6 +2,6 @@
 
 from schedules.rules.elementwise import Injective, ParallelFallback
 from schedules.rules.int8 import Int8Tensorized
-from schedules.rules.reduction import ChannelVectorized, SpatialVectorized
+from schedules.rules.reduction import ChannelVectorized, RowReduction, SpatialVectorized
 
-__all__ = ["Int8Tensorized", "ChannelVectorized", "SpatialVectorized", "Injective", "ParallelFallback"]
+__all__ = ["Int8Tensorized", "ChannelVectorized", "SpatialVectorized", "Injective", "RowReduction", "ParallelFallback"]

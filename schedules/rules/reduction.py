@@ -386,3 +386,29 @@ class SpatialVectorized(CPUScheduleRule):
             return _tile_anchor(a, x, lanes, reg_var, reg, spec, rows=rows, chunk=chunk)
         except ScheduleError:
             return None
+
+
+class RowReduction(CPUScheduleRule):
+    """Softmax / layer-norm style kernels (per-row reductions and elementwise passes over the same
+    rows) by TVM's dlight CPU ``Reduction`` rule — rows in parallel, a row's passes together —
+    where there are at least two rows. Declines single rows: dlight's schedule for one row of
+    1000 (SqueezeNet's softmax) took 3.0 ms against the fallback's 0.009 ms here; on the PP-OCR
+    recognizer's 40 rows of 6625 it takes 0.83 ms against 1.65 ms.
+    """
+
+    def __init__(self) -> None:
+        from tvm.s_tir.dlight.cpu import Reduction
+
+        self.dlight = Reduction()
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        if not self.is_target_available(target) or not isinstance(func, tirx.PrimFunc):
+            return None
+        infos = normalize_prim_func(s_tir.Schedule(func))
+        if not infos:
+            return None
+        kinds = infos[0].dom_kind()
+        rows = 1
+        for it in infos[0].iters[: len(kinds) - len(kinds.lstrip("S"))]:
+            rows *= int_extent(it.dom) or 0
+        return self.dlight.apply(func, target, tunable) if rows >= 2 else None

@@ -21,13 +21,9 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from compiler.passes.int8_layers import use_counts
+from compiler.passes.int8_layers import emit_like, op_name, use_counts
 
 MOVES_THROUGH = ("relax.nn.max_pool2d", "relax.concat")
-
-
-def _op(expr) -> str | None:
-    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
 
 
 def _per_tensor(quantize: relax.Call) -> bool:
@@ -41,10 +37,13 @@ def _hoist_once(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
     bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
 
     def inputs_of(call: relax.Call) -> list | None:
-        """The tensors ``call`` (a pool or a concat) reads, if each is read by it alone."""
-        items = list(call.args[0].fields) if _op(call) == "relax.concat" else [call.args[0]]
-        if _op(call) == "relax.concat" and not isinstance(call.args[0], relax.Tuple):
-            return None
+        """The tensors ``call`` (a pool or a concat of a literal tuple) reads, if each is read by it alone."""
+        if op_name(call) == "relax.concat":
+            if not isinstance(call.args[0], relax.Tuple):
+                return None  # a tuple-valued variable: its items are not visible here
+            items = list(call.args[0].fields)
+        else:
+            items = [call.args[0]]
         return items if all(isinstance(x, relax.Var) and uses.get(x) == 1 for x in items) else None
 
     moved_count = [0]
@@ -53,22 +52,19 @@ def _hoist_once(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
     class _Hoist(relax.PyExprMutator):
         def visit_var_binding_(self, binding):
             quantize = binding.value
-            source = quantize.args[0] if _op(quantize) == "relax.quantize" else None
+            source = quantize.args[0] if op_name(quantize) == "relax.quantize" else None
             through = bindings.get(source) if isinstance(source, relax.Var) else None
-            if (through is None or _op(through) not in MOVES_THROUGH or uses.get(source) != 1
-                    or not _per_tensor(quantize) or inputs_of(through) is None):
+            inputs = (inputs_of(through) if op_name(through) in MOVES_THROUGH and uses.get(source) == 1
+                      and _per_tensor(quantize) else None)
+            if inputs is None:
                 return super().visit_var_binding_(binding)
             attrs = quantize.attrs
             moved = [self.builder_.emit(relax.op.quantize(self.visit_expr(x), quantize.args[1], quantize.args[2],
                                                           axis=int(attrs.axis), out_dtype=str(attrs.out_dtype)))
-                     for x in inputs_of(through)]
-            args = [relax.Tuple(moved)] if _op(through) == "relax.concat" else moved
-            new = relax.Call(through.op, args, through.attrs)
-            if isinstance(binding.var, relax.DataflowVar):
-                var = self.builder_.emit(new, binding.var.name)
-            else:
-                var = self.builder_.emit_output(new, binding.var.name)
-            self.set_var_remap(binding.var, var)
+                     for x in inputs]
+            args = [relax.Tuple(moved)] if op_name(through) == "relax.concat" else moved
+            self.set_var_remap(binding.var, emit_like(self.builder_, relax.Call(through.op, args, through.attrs),
+                                                      binding.var))
             moved_count[0] += 1
 
     mutator = _Hoist(mod)

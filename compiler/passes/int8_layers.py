@@ -58,12 +58,20 @@ class Layer:
         return self.data_layout.index("C") if self.op == "conv2d" else -1
 
 
-def _op_name(call: relax.Expr) -> str | None:
-    return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) else None
+def op_name(expr: relax.Expr) -> str | None:
+    """The operator name of a call to a Relax operator (``relax.nn.conv2d``), else None."""
+    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
+
+
+def emit_like(builder, value, var: relax.Var) -> relax.Var:
+    """Emit ``value`` for a binding that replaces ``var``: a block output stays an output."""
+    if isinstance(var, relax.DataflowVar):
+        return builder.emit(value, var.name)
+    return builder.emit_output(value, var.name)
 
 
 def _is_layer(call: relax.Expr) -> bool:
-    if _op_name(call) not in LAYER_OPS:
+    if op_name(call) not in LAYER_OPS:
         return False
     data, weight = call.args[0], call.args[1]
     return (isinstance(weight, Constant) and not isinstance(data, Constant)
@@ -92,7 +100,7 @@ def main_bindings(mod) -> list[relax.VarBinding]:
 def find_layers(mod, onnx_model: onnx.ModelProto | None = None) -> list[Layer]:
     """The quantizable layers of ``mod['main']`` in dataflow order, named after ``onnx_model``."""
     bindings = main_bindings(mod)
-    calls = [b for b in bindings if _op_name(b.value) in LAYER_OPS]
+    calls = [b for b in bindings if op_name(b.value) in LAYER_OPS]
     names = onnx_layer_names(onnx_model)
     if len(names) != len(calls):
         if onnx_model is not None:
@@ -101,13 +109,13 @@ def find_layers(mod, onnx_model: onnx.ModelProto | None = None) -> list[Layer]:
         counts: dict[str, int] = {}
         names = []
         for b in calls:
-            op = _op_name(b.value).split(".")[-1]
+            op = op_name(b.value).split(".")[-1]
             names.append(f"{op}_{counts.get(op, 0)}")
             counts[op] = counts.get(op, 0) + 1
     layers = []
     for name, binding in zip(names, calls):
         if _is_layer(binding.value):
-            op = _op_name(binding.value).split(".")[-1]
+            op = op_name(binding.value).split(".")[-1]
             extra = {}
             if op == "conv2d":
                 attrs = binding.value.attrs

@@ -41,7 +41,7 @@ from tvm import relax
 from tvm.ir.expr import Constant
 
 from compiler.passes.calibrate import TensorRange
-from compiler.passes.int8_layers import find_layers, use_counts
+from compiler.passes.int8_layers import emit_like, find_layers, op_name, use_counts
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +93,6 @@ def _const(value, dtype: str | None = None) -> Constant:
     if dtype is not None:
         array = array.astype(dtype)
     return relax.const(array, str(array.dtype))
-
-
-def _op(expr) -> str | None:
-    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
-
-
-def _emit_like(builder, value, var: relax.Var) -> relax.Var:
-    """Emit ``value`` for a binding that replaces ``var``: a block output stays an output."""
-    if isinstance(var, relax.DataflowVar):
-        return builder.emit(value, var.name)
-    return builder.emit_output(value, var.name)
 
 
 def activation_zero_points(rng: TensorRange, signed: bool, per_channel: bool = False) -> tuple[str, np.ndarray]:
@@ -196,7 +185,7 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                     out_dtype="float32"))
                 new_value = relax.Call(call.op, [dq, wdq], attrs, call.ty_args)
                 if mask is None:
-                    self.set_var_remap(binding.var, _emit_like(self.builder_, new_value, binding.var))
+                    self.set_var_remap(binding.var, emit_like(self.builder_, new_value, binding.var))
                     return None
                 quantized = self.builder_.emit(new_value)
                 fp32 = self.builder_.emit(relax.Call(call.op, [source, self.visit_expr(call.args[1])],
@@ -209,7 +198,7 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                     fp32 = self.builder_.emit(relax.op.add(fp32, bias))
                     replaced = add.var
                 keep = relax.op.take(mask, _const(switch[layer.name], "int64"), axis=0, mode="clip")
-                self.set_var_remap(replaced, _emit_like(self.builder_, relax.op.where(keep, fp32, quantized),
+                self.set_var_remap(replaced, emit_like(self.builder_, relax.op.where(keep, fp32, quantized),
                                                         replaced))
 
         mutator = _Insert(mod)
@@ -238,7 +227,7 @@ def _sole_bias_adds(func: relax.Function, outputs: set) -> dict:
     bindings = [b for block in func.body.blocks for b in block.bindings]
     adds = {}
     for b in bindings:
-        if _op(b.value) == "relax.add" and b.value.args[0] in outputs and uses.get(b.value.args[0]) == 1 \
+        if op_name(b.value) == "relax.add" and b.value.args[0] in outputs and uses.get(b.value.args[0]) == 1 \
                 and isinstance(b.value.args[1], Constant):
             adds[b.value.args[0]] = b
     return adds
@@ -257,7 +246,7 @@ class _ConstEval:
         expr = self.binding(expr)
         if isinstance(expr, Constant):
             return expr.value.numpy()
-        op = _op(expr)
+        op = op_name(expr)
         if op == "relax.dequantize":
             parts = [self.value(a) for a in expr.args]
             if any(p is None for p in parts):
@@ -281,7 +270,7 @@ class _ConstEval:
     def dequantized(self, expr):
         """``(q_expr, scale, zero_point, axis)`` if ``expr`` is bound to a dequantize, else None."""
         call = self.binding(expr)
-        if _op(call) != "relax.dequantize":
+        if op_name(call) != "relax.dequantize":
             return None
         scale, zero = self.value(call.args[1]), self.value(call.args[2])
         if scale is None or zero is None:
@@ -292,7 +281,7 @@ class _ConstEval:
         """A constant int8 weight with zero point 0 behind dequantize (and a transpose): (values, scale)."""
         call = self.binding(expr)
         transpose = None
-        if _op(call) == "relax.permute_dims":
+        if op_name(call) == "relax.permute_dims":
             axes = call.attrs.axes
             transpose = None if axes is None else [int(a) for a in axes]
             call = self.binding(call.args[0])
@@ -349,7 +338,7 @@ def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.
 
             def visit_var_binding_(self, binding):
                 value = binding.value
-                op = _op(value)
+                op = op_name(value)
                 new_var = None
                 if op in ("relax.nn.conv2d", "relax.matmul"):
                     new_var = self._lower_layer(binding)
@@ -367,7 +356,7 @@ def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.
                     return None
                 q_expr, sx, zx, data_axis = data
                 wq, sw, axis = weight
-                conv = _op(call) == "relax.nn.conv2d"
+                conv = op_name(call) == "relax.nn.conv2d"
                 if conv:
                     attrs = call.attrs
                     data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
@@ -421,7 +410,7 @@ def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.
 
             def _emit_scaled(self, acc, scale: np.ndarray, replaces: relax.Var):
                 as_float = self.builder_.emit(relax.op.astype(acc, "float32"))
-                out = _emit_like(self.builder_, relax.op.multiply(as_float, _const(scale)), replaces)
+                out = emit_like(self.builder_, relax.op.multiply(as_float, _const(scale)), replaces)
                 self.scaled[out] = (acc, scale)
                 return out
 
@@ -468,12 +457,12 @@ def fold_relu_into_quantize(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 
     def _clips_at_zero(value) -> bool:
         """A quantize whose zero point is its type's lowest value: it clips negatives itself."""
-        dtype = str(value.attrs.out_dtype) if _op(value) == "relax.quantize" else None
+        dtype = str(value.attrs.out_dtype) if op_name(value) == "relax.quantize" else None
         zero = value.args[2] if dtype in lowest else None
         return isinstance(zero, Constant) and bool(np.all(zero.value.numpy() == lowest[dtype]))
 
     droppable = {var for var, value in bindings.items()
-                 if _op(value) == "relax.nn.relu" and readers.get(var)
+                 if op_name(value) == "relax.nn.relu" and readers.get(var)
                  and all(_clips_at_zero(r) for r in readers[var])}
     if not droppable:
         return mod

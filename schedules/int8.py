@@ -185,6 +185,10 @@ def has_avx2(target: Target) -> bool:
     return target.kind.name == "llvm" and bool(target_has_features("avx2", target))
 
 
+def _as_target(target: Target | str | dict) -> Target:
+    return target if isinstance(target, Target) else Target(target)
+
+
 def _is_aarch64(target: Target) -> bool:
     return target.kind.name == "llvm" and "aarch64" in str(target.attrs.get("mtriple", ""))
 
@@ -202,7 +206,7 @@ def has_arm_dotprod(target: Target) -> bool:
 def signed_activations_for(target: Target | str | dict) -> bool:
     """Whether INT8 activations should be ``int8`` (zero point shifted by -128) on ``target``:
     AArch64 with ``sdot`` but without i8mm's ``usdot`` multiplies int8 by int8 only."""
-    target = target if isinstance(target, Target) else Target(target)
+    target = _as_target(target)
     return has_arm_dotprod(target) and not has_arm_i8mm(target)
 
 
@@ -214,7 +218,7 @@ def weight_bits_for(target: Target | str | dict) -> int:
     use the saturating ``vpmaddubsw``; 8 everywhere else (VNNI, ARM, CUDA and the generic
     int32 loops are exact for any int8 weight).
     """
-    target = target if isinstance(target, Target) else Target(target)
+    target = _as_target(target)
     return 7 if has_avx2(target) and not has_vnni(target) else 8
 
 
@@ -222,7 +226,7 @@ def channel_multiple_for(target: Target | str | dict) -> int:
     """The input-channel multiple kiln's int8 kernels reduce per step on ``target``: 4 where a
     dot-product intrinsic takes 4 channels (x86 with AVX2, AArch64 with dotprod), else 1.
     Convolutions with other channel counts (RGB inputs) are padded to it by ``LowerQDQ``."""
-    target = target if isinstance(target, Target) else Target(target)
+    target = _as_target(target)
     return 4 if has_avx2(target) or has_arm_dotprod(target) else 1
 
 

@@ -69,7 +69,7 @@ from schedules.rules.common import (
     schedule_injective_nest,
     vars_of,
 )
-from schedules.rules.reduction import LAYOUT_REWRITE_PREPROC, _Anchor, _find_anchor, _is_param
+from schedules.rules.reduction import LAYOUT_REWRITE_PREPROC, _Anchor, _find_anchor, _is_param, weight_rank
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +141,9 @@ def _plain_dim(region: tirx.BufferRegion, var: tirx.Var) -> int | None:
 
 
 def _signed_roles(a: _Anchor, reads: list) -> tuple[tirx.Buffer, tirx.Buffer]:
-    """(data, weight) of an int8 x int8 reduction: the weight is indexed by plain variables and
-    by the fewest output axes (conv: F against N, y, x); on a tie (matmul ``[M, K] x [K, N]``)
-    it is the one indexing the output's last axis, as ``ChannelVectorized`` decides."""
-    spatial = set(a.out_vars)
-    last = a.out_dims[-1]
-
-    def weight_rank(region: tirx.BufferRegion) -> tuple:
-        plain = all(isinstance(r.min, (tirx.Var, tirx.IntImm)) for r in region.region)
-        used = vars_of(region)
-        return (not plain, len(spatial & used), last is None or last not in used)
-
-    weight, data = sorted((r for _, r in reads), key=weight_rank)
+    """(data, weight) of an int8 x int8 reduction, told apart as ``ChannelVectorized`` does
+    (``weight_rank``: plain indices, fewest output axes, then the output's last axis)."""
+    weight, data = sorted((r for _, r in reads), key=lambda region: weight_rank(a, region))
     return data.source, weight.source
 
 

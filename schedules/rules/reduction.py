@@ -303,6 +303,18 @@ def register_tile(vec_extent: int, reg_extent: int, spec: VectorSpec, windowed: 
     return best[2], best[3]
 
 
+def _plain_indices(region: tirx.BufferRegion) -> bool:
+    return all(isinstance(x.min, (tirx.Var, tirx.IntImm)) for x in region.region)
+
+
+def weight_rank(a: _Anchor, region: tirx.BufferRegion) -> tuple:
+    """Sort key that puts the weight of a two-input reduction first: a read indexed by plain
+    vars only, touching the fewest output axes (conv: W[f, c, kh, kw] vs. X[n, c, y, x]); on a
+    tie (matmul ``[M, K] x [K, N]``) the one indexing the output's last axis."""
+    used = vars_of(region)
+    return (not _plain_indices(region), len(set(a.out_vars) & used), a.out_dims[-1] not in used)
+
+
 class ChannelVectorized(CPUScheduleRule):
     """conv2d (NCHW) and matmul-like kernels: vectorize the weight-only output axis.
 
@@ -324,13 +336,8 @@ class ChannelVectorized(CPUScheduleRule):
         if len(reads) != 2 or str(out_buf.dtype) != "float32":
             return None
         spatial = set(a.out_vars)
-        plain = [all(isinstance(x.min, (tirx.Var, tirx.IntImm)) for x in r.region) for _, r in reads]
-        last = a.out_dims[-1]
-        # The weight: a read indexed by plain vars only, touching the fewest output axes
-        # (conv: W[f, c, kh, kw] vs. X[n, c, y, x]); on a tie (matmul) the one with the last axis.
-        order = sorted(range(2), key=lambda k: (not plain[k], len(spatial & vars_of(reads[k][1])),
-                                                last not in vars_of(reads[k][1])))
-        w, d = order[0], order[1]
+        plain = [_plain_indices(r) for _, r in reads]
+        w, d = sorted(range(2), key=lambda k: weight_rank(a, reads[k][1]))
         w_vars, d_vars = vars_of(reads[w][1]), vars_of(reads[d][1])
         only_w = [v for v in a.out_vars if v in w_vars and v not in d_vars]
         only_d = [v for v in a.out_vars if v in d_vars and v not in w_vars]

@@ -233,20 +233,20 @@ class CompiledModel:
                 out[spec.name] = rng.integers(0, 10, spec.shape).astype(dtype)
         return out
 
+    def timed_call(self, inputs=None) -> Callable[[], object]:
+        """One call with ``inputs`` (default: random) already checked and on the device: what timing repeats."""
+        tensors = self._to_device(self._ordered_arrays(inputs if inputs is not None else self.random_inputs()))
+        return lambda: self._call(tensors)
+
     def benchmark(self, runs: int = 50, inputs=None, warmup: int = 3) -> LatencyStats:
         """Latency over ``runs`` calls (after ``warmup``), inputs already on the device."""
-        tensors = self._to_device(self._ordered_arrays(inputs if inputs is not None else self.random_inputs()))
-        return time_calls(lambda: self._call(tensors), runs, warmup)
+        return time_calls(self.timed_call(inputs), runs, warmup)
 
 
 def alternating_p50_ms(models: Mapping[str, CompiledModel], inputs, rounds: int = 3, runs: int = 10) -> dict[str, float]:
     """Median over ``rounds`` of each model's p50 (``runs`` calls), timed in turn round by round
     (A, B, A, B, …) so a noisy moment on a shared machine hits all of them alike."""
-    calls = {}
-    for name, model in models.items():
-        tensors = model._to_device(model._ordered_arrays(inputs))
-        calls[name] = lambda model=model, tensors=tensors: model._call(tensors)
-    return alternating_calls_p50_ms(calls, rounds, runs)
+    return alternating_calls_p50_ms({name: model.timed_call(inputs) for name, model in models.items()}, rounds, runs)
 
 
 PAUSE_S = 0.05  # between runners: the previous runner's worker threads stop spinning

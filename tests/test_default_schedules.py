@@ -318,3 +318,32 @@ def test_padding_runs_by_rows_and_strided_depthwise_pads_in_place(tmp_path):
     inputs = m.random_inputs(seed=3)
     _, rel = max_abs_diff(m.run(inputs), OnnxRuntimeReference(onnx_model, 2).run(inputs))
     assert rel <= TOLERANCE
+
+
+def conv3x3(channels: int, filters: int, size: int) -> onnx.ModelProto:
+    return model([helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", ["c"], ["y"])],
+                 [("x", [1, channels, size, size])], [("y", [1, filters, size, size])],
+                 [const("w", filters, channels, 3, 3), const("b", filters)])
+
+
+def test_windowed_conv_walks_input_channels_in_chunks(tmp_path):
+    """A 3x3 conv with 7 register tiles per row: each parallel task takes 7 rows (49 tiles), and
+    they all step through the 32 input channels 16 at a time (the chunk's weights stay in L1).
+    Not blocked: one tile per row (7x7), or too few parallel tasks left (16 filters)."""
+    blocked = conv3x3(32, 256, 14)
+    mod, _ = scheduled_module(blocked)
+    (f,) = kernels(mod, "conv2d")
+    loops = _loop_kinds(f, "conv2d_nchw_update")
+    assert loops[:5] == [("Parallel", 8 * 2), ("Serial", 2), ("Serial", 7), ("Serial", 7), ("Serial", 16)], loops
+    for unblocked in (conv3x3(64, 64, 7), conv3x3(32, 16, 14)):
+        mod, _ = scheduled_module(unblocked)
+        (f,) = kernels(mod, "conv2d")
+        loops = _loop_kinds(f, "conv2d_nchw_update")
+        assert loops[1] in {("Serial", 32), ("Serial", 64)}, loops  # all input channels inside one tile
+    lib = tmp_path / "m.so"
+    compile_model(blocked, lib, target="host")
+    m = load(lib, threads=2)
+    inputs = m.random_inputs(seed=4)
+    _, rel = max_abs_diff(m.run(inputs), OnnxRuntimeReference(blocked, 2).run(inputs))
+    assert rel <= TOLERANCE

@@ -100,7 +100,8 @@ def _find_anchor(func: tirx.PrimFunc) -> _Anchor | None:
 
 def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | None, reg: int,
                  spec: VectorSpec, pack: tuple[int, int] | None = None, rows: int = 1,
-                 chunk: int | None = None, inline_padding: bool = False) -> s_tir.Schedule:
+                 chunk: int | None = None, inline_padding: bool = False,
+                 blocking: ReductionBlocking | None = None) -> s_tir.Schedule:
     """Tile the anchor as ``parallel(outer) · reductions · unroll(reg) · vectorize(lanes)``.
 
     ``pack=(read_index, dim)`` first copies that read buffer into a layout whose ``dim`` is
@@ -110,7 +111,8 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
     valid when every read indexes those two axes like the output does (contiguous rows).
     ``chunk`` (a divisor of ``lanes``) vectorizes ``chunk`` lanes at a time, the ``lanes / chunk``
     vectors unrolled. ``inline_padding`` computes padding inside the anchor instead of as a
-    separate padded copy.
+    separate padded copy. ``blocking`` (see ``ReductionBlocking``) makes each parallel task a
+    block of rows whose tiles step through the reduction together, chunk by chunk.
     """
     sch = a.sch
     lanes_base = spec.lanes()
@@ -137,10 +139,13 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
     loop_of = dict(zip(iter_vars, loops))
     vec_pos = next(i for i, v in enumerate(a.out_dims) if v is not None and v.same_as(vec_var))
     rows_var = a.out_dims[vec_pos - 1] if rows > 1 else None
-    outer, inner_reg, inner_vec, inner_rows = [], None, None, None
+    outer, inner_reg, inner_vec, inner_rows, block_rows = [], None, None, None, None
     for v in a.out_vars:
         loop = loop_of[v]
-        if v.same_as(vec_var):
+        if blocking is not None and v.same_as(blocking.row_var):
+            o, block_rows = sch.split(loop, [None, blocking.rows])
+            outer.append(o)
+        elif v.same_as(vec_var):
             o, inner_vec = sch.split(loop, [None, lanes // rows])
             outer.append(o)
         elif rows_var is not None and v.same_as(rows_var):
@@ -153,7 +158,14 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
             outer.append(loop)
     red_loops = [loop_of[v] for v in iter_vars if v not in set(a.out_vars)]
     inner = [x for x in (inner_reg, inner_rows, inner_vec) if x is not None]
-    sch.reorder(*outer, *red_loops, *inner)
+    if block_rows is not None:
+        # parallel(outer up to the row blocks) · chunk · tiles of the block · rest of the reduction
+        n_par = next(i for i, v in enumerate(a.out_vars) if v.same_as(blocking.row_var)) + 1
+        chunk_outer, chunk_inner = sch.split(red_loops[0], [None, blocking.chunk])
+        sch.reorder(*outer[:n_par], chunk_outer, block_rows, *outer[n_par:], chunk_inner, *red_loops[1:], *inner)
+        outer, red_loops = outer[:n_par], [chunk_outer]
+    else:
+        sch.reorder(*outer, *red_loops, *inner)
     if inner_rows is not None:
         inner_vec = sch.fuse(inner_rows, inner_vec)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
@@ -202,6 +214,47 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
     if packed is not None:
         schedule_injective_nest(sch, packed, lanes, parallel=True)
     return sch
+
+
+@dataclass(frozen=True)
+class ReductionBlocking:
+    """Cache blocking of a windowed conv: a parallel task computes ``rows`` values of ``row_var``
+    (the output rows), and all its register tiles walk the first reduction axis (input
+    channels) ``chunk`` at a time, so that chunk's weights stay in L1 across the tiles instead
+    of each tile streaming the whole filter from L2. Measured (AVX2, 2 threads, 3x3 convs):
+    ResNet-50's 256-channel 14x14 2.05 -> 1.50 ms, 128-channel 28x28 2.21 -> 1.43 ms,
+    64-channel 56x56 2.02 -> 1.60 ms; slower with a single tile per row (512-channel 7x7,
+    1.78 -> 2.03 ms); no gain for 1x1 convs."""
+
+    row_var: tirx.Var
+    rows: int
+    chunk: int
+
+
+MIN_BLOCK_TILES = 24  # register tiles per task that make a weight chunk worth keeping in L1
+MIN_TASKS = 8  # parallel tasks a blocked conv must still offer (more cores than these 2 exist)
+CHUNK_CHANNELS = 16
+
+
+def reduction_blocking(a: _Anchor, row_var: tirx.Var | None, tiles_per_row: int,
+                       tasks_per_row_block: int) -> ReductionBlocking | None:
+    """The blocking for a windowed conv whose output rows hold ``tiles_per_row`` register tiles:
+    the fewest rows (a divisor of the height) giving ``MIN_BLOCK_TILES`` tiles, input channels by
+    ``CHUNK_CHANNELS``; None when the rows cannot give that many tiles, the channels are few, or
+    fewer than ``MIN_TASKS`` parallel tasks would be left (``tasks_per_row_block`` of them per
+    block of rows: batch times channel blocks)."""
+    stmt = a.sch.get(a.anchor.block_rv)
+    reduction = [iv for iv in stmt.iter_vars if iv.iter_type != tirx.IterVar.DataPar]
+    if row_var is None or not reduction:
+        return None
+    channels = a.extents[reduction[0].var]
+    if channels % CHUNK_CHANNELS or channels < 2 * CHUNK_CHANNELS:
+        return None
+    height = a.extents[row_var]
+    rows = next((d for d in range(1, height + 1) if height % d == 0 and d * tiles_per_row >= MIN_BLOCK_TILES), None)
+    if rows is None or tasks_per_row_block * (height // rows) < MIN_TASKS:
+        return None
+    return ReductionBlocking(row_var, rows, CHUNK_CHANNELS)
 
 
 def vector_instructions(lanes: int, base: int) -> int:
@@ -370,8 +423,17 @@ class ChannelVectorized(CPUScheduleRule):
         lanes = base * nvec
         w_index, w_region = reads[w]
         dim = next(i for i, x in enumerate(w_region.region) if x.min.same_as(v))
+        blocking = None
+        if windowed:
+            r_pos = next(i for i, x in enumerate(a.out_dims) if x is not None and x.same_as(r))
+            row = a.out_dims[r_pos - 1] if r_pos > 0 else None
+            row = row if row is not None and row in only_d else None
+            tasks = 1
+            for var in a.out_vars[: a.out_vars.index(row)] if row is not None else []:
+                tasks *= a.extents[var] // (lanes if var.same_as(v) else 1)
+            blocking = reduction_blocking(a, row, a.extents[r] // reg, tasks)
         try:
-            return _tile_anchor(a, v, lanes, r, reg, spec, pack=(w_index, dim))
+            return _tile_anchor(a, v, lanes, r, reg, spec, pack=(w_index, dim), blocking=blocking)
         except ScheduleError:
             return None
 

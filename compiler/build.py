@@ -111,6 +111,9 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     preset = with_conv_layout(preset, layout)
     if options.precision not in PRECISIONS:
         raise KilnError(f"precision '{options.precision}' is not supported; use one of {', '.join(PRECISIONS)}")
+    if preset.conv_layout == "NCHWc" and (options.precision != "fp32" or preset.kind != "llvm"):
+        raise TargetError(f"--layout NCHWc is for float32 CPU builds (here: {options.precision} on {preset.name}); "
+                          "use NCHW or NHWC")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fcompile = _linker(preset)  # fail on a missing tool before the slow part

@@ -311,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="host", help="preset name (see `kiln targets`) or TVM target JSON")
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help="fix an input's shape")
     p.add_argument("--db", help="tuning database directory whose records to apply")
-    p.add_argument("--layout", choices=["NCHW", "NHWC", "auto"],
+    p.add_argument("--layout", choices=["NCHW", "NHWC", "NCHWc", "auto"],
                    help="activation layout of convolutions (default: the target's, see kiln targets; int8 on "
-                        "x86: NHWC; auto: build both, time them here, keep the faster)")
+                        "x86: NHWC; NCHWc: channel blocks of the vector width, float32 CPU; auto: build NCHW and "
+                        "NHWC, time them here, keep the faster)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="fp16: float16 compute with float32 accumulation (CUDA, ARM64 +fullfp16); "
                         "int8: post-training quantization from --calibration data")
@@ -338,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-task", type=int, help="at most N trials per kernel")
     p.add_argument("--trials-per-iter", type=int, default=16, help="candidates measured per batch")
     p.add_argument("--threads", type=int, help="threads to measure with (default: this machine's cores)")
-    p.add_argument("--layout", choices=["NCHW", "NHWC"],
+    p.add_argument("--layout", choices=["NCHW", "NHWC", "NCHWc"],
                    help="activation layout of float convolutions; compile with the same --layout to use the records")
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on RPC servers registered with this tracker")

@@ -15,6 +15,7 @@ from typing import Callable
 import tvm
 from tvm import relax
 
+from compiler.passes import blocked_conv
 from compiler.passes.conv_layout import convert_conv_layout
 from compiler.passes.concat_in_place import in_place_calls_as_call_tir, write_concat_in_place
 from compiler.passes.drop_dropout import drop_dropout
@@ -24,6 +25,7 @@ from compiler.passes.prepack_in_place import attach_layout_free_buffers_in_place
 from schedules.defaults import default_schedule_pass
 from schedules.int8 import channel_multiple_for, mark_int8_weight_bits, weight_bits_for
 from schedules.database import apply_database_pass
+from schedules.vector_spec import vector_spec
 from targets.registry import TargetPreset
 
 
@@ -119,7 +121,8 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
     steps = [
         *[Step(p.info.name, "target library dispatch (sort, scan, sampling)", lambda p=p: p)
           for p in backend.library_dispatch_passes(target)],
-        Step("LegalizeOps", "lower every Relax operator to a TIR kernel", relax.transform.LegalizeOps),
+        Step("LegalizeOps", "lower every Relax operator to a TIR kernel (blocked-channel convs by kiln's own)",
+             lambda: relax.transform.LegalizeOps(blocked_conv.legalize_map())),
         Step("AnnotateTIROpPattern", "label kernels (injective, reduction, …) for fusion",
              relax.transform.AnnotateTIROpPattern),
         Step("FoldConstant", "fold kernels whose inputs are all constants", relax.transform.FoldConstant),
@@ -185,9 +188,10 @@ def layout_steps(preset: TargetPreset) -> list[Step]:
     """Float convolutions in the preset's layout (nothing to do for NCHW, the importer's own)."""
     if preset.conv_layout == "NCHW":
         return []
+    block = vector_spec(preset.tvm_target()).lanes() if preset.kind == "llvm" else 8
     return [Step("ConvertConvLayout", f"float conv2d and the ops between them in {preset.conv_layout} "
                  "(one transpose at each end, weights transposed at compile time)",
-                 lambda: convert_conv_layout(preset.conv_layout))]
+                 lambda: convert_conv_layout(preset.conv_layout, block))]
 
 
 def _as_one_pass(preset: TargetPreset, steps: list[Step], name: str) -> tvm.transform.Pass:

@@ -169,7 +169,7 @@ def detect_host() -> TargetPreset:
                         int8_conv_layout=base.int8_conv_layout)
 
 
-CONV_LAYOUTS = ("NCHW", "NHWC")
+CONV_LAYOUTS = ("NCHW", "NHWC", "NCHWc")  # NCHWc: channel blocks of the target's vector width
 
 
 def with_conv_layout(preset: TargetPreset, layout: str | None) -> TargetPreset:
@@ -180,10 +180,11 @@ def with_conv_layout(preset: TargetPreset, layout: str | None) -> TargetPreset:
     """
     if layout is None:
         return preset
-    if layout.upper() not in CONV_LAYOUTS:
+    canonical = {name.upper(): name for name in CONV_LAYOUTS}.get(layout.upper())
+    if canonical is None:
         raise TargetError(f"--layout {layout}: use one of {', '.join(CONV_LAYOUTS)} "
                           "(auto only for kiln compile / compile_model)")
-    return replace(preset, conv_layout=layout.upper())
+    return replace(preset, conv_layout=canonical)
 
 
 def list_presets() -> list[TargetPreset]:

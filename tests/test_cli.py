@@ -43,7 +43,13 @@ def test_compile_with_nhwc_layout_matches_onnxruntime(tmp_path):
     done = kiln("run", str(lib), "--reference", str(model))
     assert done.returncode == 0, done.stderr
     assert float(done.stdout.split("max abs diff ")[1].split()[0]) < 1e-4
-    assert kiln("compile", str(model), "-o", str(lib), "--layout", "NCHWc").returncode == 2  # argparse refuses
+    assert kiln("compile", str(model), "-o", str(lib), "--layout", "NCHW8c").returncode == 2  # argparse refuses
+    done = kiln("compile", str(model), "-o", str(lib), "--layout", "NCHWc")
+    assert done.returncode == 0, done.stderr
+    done = kiln("run", str(lib), "--reference", str(model))
+    assert done.returncode == 0 and float(done.stdout.split("max abs diff ")[1].split()[0]) < 1e-4, done.stderr
+    refused = kiln("compile", str(model), "-o", str(lib), "--layout", "NCHWc", "--precision", "fp16")
+    assert refused.returncode != 0 and "float32 CPU builds" in refused.stderr and "Traceback" not in refused.stderr
     done = kiln("compile", str(model), "-o", str(lib), "--layout", "auto")
     assert done.returncode == 0, done.stderr
     line = next(s for s in done.stdout.splitlines() if s.startswith("layout auto:"))

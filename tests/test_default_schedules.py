@@ -212,8 +212,12 @@ def lowered(onnx_model: onnx.ModelProto, target: str = "x86-avx2") -> tvm.IRModu
 
 
 def test_constant_weights_are_packed_at_compile_time():
-    """The NCHWc weight copy of a conv/dense kernel runs once in FoldConstant, not on every call."""
-    for make in (conv_relu, dense):
+    """The NCHWc weight copy of a conv/dense kernel runs once in FoldConstant, not on every call.
+    (A weight whose vector axis is already innermost and one tile wide, like a 32-output dense,
+    is read in place: no copy.)"""
+    wide_dense = lambda: model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)],  # noqa: E731
+                               [("x", [2, 64])], [("y", None)], [const("w", 64, 64), const("b", 64)])
+    for make in (conv_relu, wide_dense):
         mod = lowered(make())
         funcs = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
         assert not [n for n in funcs if "weight_prepack" in n], sorted(funcs)
@@ -347,3 +351,24 @@ def test_windowed_conv_walks_input_channels_in_chunks(tmp_path):
     inputs = m.random_inputs(seed=4)
     _, rel = max_abs_diff(m.run(inputs), OnnxRuntimeReference(blocked, 2).run(inputs))
     assert rel <= TOLERANCE
+
+
+def test_pointwise_conv_tasks_step_through_channel_blocks_first():
+    """A 1x1 conv's parallel tasks run all output-channel blocks of one spatial tile in a row
+    (one data tile read into L1 for all of them): task 1 is channel block 1 of tile 0."""
+    from schedules.rules.common import _substitute
+
+    onnx_model = model([helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[1, 1])],
+                       [("x", [1, 32, 28, 28])], [("y", [1, 64, 28, 28])], [const("w", 64, 32, 1, 1), const("b", 64)])
+    mod, _ = scheduled_module(onnx_model)
+    (f,) = kernels(mod, "conv2d")
+    sch = tvm.s_tir.Schedule(f)
+    loops = sch.get_loops(sch.get_sblock("conv2d_nchw_update"))
+    assert _loop_kinds(f, "conv2d_nchw_update")[0][0] == "Parallel"
+    realize = sch.get(loops[-1]).body
+    at_task_1 = [(sch.get(loop).loop_var, tirx.IntImm(sch.get(loop).loop_var.ty.dtype, int(loop == loops[0])))
+                 for loop in loops]
+    channel = next(val for iv, val in zip(realize.block.iter_vars, realize.iter_values)
+                   if iv.iter_type == tirx.IterVar.DataPar and int(iv.dom.extent) == 64)
+    first_channel = tvm.sym.Analyzer().simplify(_substitute(channel, at_task_1))
+    assert int(first_channel) > 0, first_channel  # task 1 starts at channel block 1, not at tile 1

@@ -39,7 +39,8 @@ class CompileOptions:
     cuda_archs: str | None = None  # e.g. "sm_80,sm_90"; default: the preset's arch
     int8: Int8Options | None = None  # calibration and layer choices for precision "int8"
     fusion: bool = True  # kiln's own fusion steps; False: TVM's FuseOps/FuseTIR alone (before/after comparisons)
-    conv_layout: str | None = None  # "NCHW" | "NHWC" | "auto" (build both, time here, keep the faster); None: the preset's
+    # "NCHW" | "NHWC" | "NCHWc" | "auto" (build each, time here, keep the fastest); None: the preset's
+    conv_layout: str | None = None
     # (for precision "int8" the preset's int8_conv_layout: NHWC on x86)
 
 
@@ -204,11 +205,12 @@ def compile_model(
 
 
 def _build_faster_layout(imported: ImportedModel, output: str | Path, options: CompileOptions) -> CompileReport:
-    """Build with NCHW and with NHWC convolutions, time both on this machine, keep the faster.
+    """Build with convolutions in each of ``CONV_LAYOUTS`` (NCHW, NHWC, blocked NCHWc), time the
+    builds on this machine, keep the fastest.
 
-    The better layout depends on the model (SqueezeNet and Inception run faster in NHWC on
-    x86, ResNet-50 and ShuffleNet slower; README "Fusion"), so it is measured, not guessed.
-    Needs a target this machine runs: the libraries are timed here.
+    The better layout depends on the model (README "Fusion": SqueezeNet runs faster in NHWC on
+    x86, ShuffleNet 4x slower), so it is measured, not guessed. Needs a target this machine
+    runs: the libraries are timed here.
     """
     from compiler.runtime import alternating_p50_ms, load
     from targets.registry import CONV_LAYOUTS
@@ -216,7 +218,7 @@ def _build_faster_layout(imported: ImportedModel, output: str | Path, options: C
     preset = resolve_target(options.target)
     if preset.device != "cpu" or preset.is_cross or preset.target != resolve_target("host").target:
         raise InputError(f"--layout auto times both builds on this machine, so it needs --target host "
-                         f"(not '{preset.name}'); choose --layout NCHW or NHWC for other targets")
+                         f"(not '{preset.name}'); choose --layout NCHW, NHWC or NCHWc for other targets")
     reports: dict[str, CompileReport] = {}
     with tempfile.TemporaryDirectory(prefix="kiln-layout-") as tmp:
         for layout in CONV_LAYOUTS:

@@ -313,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="tuning database directory whose records to apply")
     p.add_argument("--layout", choices=["NCHW", "NHWC", "NCHWc", "auto"],
                    help="activation layout of convolutions (default: the target's, see kiln targets; int8 on "
-                        "x86: NHWC; NCHWc: channel blocks of the vector width, float32 CPU; auto: build NCHW and "
-                        "NHWC, time them here, keep the faster)")
+                        "x86: NHWC; NCHWc: channel blocks of the vector width, float32 CPU; auto: build all three, "
+                        "time them here, keep the fastest)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="fp16: float16 compute with float32 accumulation (CUDA, ARM64 +fullfp16); "
                         "int8: post-training quantization from --calibration data")

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""NCHW against NHWC convolutions (``--layout``) on the light zoo, one process, alternating rounds.
+"""NCHW, NHWC and blocked NCHWc convolutions (``--layout``) on the light zoo, one process, alternating rounds.
 
-For each model: compile it twice for the host, once with convolutions in the importer's
-NCHW layout and once converted to NHWC (``compiler/passes/conv_layout.py``), check both
-against ONNX Runtime on the same input, then time the two libraries in alternating rounds
-(NCHW, NHWC, NCHW, …) at the same thread count. Writes JSON and prints a Markdown table.
+For each model: compile it once per layout for the host (the importer's NCHW, converted to
+NHWC, and channel-blocked NCHWc; ``compiler/passes/conv_layout.py``), check each against
+ONNX Runtime on the same input, then time the libraries in alternating rounds (NCHW, NHWC,
+NCHWc, NCHW, …) at the same thread count. Writes JSON and prints a Markdown table.
 ``--compile-only`` builds the libraries into ``--workdir`` (e.g. while the machine is busy);
 a later run with the same ``--workdir`` reuses them and only times.
 
@@ -27,7 +27,7 @@ from targets.registry import CONV_LAYOUTS
 
 
 def build(name: str, workdir: Path) -> dict[str, float]:
-    """Compile ``name`` in both layouts into ``workdir`` (kept if already there); compile seconds."""
+    """Compile ``name`` in every layout into ``workdir`` (kept if already there); compile seconds."""
     seconds = {}
     for layout in CONV_LAYOUTS:
         lib = workdir / f"{name}_{layout}.so"
@@ -48,7 +48,8 @@ def compare(name: str, workdir: Path, threads: int, rounds: int, runs: int) -> d
         row[f"{layout}_max_rel_diff"] = max_abs_diff(lib.run(inputs), reference)[1]
     for layout, ms in alternating_p50_ms(libs, inputs, rounds, runs).items():
         row[f"{layout}_p50_ms"] = round(ms, 3)
-    row["NHWC_vs_NCHW"] = round(row["NHWC_p50_ms"] / row["NCHW_p50_ms"], 3)
+    for layout in CONV_LAYOUTS[1:]:
+        row[f"{layout}_vs_NCHW"] = round(row[f"{layout}_p50_ms"] / row["NCHW_p50_ms"], 3)
     print(f"{name}: {json.dumps(row)}", file=sys.stderr)
     return row
 
@@ -73,11 +74,14 @@ def main() -> None:
     rows = [compare(name, workdir, args.threads, args.rounds, args.runs) for name in names]
     Path(args.out).write_text(json.dumps({"threads": args.threads, "rounds": args.rounds, "runs": args.runs,
                                           "command": " ".join(sys.argv), "rows": rows}, indent=2) + "\n")
-    print("| model | NCHW p50 (ms) | NHWC p50 (ms) | NHWC / NCHW | max rel diff NCHW / NHWC |")
-    print("| --- | ---: | ---: | ---: | --- |")
+    others = CONV_LAYOUTS[1:]
+    print("| model | " + " | ".join(f"{layout} p50 (ms)" for layout in CONV_LAYOUTS) + " | "
+          + " | ".join(f"{layout} / NCHW" for layout in others) + " | max rel diff |")
+    print("| --- |" + " ---: |" * (len(CONV_LAYOUTS) + len(others)) + " --- |")
     for r in rows:
-        print(f"| {r['model']} | {r['NCHW_p50_ms']:.2f} | {r['NHWC_p50_ms']:.2f} | {r['NHWC_vs_NCHW']:.2f} | "
-              f"{r['NCHW_max_rel_diff']:.1e} / {r['NHWC_max_rel_diff']:.1e} |")
+        print(f"| {r['model']} | " + " | ".join(f"{r[f'{layout}_p50_ms']:.2f}" for layout in CONV_LAYOUTS) + " | "
+              + " | ".join(f"{r[f'{layout}_vs_NCHW']:.2f}" for layout in others) + " | "
+              + f"{max(r[f'{layout}_max_rel_diff'] for layout in CONV_LAYOUTS):.1e} |")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 """Benchmark kiln against ONNX Runtime on the light zoo, side by side in one process.
 
 For each model: compile for the host (timed), check agreement with ONNX Runtime on the
-same input, then time both at the same thread count (median of repeats). Writes a JSON
-file and prints a Markdown table for the README.
+same input, then time both at the same thread count in alternating rounds (kiln, ORT,
+kiln, …; each runner's p50 over ``--runs`` calls, the median over ``--rounds`` rounds), so a
+slow moment of this shared machine hits both. Writes a JSON file and prints a Markdown
+table for the README.
 
     python scripts/bench.py --threads 2 --out bench.json [--models squeezenet resnet50] [--db DIR]
 """
@@ -23,11 +25,11 @@ import numpy as np
 from compiler.build import compile_model
 from compiler.examples import LIGHT_ZOO_BENCH, example_model
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
-from compiler.runtime import load
+from compiler.runtime import alternating_calls_p50_ms, load
 from targets.registry import resolve_target
 
 
-def bench_model(name: str, threads: int, runs: int, ref_runs: int, db: str | None, workdir: Path,
+def bench_model(name: str, threads: int, runs: int, rounds: int, db: str | None, workdir: Path,
                 layout: str | None = None) -> dict:
     model = example_model(name)
     lib = workdir / f"{name}.so"
@@ -38,23 +40,23 @@ def bench_model(name: str, threads: int, runs: int, ref_runs: int, db: str | Non
     inputs = m.random_inputs(seed=0)
     ref = OnnxRuntimeReference(model, m.threads)
     diff, rel = max_abs_diff(m.run(inputs), ref.run(inputs))
-    ours = m.benchmark(runs, inputs, warmup=1)
-    theirs = ref.benchmark(inputs, ref_runs)
+    p50 = alternating_calls_p50_ms({"kiln": m.timed_call(inputs), "onnxruntime": lambda: ref.run(inputs)},
+                                   rounds=rounds, runs=runs)
     row = {
         "model": name,
         "kernels": report.kernels,
         "layout": report.conv_layout or layout or resolve_target("host").conv_layout,
         "layout_p50_ms": report.layout_p50_ms,
         "compile_s": round(compile_s, 2),
-        "kiln_p50_ms": round(ours.p50_ms, 3),
-        "onnxruntime_p50_ms": round(theirs.p50_ms, 3),
-        "ratio": round(ours.p50_ms / theirs.p50_ms, 2),
+        "kiln_p50_ms": round(p50["kiln"], 3),
+        "onnxruntime_p50_ms": round(p50["onnxruntime"], 3),
+        "ratio": round(p50["kiln"] / p50["onnxruntime"], 2),
         "max_abs_diff": diff,
         "max_rel_diff": rel,
-        "kiln_runs": ours.runs,
-        "onnxruntime_runs": theirs.runs,
+        "runs_per_round": runs,
+        "rounds": rounds,
     }
-    print(f"{name}: kiln {ours.p50_ms:.2f} ms, onnxruntime {theirs.p50_ms:.2f} ms, "
+    print(f"{name}: kiln {p50['kiln']:.2f} ms, onnxruntime {p50['onnxruntime']:.2f} ms, "
           f"ratio {row['ratio']}x, rel diff {rel:.2g}, compile {compile_s:.1f} s", file=sys.stderr)
     return row
 
@@ -73,15 +75,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=LIGHT_ZOO_BENCH)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=10, help="timed kiln runs per model")
-    parser.add_argument("--ref-runs", type=int, default=50, help="timed ONNX Runtime runs per model")
+    parser.add_argument("--runs", type=int, default=10, help="timed calls per runner per round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (kiln, ORT, kiln, …)")
     parser.add_argument("--db", help="tuning database to apply")
-    parser.add_argument("--layout", choices=["NCHW", "NHWC", "auto"],
+    parser.add_argument("--layout", choices=["NCHW", "NHWC", "NCHWc", "auto"],
                         help="conv layout between kernels (auto: each model keeps the faster; default: the preset's)")
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
-        rows = [bench_model(n, args.threads, args.runs, args.ref_runs, args.db, Path(tmp), args.layout)
+        rows = [bench_model(n, args.threads, args.runs, args.rounds, args.db, Path(tmp), args.layout)
                 for n in args.models]
     geomean = float(np.exp(np.mean(np.log([r["ratio"] for r in rows]))))
     result = {

@@ -9,8 +9,11 @@ from onnx import TensorProto, helper, numpy_helper
 RNG = np.random.default_rng(1)
 
 
-def const(name: str, *shape: int, low: float = -1.0, high: float = 1.0) -> onnx.TensorProto:
-    return numpy_helper.from_array(RNG.uniform(low, high, shape).astype(np.float32), name)
+def const(name: str, *shape: int, low: float = -1.0, high: float = 1.0,
+          rng: np.random.Generator | None = None) -> onnx.TensorProto:
+    """Uniform random weights; from the shared ``RNG`` unless ``rng`` is given (the shared one's
+    draws depend on which tests ran before in the process)."""
+    return numpy_helper.from_array((rng or RNG).uniform(low, high, shape).astype(np.float32), name)
 
 
 def model(nodes, inputs, outputs, inits=(), opset: int = 17) -> onnx.ModelProto:

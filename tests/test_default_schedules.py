@@ -393,3 +393,29 @@ def test_prime_width_conv_tiles_with_a_tail(tmp_path):
     inputs = m.random_inputs(seed=6)
     _, rel = max_abs_diff(m.run(inputs), OnnxRuntimeReference(onnx_model, 2).run(inputs))
     assert rel <= TOLERANCE
+
+
+def test_row_reduction_declines_what_dlight_cannot_schedule():
+    """A row-sum kernel that also writes an unrelated output (Inception's unfused global pool next
+    to a full_like): TVM's dlight Reduction raises a ScheduleError on it; RowReduction declines
+    instead of failing the build, and the default pass still schedules the kernel."""
+    from tvm import te
+    from tvm.s_tir.dlight.cpu import Reduction
+    from tvm.s_tir.schedule import ScheduleError
+
+    from schedules.rules.reduction import RowReduction
+
+    x = te.placeholder((16, 49), name="x")
+    k = te.reduce_axis((0, 49), name="k")
+    row_sum = te.compute((16,), lambda i: te.sum(x[i, k], axis=k), name="row_sum")
+    avg = te.compute((16,), lambda i: row_sum[i] / 49.0, name="avg")
+    ones = te.compute((16,), lambda i: tvm.tirx.const(1.0, "float32"), name="ones")
+    func = te.create_prim_func([x, avg, ones])
+    target = resolve_target("x86-avx2").tvm_target()
+    with pytest.raises(ScheduleError):
+        Reduction().apply(func, target, False)
+    assert RowReduction().apply(func, target, False) is None
+    stats = ScheduleStats()
+    with target:
+        default_schedule_pass(target, stats=stats)(tvm.IRModule({"main": func}))
+    assert not stats.declined and stats.defaulted == 1

@@ -570,4 +570,9 @@ class RowReduction(CPUScheduleRule):
         rows = 1
         for it in infos[0].iters[: len(kinds) - len(kinds.lstrip("S"))]:
             rows *= int_extent(it.dom) or 0
-        return self.dlight.apply(func, target, tunable) if rows >= 2 else None
+        if rows < 2:
+            return None
+        try:
+            return self.dlight.apply(func, target, tunable)
+        except ScheduleError:  # e.g. Inception's unfused global pool writing two outputs: decline
+            return None

@@ -125,6 +125,16 @@ def kernels(mod: tvm.IRModule, part: str) -> list[tirx.PrimFunc]:
     return [f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and part in gv.name_hint]
 
 
+def assert_matches_onnxruntime(onnx_model: onnx.ModelProto, tmp_path, seed: int) -> None:
+    """Build for the host, run on seeded random inputs, compare with ONNX Runtime (2 threads)."""
+    lib = tmp_path / "m.so"
+    compile_model(onnx_model, lib, target="host")
+    m = load(lib, threads=2)
+    inputs = m.random_inputs(seed=seed)
+    _, rel = max_abs_diff(m.run(inputs), OnnxRuntimeReference(onnx_model, 2).run(inputs))
+    assert rel <= TOLERANCE
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_kernels_get_parallel_vectorized_schedules(name):
     make, expected = CASES[name]
@@ -145,12 +155,7 @@ def test_kernels_get_parallel_vectorized_schedules(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_scheduled_kernels_match_onnxruntime(name, tmp_path):
     onnx_model = CASES[name][0]()
-    lib = tmp_path / "m.so"
-    compile_model(onnx_model, lib, target="host")
-    m = load(lib, threads=2)
-    inputs = m.random_inputs(seed=5)
-    _, rel = max_abs_diff(m.run(inputs), OnnxRuntimeReference(onnx_model, 2).run(inputs))
-    assert rel <= TOLERANCE
+    assert_matches_onnxruntime(onnx_model, tmp_path, seed=5)
 
 
 def test_conv_vector_width_follows_target():
@@ -322,12 +327,7 @@ def test_padding_runs_by_rows_and_strided_depthwise_pads_in_place(tmp_path):
     (pool,) = kernels(mod, "max_pool2d")
     assert _loop_kinds(pool, "pad_temp")[0] == ("Parallel", 12 * 14)  # per output row
     assert _loop_kinds(pool, "pool_max") == [("Parallel", 12 * 14), ("Serial", 14), ("Serial", 3), ("Serial", 3)]
-    lib = tmp_path / "m.so"
-    compile_model(onnx_model, lib, target="host")
-    m = load(lib, threads=2)
-    inputs = m.random_inputs(seed=3)
-    _, rel = max_abs_diff(m.run(inputs), OnnxRuntimeReference(onnx_model, 2).run(inputs))
-    assert rel <= TOLERANCE
+    assert_matches_onnxruntime(onnx_model, tmp_path, seed=3)
 
 
 def conv3x3(channels: int, filters: int, size: int) -> onnx.ModelProto:
@@ -351,12 +351,7 @@ def test_windowed_conv_walks_input_channels_in_chunks(tmp_path):
         (f,) = kernels(mod, "conv2d")
         loops = _loop_kinds(f, "conv2d_nchw_update")
         assert loops[1] in {("Serial", 32), ("Serial", 64)}, loops  # all input channels inside one tile
-    lib = tmp_path / "m.so"
-    compile_model(blocked, lib, target="host")
-    m = load(lib, threads=2)
-    inputs = m.random_inputs(seed=4)
-    _, rel = max_abs_diff(m.run(inputs), OnnxRuntimeReference(blocked, 2).run(inputs))
-    assert rel <= TOLERANCE
+    assert_matches_onnxruntime(blocked, tmp_path, seed=4)
 
 
 def test_pointwise_conv_tasks_step_through_channel_blocks_first():
@@ -387,12 +382,7 @@ def test_prime_width_conv_tiles_with_a_tail(tmp_path):
     mod, _ = scheduled_module(onnx_model)
     (f,) = kernels(mod, "conv2d")
     assert ("Unrolled", 5) in _loop_kinds(f, "conv2d_nchw_update")
-    lib = tmp_path / "m.so"
-    compile_model(onnx_model, lib, target="host")
-    m = load(lib, threads=2)
-    inputs = m.random_inputs(seed=6)
-    _, rel = max_abs_diff(m.run(inputs), OnnxRuntimeReference(onnx_model, 2).run(inputs))
-    assert rel <= TOLERANCE
+    assert_matches_onnxruntime(onnx_model, tmp_path, seed=6)
 
 
 def test_row_reduction_declines_what_dlight_cannot_schedule():

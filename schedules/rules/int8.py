@@ -69,7 +69,8 @@ from schedules.rules.common import (
     schedule_injective_nest,
     vars_of,
 )
-from schedules.rules.reduction import LAYOUT_REWRITE_PREPROC, _Anchor, _find_anchor, _is_param, weight_rank
+from schedules.rules.reduction import (LAYOUT_REWRITE_PREPROC, _Anchor, _find_anchor, _is_param, input_reads,
+                                      is_windowed, weight_rank)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def plan(a: _Anchor, intrins: tuple[DotIntrin, ...]) -> Int8Plan | None:
     lhs, rhs = _cast_load(value.b.a), _cast_load(value.b.b)
     if lhs is None or rhs is None:
         return None
-    reads = [(i, r) for i, r in enumerate(stmt.reads) if not r.source.same_as(out)]
+    reads = input_reads(stmt)
     if len(reads) != 2:
         return None
     dtypes = sorted([str(lhs.dtype), str(rhs.dtype)])
@@ -415,7 +416,7 @@ class Int8Tensorized(CPUScheduleRule):
         p = plan(a, intrins)
         if p is None:
             return None
-        windowed = sum(1 for v, ext in a.extents.items() if v not in set(a.out_vars) and ext > 1) > 1
+        windowed = is_windowed(a, a.sch.get(a.anchor.block_rv).reads[p.data])
         rows = a.extents[p.row_var] if p.row_var is not None else 1
         vectors, tile_rows = int8_tile(a.extents[p.lane_var] // p.intrin.lanes, rows, p.intrin, windowed)
         try:

@@ -52,6 +52,22 @@ def _is_param(sch: s_tir.Schedule, buffer: tirx.Buffer) -> bool:
     return any(p.same_as(buffer) for p in sch.mod["main"].params)
 
 
+def input_reads(stmt: s_tir.SBlock) -> list[tuple[int, tirx.BufferRegion]]:
+    """(read index, region) of a reduction block's inputs: its reads except the accumulator."""
+    out = stmt.writes[0].source
+    return [(i, r) for i, r in enumerate(stmt.reads) if not r.source.same_as(out)]
+
+
+def is_windowed(a: "_Anchor", data: tirx.BufferRegion) -> bool:
+    """Whether the data read has a window: an index that moves with both an output position and
+    a reduction axis longer than 1 (conv ``x*s + kw``); a 1x1 conv, a matmul or a
+    blocked-channel reduction (``[.., ci]``) has none."""
+    spatial = set(a.out_vars)
+    return any(
+        any(a.extents.get(u, 1) > 1 and u not in spatial for u in used) and any(u in spatial for u in used)
+        for used in (set(collect_vars_used_in_prim_expr(x.min)) for x in data.region))
+
+
 @dataclass
 class _Anchor:
     """A function with exactly one reduction block, split into producers / anchor / consumers."""
@@ -307,12 +323,8 @@ def _rows_contiguous(a: _Anchor, y: tirx.Var, x: tirx.Var) -> bool:
     """Whether every read that uses ``y`` or ``x`` indexes its last two axes as exactly ``[y, x]``
     with the output's row length, so that consecutive rows are consecutive in memory
     (1x1, stride-1, unpadded convolutions)."""
-    stmt = a.sch.get(a.anchor.block_rv)
-    out = stmt.writes[0].source
     width = a.extents[x]
-    for r in stmt.reads:
-        if r.source.same_as(out):
-            continue
+    for _, r in input_reads(a.sch.get(a.anchor.block_rv)):
         used = vars_of(r)
         if y not in used and x not in used:
             continue
@@ -411,11 +423,9 @@ def x_stride(a: _Anchor, x: tirx.Var) -> int:
     """The largest step, in elements, that an input's last index moves per step of output axis
     ``x`` (1 for stride-1 convolutions and pooling, 2 for stride 2; 0 when no read's last index
     is linear in ``x``)."""
-    stmt = a.sch.get(a.anchor.block_rv)
-    out = stmt.writes[0].source
     step = 0
-    for r in stmt.reads:
-        if r.source.same_as(out) or not r.region:
+    for _, r in input_reads(a.sch.get(a.anchor.block_rv)):
+        if not r.region:
             continue
         coeffs = tvm.sym.detect_linear_equation(r.region[-1].min, [x])
         if coeffs and isinstance(coeffs[0], tirx.IntImm):
@@ -451,9 +461,8 @@ class ChannelVectorized(CPUScheduleRule):
         if a is None:
             return None
         stmt = a.sch.get(a.anchor.block_rv)
-        out_buf = stmt.writes[0].source
-        reads = [(i, r) for i, r in enumerate(stmt.reads) if not r.source.same_as(out_buf)]
-        if len(reads) != 2 or str(out_buf.dtype) != "float32":
+        reads = input_reads(stmt)
+        if len(reads) != 2 or str(stmt.writes[0].source.dtype) != "float32":
             return None
         spatial = set(a.out_vars)
         plain = [_plain_indices(r) for _, r in reads]
@@ -468,11 +477,7 @@ class ChannelVectorized(CPUScheduleRule):
         base = spec.lanes()
         if a.extents[v] % base != 0:
             return None
-        # A window: some data index moves with both an output position and a reduction axis
-        # (x*s + kw); a 1x1 conv, matmul or blocked-channel reduction has none.
-        windowed = any(
-            any(a.extents.get(u, 1) > 1 and u not in spatial for u in used) and any(u in spatial for u in used)
-            for used in (set(collect_vars_used_in_prim_expr(x.min)) for x in reads[d][1].region))
+        windowed = is_windowed(a, reads[d][1])
         # Blocked channels (NCHWc: [fo, .., fi], fi one vector): the tile takes several fo blocks.
         blocks_var = only_w[-2] if len(only_w) >= 2 and a.extents[v] == base else None
         channels = a.extents[v] * (a.extents[blocks_var] if blocks_var is not None else 1)
@@ -535,7 +540,7 @@ class SpatialVectorized(CPUScheduleRule):
         if tile is None:
             return None
         rows, lanes, chunk, reg = tile
-        products = len([r for r in stmt.reads if not r.source.same_as(stmt.writes[0].source)]) >= 2  # a conv
+        products = len(input_reads(stmt)) >= 2  # a conv, not a pooling
         strided = x_stride(a, x) > 1
         try:
             if strided and not products:  # pooling

@@ -400,20 +400,17 @@ def register_tile(vec_extent: int, reg_extent: int, spec: VectorSpec, windowed: 
         cap = min(spec.registers - 2, 16)
         rows = divisor_at_most(reg_extent, cap)
         return next(n for n in (4, 2, 1) if vec_extent % (base * n) == 0 and rows * n <= cap), rows
+    # Rows each vector count n allows (powers of two: LLVM splits <16 x float> cleanly, not
+    # <24 x float>). 3 registers of slack: 14 accumulators + weight + broadcast fill AVX2's 16 but
+    # ran at half the speed of 7 (256-channel 3x3 at 14x14, blocked channels: 83 vs 154 GFLOP/s).
+    max_rows = {n: max(1, min(spec.registers - n - 3, 16) // n) for n in (1, 2, 4) if vec_extent % (base * n) == 0}
     best = (0.0, 0, 1, 1)
-    for n in (1, 2, 4):  # powers of two: LLVM splits <16 x float> cleanly, not <24 x float>
-        if vec_extent % (base * n) != 0:
-            continue
-        # 3 registers of slack: 14 accumulators + weight + broadcast fill AVX2's 16 but ran at half
-        # the speed of 7 (256-channel 3x3 at 14x14, blocked channels: 83 vs 154 GFLOP/s)
-        cap = min(spec.registers - n - 3, 16)
-        rows = divisor_at_most(reg_extent, max(1, cap // n))
+    for n, cap in max_rows.items():
+        rows = divisor_at_most(reg_extent, cap)
         best = max(best, (n * rows / (n + rows), n * rows, n, rows))
     if best[3] == 1 and reg_extent > 1:  # no useful divisor: allow a tail, weighted by the lanes it wastes
-        for n in (1, 2, 4):
-            if vec_extent % (base * n) != 0:
-                continue
-            for rows in range(2, min(reg_extent, max(1, min(spec.registers - n - 3, 16) // n)) + 1):
+        for n, cap in max_rows.items():
+            for rows in range(2, min(reg_extent, cap) + 1):
                 used = reg_extent / (-(-reg_extent // rows) * rows)
                 best = max(best, (n * rows / (n + rows) * used, n * rows, n, rows))
     return best[2], best[3]

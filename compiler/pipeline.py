@@ -39,8 +39,11 @@ class Step:
 def _gpu_default_schedules() -> tvm.transform.Pass:
     from tvm.s_tir import dlight as dl
 
+    from schedules.rules.gpu_int8 import Int8TensorCore
+
     return dl.ApplyDefaultSchedule(
-        dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+        Int8TensorCore(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+        dl.gpu.Fallback()
     )
 
 

@@ -55,6 +55,9 @@ class Int8Options:
     # PP-OCR recognizer (README "INT8 vs FP32")
     per_channel_depthwise: bool = False
     threads: int | None = None  # for running calibration
+    # int8 (True) or uint8 (False) activations; default: what the target's int8 kernels take (int8 on
+    # AArch64 with sdot only and on CUDA with int8 tensor cores, else uint8). Same values either way.
+    signed_activations: bool | None = None
 
 
 @dataclass
@@ -147,8 +150,8 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
             weight_error=weight_error(weight, 0 if layer.op == "conv2d" else 1, bits),
             activation_error=activation_error(hist, rng.threshold, rng.scale), activation_zero_point=rng.zero_point))
     target = preset.tvm_target()
-    plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model, channel_multiple_for(target),
-                            signed_activations_for(target))
+    signed = signed_activations_for(target) if options.signed_activations is None else options.signed_activations
+    plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model, channel_multiple_for(target), signed)
     int8 = Int8Result(plan, result, reports)
     searching = options.min_agreement is not None or options.evaluate is not None
     if options.auto_keep or searching:

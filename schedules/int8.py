@@ -22,6 +22,7 @@ Importing this module registers the intrinsics (small TVMScript functions, ~0.5 
 from __future__ import annotations
 
 import inspect
+import re
 from contextlib import contextmanager
 
 from tvm import tirx
@@ -203,11 +204,20 @@ def has_arm_dotprod(target: Target) -> bool:
     return _is_aarch64(target) and bool(target_has_features("dotprod", target))
 
 
+def has_int8_tensor_cores(target: Target) -> bool:
+    """Whether a CUDA target has int8 tensor cores (``wmma`` s8 x s8 -> s32, sm_72 and newer)."""
+    if target.kind.name != "cuda":
+        return False
+    arch = re.fullmatch(r"sm_(\d+)[a-z]?", str(target.attrs.get("arch", "")))
+    return arch is not None and int(arch.group(1)) >= 72
+
+
 def signed_activations_for(target: Target | str | dict) -> bool:
     """Whether INT8 activations should be ``int8`` (zero point shifted by -128) on ``target``:
-    AArch64 with ``sdot`` but without i8mm's ``usdot`` multiplies int8 by int8 only."""
+    AArch64 with ``sdot`` but without i8mm's ``usdot`` multiplies int8 by int8 only, and so do
+    CUDA's int8 tensor cores (TVM's dlight ``MatmulInt8Tensorization`` takes int8 x int8 only)."""
     target = _as_target(target)
-    return has_arm_dotprod(target) and not has_arm_i8mm(target)
+    return (has_arm_dotprod(target) and not has_arm_i8mm(target)) or has_int8_tensor_cores(target)
 
 
 def weight_bits_for(target: Target | str | dict) -> int:

@@ -29,26 +29,57 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from compiler.examples import example_model  # noqa: E402
 from compiler.runtime import load, time_calls  # noqa: E402
 
-CASES = [("resnet50", "fp32"), ("resnet50", "fp16"), ("squeezenet", "fp32"), ("squeezenet", "fp16")]
+CASES = [("resnet50", "fp32"), ("resnet50", "fp16"), ("squeezenet", "fp32"), ("squeezenet", "fp16"),
+         ("squeezenet", "int8")]
+# INT8 cases calibrate on seeded random inputs and use 7-bit weights, so the x86 (AVX2) build of the
+# same plan is an exact reference: both accumulate in int32, only the float requantize may round apart.
+INT8_CALIBRATION_SAMPLES = 8
+INT8_WEIGHT_BITS = 7
+# "int8": the target's activation type (int8 on sm_72+, for the tensor cores); "int8u": uint8
+# activations (scalar int32 loops), the A/B for the tensor-core path.
+INT8_VARIANTS = {"int8": None, "int8u": False}
 
 
 def lib_name(model: str, precision: str, arch: str) -> str:
     return f"{model}-{precision}-{arch}.so"
 
 
+def int8_options(signed_activations: bool | None = None):
+    from compiler.quantization import Int8Options
+
+    rng = np.random.default_rng(1)
+    samples = [rng.standard_normal((1, 3, 224, 224)).astype(np.float32) for _ in range(INT8_CALIBRATION_SAMPLES)]
+    return Int8Options(calibration=samples, samples=INT8_CALIBRATION_SAMPLES, weight_bits=INT8_WEIGHT_BITS,
+                       signed_activations=signed_activations)
+
+
+def expected_path(lib: Path) -> Path:
+    return lib.with_suffix(".expected.npy")
+
+
 def build(cases: list[tuple[str, str]], arch: str, outdir: Path) -> dict[str, float]:
-    """Compile each case for CUDA ``arch``; returns compile seconds per library."""
+    """Compile each case for CUDA ``arch``; returns compile seconds per library.
+
+    For an INT8 case also builds the same plan for this CPU and stores its output on the check's
+    input next to the library (``*.expected.npy``)."""
     from compiler.build import compile_model
 
     outdir.mkdir(parents=True, exist_ok=True)
     seconds = {}
     for model, precision in cases:
         name = lib_name(model, precision, arch)
+        int8 = int8_options(INT8_VARIANTS[precision]) if precision in INT8_VARIANTS else None
         t0 = time.perf_counter()
         compile_model(example_model(model), outdir / name, target=f"cuda-{arch.replace('_', '')}",
-                      precision=precision, cuda_archs=arch)
+                      precision="int8" if int8 else precision, cuda_archs=arch, int8=int8)
         seconds[name] = round(time.perf_counter() - t0, 1)
         print(f"built {name} in {seconds[name]} s", file=sys.stderr)
+        if int8 is not None:
+            cpu_lib = outdir / "cpu-reference.so"
+            compile_model(example_model(model), cpu_lib, target="host", precision="int8", int8=int8_options())
+            cpu = load(cpu_lib)
+            np.save(expected_path(outdir / name), next(iter(cpu.run(cpu.random_inputs(seed=0)).values())))
+            cpu_lib.unlink()
     return seconds
 
 
@@ -76,17 +107,53 @@ def check(lib: Path, model_name: str, precision: str, runs: int) -> dict:
     scale = float(np.max(np.abs(expected)))
     top1 = bool(np.argmax(got) == np.argmax(expected))
     top5 = len(set(np.argsort(got.ravel())[-5:]) & set(np.argsort(expected.ravel())[-5:]))
+    rms_rel = float(np.sqrt(np.mean((got.astype(np.float64) - expected) ** 2)) / np.sqrt(np.mean(expected ** 2.0)))
+    same_plan = {}
+    if expected_path(lib).is_file():  # INT8: the x86 build of the same quantization plan
+        cpu = np.load(expected_path(lib)).reshape(expected.shape)
+        same_plan = {"max_abs_diff_vs_cpu_int8": float(np.max(np.abs(got.astype(np.float64) - cpu))),
+                     "max_abs_cpu_int8": float(np.max(np.abs(cpu)))}
     stats = m.benchmark(runs, inputs, warmup=10)
     ref_p50 = time_calls(lambda: sess.run(None, inputs), runs, warmup=5).p50_ms
+    torch_row: dict = {}
+    try:  # fp16 PyTorch is the float baseline for the fp16 and int8 libraries
+        torch_row = torch_reference(model, inputs, half=precision != "fp32", runs=runs)
+        torch_out = torch_row.pop("torch_output").reshape(expected.shape)
+        torch_row["torch_max_rel_diff_vs_ort"] = float(np.max(np.abs(torch_out - expected)) / scale)
+        torch_row["ratio_vs_torch"] = round(stats.p50_ms / torch_row["torch_p50_ms"], 3)
+    except Exception as err:  # reported in the row; the kiln/ORT check above stands on its own
+        torch_row = {"torch_error": f"{type(err).__name__}: {err}"}
     return {
         "library": lib.name, "model": model_name, "precision": precision,
         "cuda_archs": m.metadata.extra.get("cuda_archs"),
-        "max_abs_diff": diff, "max_rel_diff": diff / scale if scale else diff,
+        "max_abs_diff": diff, "max_rel_diff": diff / scale if scale else diff, "rms_rel_diff": rms_rel,
+        **same_plan,
         "top1_agrees": top1, "top5_overlap": top5,
         "kiln_p50_ms": round(stats.p50_ms, 3), "kiln_p99_ms": round(stats.p99_ms, 3),
         "onnxruntime_provider": sess.get_providers()[0], "onnxruntime_p50_ms": round(ref_p50, 3),
-        "ratio": round(stats.p50_ms / ref_p50, 3),
+        "ratio": round(stats.p50_ms / ref_p50, 3), **torch_row,
     }
+
+
+def torch_reference(model, inputs: dict, half: bool, runs: int) -> dict:
+    """PyTorch on the same GPU (the model through ``onnx2torch``, cuDNN autotuning on): the
+    GPU-side reference where onnxruntime-gpu is not installed. fp32, or fp16 when ``half``."""
+    import onnx.version_converter
+    import torch
+    from onnx2torch import convert
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("PyTorch sees no CUDA device")
+    torch.backends.cudnn.benchmark = True
+    dtype = torch.float16 if half else torch.float32
+    net = convert(onnx.version_converter.convert_version(model, 13)).eval().to("cuda", dtype)
+    args = [torch.from_numpy(v).to("cuda", dtype) for v in inputs.values()]
+    with torch.inference_mode():
+        out = net(*args)
+        stats = time_calls(lambda: (net(*args), torch.cuda.synchronize()), runs, warmup=10)
+    got = (out[0] if isinstance(out, (list, tuple)) else out).float().cpu().numpy()
+    return {"torch_version": torch.__version__, "torch_precision": "fp16" if half else "fp32",
+            "torch_p50_ms": round(stats.p50_ms, 3), "torch_output": got}
 
 
 def gpu_name() -> str:

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 mode="${1:-full}"
 arch="${2:-sm_90}"
 # ResNet-50 fp32 weights alone are 100 MB; the bundle carries what fits a 64 MB transfer.
-BUNDLE_CASES="resnet50:fp16 squeezenet:fp32"
+BUNDLE_CASES="${BUNDLE_CASES:-resnet50:int8 squeezenet:fp32 squeezenet:fp16 squeezenet:int8 squeezenet:int8u}"
 
 case "$mode" in
   full)
@@ -31,7 +31,7 @@ case "$mode" in
     tar -C gpu_bundle/site -cJf gpu_bundle/tvm_runtime.tar.xz tvm && rm -rf gpu_bundle/site
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${GPU_PYTHON:-3.12}" \
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
-      -d gpu_bundle/wheels "apache-tvm-ffi==0.1.14.post0"
+      -d gpu_bundle/wheels "apache-tvm-ffi==0.1.14.post0" "onnx2torch==1.5.15"  # onnx2torch: the PyTorch GPU reference
     echo "$arch" > gpu_bundle/arch
     du -sh gpu_bundle
     ;;

@@ -60,7 +60,8 @@ def _int8_options(args: argparse.Namespace):
                        samples=args.calibration_samples, keep_fp32=keep, auto_keep=args.auto_keep_fp32,
                        min_agreement=args.min_agreement, sensitivity=args.sensitivity,
                        evaluate=_load_function(args.evaluate) if args.evaluate else None,
-                       max_accuracy_drop=args.max_accuracy_drop, per_channel_depthwise=args.per_channel_depthwise)
+                       max_accuracy_drop=args.max_accuracy_drop, per_channel_depthwise=args.per_channel_depthwise,
+                       bias_correction=args.bias_correction)
 
 
 def _load_function(spec: str):
@@ -108,7 +109,8 @@ def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
                         "method; mse the least squared quantization error)")
     p.add_argument("--percentile", type=float, default=99.99, help="int8 with --calibration-method percentile")
     p.add_argument("--calibration-samples", type=int, default=100, help="int8: use at most N calibration samples")
-    p.add_argument("--keep-fp32", metavar="NODE,...", help="int8: layers (ONNX node names, or first/last) kept in FP32")
+    p.add_argument("--keep-fp32", metavar="NODE,...",
+                   help="int8: layers kept in FP32: ONNX node names, first, last, or depthwise (every depthwise conv)")
     p.add_argument("--auto-keep-fp32", type=int, default=0, metavar="N",
                    help="int8: also keep the N most sensitive layers in FP32")
     p.add_argument("--min-agreement", type=float, metavar="PCT",
@@ -123,6 +125,9 @@ def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-channel-depthwise", action="store_true",
                    help="int8: depthwise convs quantize their input per channel (each channel its own scale and "
                         "zero point; exact with int32 accumulation)")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="int8: subtract from each layer's bias the output shift its weight rounding causes on the "
+                        "calibration data's mean input (sum((w_q - w) * mean))")
     p.add_argument("--sensitivity", default="measured", choices=["measured", "estimated"],
                    help="int8: rank layers for --auto-keep-fp32/--min-agreement by the output error each one "
                         "causes, measured on one probe build (default), or by the error estimate (no build)")

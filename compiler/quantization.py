@@ -58,6 +58,8 @@ class Int8Options:
     # int8 (True) or uint8 (False) activations; default: what the target's int8 kernels take (int8 on
     # AArch64 with sdot only and on CUDA with int8 tensor cores, else uint8). Same values either way.
     signed_activations: bool | None = None
+    # subtract the weight-rounding shift on the mean calibration input from each layer's bias
+    bias_correction: bool = False
 
 
 @dataclass
@@ -104,12 +106,14 @@ def _resolve_names(requested: tuple[str, ...], layers: list[Layer]) -> set[str]:
             chosen.add(names[0])
         elif name == "last" and names:
             chosen.add(names[-1])
+        elif name == "depthwise":
+            chosen.update(layer.name for layer in layers if layer.depthwise)
         elif name in names:
             chosen.add(name)
         else:
             shown = ", ".join(names[:8]) + (" …" if len(names) > 8 else "")
             raise InputError(f"--keep-fp32: no quantizable layer named '{name}'; layers: {shown} "
-                             "(or 'first', 'last')")
+                             "(or 'first', 'last', 'depthwise')")
     return chosen
 
 
@@ -151,7 +155,8 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
             activation_error=activation_error(hist, rng.threshold, rng.scale), activation_zero_point=rng.zero_point))
     target = preset.tvm_target()
     signed = signed_activations_for(target) if options.signed_activations is None else options.signed_activations
-    plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model, channel_multiple_for(target), signed)
+    plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model, channel_multiple_for(target), signed,
+                            options.bias_correction, result.input_means)
     int8 = Int8Result(plan, result, reports)
     searching = options.min_agreement is not None or options.evaluate is not None
     if options.auto_keep or searching:

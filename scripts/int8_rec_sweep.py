@@ -39,6 +39,8 @@ SETTINGS = {
     "p99.999": dict(method="percentile", percentile=99.999),
     "first_last": dict(method="percentile", keep_fp32=("first", "last")),
     "w8": dict(method="percentile", weight_bits=8),
+    "bias_corr": dict(method="percentile", bias_correction=True),  # weight-rounding shift out of the biases
+    "fp32_depthwise": dict(method="percentile", keep_fp32=("depthwise",)),  # depthwise convs stay FP32
     # Mixed precision: keep the most sensitive layers in FP32 until the INT8 build's top-1
     # agreement with FP32 on the calibration lines (per output position) reaches the target.
     "agree99.9": dict(method="percentile", min_agreement=99.9),

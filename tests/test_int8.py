@@ -235,6 +235,33 @@ def test_cli_int8_errors_and_report(tmp_path, capsys):
     assert (tmp_path / "r.json").exists()
 
 
+def test_cli_bias_correction_builds_and_stays_close_to_fp32(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_conv_relu_conv_gemm(), path)
+    np.savez(tmp_path / "c.npz", x=_samples(16)[:, 0])
+    assert kiln(["compile", str(path), "-o", str(tmp_path / "f.so")]) == 0
+    for name, extra in [("q.so", []), ("b.so", ["--bias-correction"])]:
+        assert kiln(["compile", str(path), "-o", str(tmp_path / name), "--precision", "int8",
+                     "--calibration", str(tmp_path / "c.npz"), *extra]) == 0
+    fp32, plain, corrected = (load(tmp_path / n) for n in ("f.so", "q.so", "b.so"))
+    for x in _samples(4, seed=9):
+        ref = fp32.run({"x": x})["y"]
+        ours = corrected.run({"x": x})["y"]
+        assert not np.array_equal(ours, plain.run({"x": x})["y"])  # the biases did change
+        assert np.sqrt(np.mean((ours - ref) ** 2)) <= 0.05 * np.sqrt(np.mean(ref ** 2))
+
+
+def test_keep_fp32_depthwise_keeps_every_depthwise_conv():
+    from tests.onnx_graphs import depthwise_conv
+
+    imported = import_onnx(depthwise_conv())
+    preset = resolve_target("host")
+    mod = simplified_module(imported, preset)
+    data = np.random.default_rng(0).uniform(-1, 1, (4, *imported.inputs[0].shape)).astype(np.float32)
+    result = plan_int8(mod, imported, preset, Int8Options(calibration=data, keep_fp32=("depthwise",)))
+    assert len(result.plan.keep_fp32) == 1 and result.quantized == 0
+
+
 def test_digits_cnn_int8_accuracy(tmp_path):
     """A real classifier with real labels: INT8 loses at most half a point of accuracy."""
     pytest.importorskip("sklearn")
@@ -536,3 +563,75 @@ def test_int8_conv_with_60_output_channels_is_padded_onto_the_dot_product_kernel
     for x in np.random.default_rng(3).uniform(-1, 1, (4, 1, 48, 1, 40)).astype(np.float32):
         want = fp32.run({"x": x})["y"]
         assert np.abs(lib.run({"x": x})["y"] - want).max() / np.abs(want).max() < 0.05
+
+
+def _constant_bias_adds(mod) -> list[np.ndarray]:
+    from tvm.ir.expr import Constant
+
+    from compiler.passes.int8_layers import op_name
+
+    return [b.value.args[1].value.numpy() for block in mod["main"].body.blocks for b in block.bindings
+            if op_name(b.value) == "relax.add" and isinstance(b.value.args[1], Constant)]
+
+
+def test_bias_correction_subtracts_each_layers_weight_rounding_shift_from_its_bias():
+    import dataclasses
+
+    from compiler.passes.int8_layers import find_layers
+    from compiler.passes.quantize import insert_qdq, weight_rounding_shift
+
+    imported = import_onnx(_conv_relu_conv_gemm())
+    preset = resolve_target("host")
+    mod = simplified_module(imported, preset)
+    data = _samples(8)[:, 0]
+    plan = plan_int8(mod, imported, preset, Int8Options(calibration=data, bias_correction=True)).plan
+    # calibration keeps each layer input's mean over the samples
+    np.testing.assert_allclose(plan.input_means["conv_a"].reshape(4, 8, 8), data.mean(axis=0), rtol=1e-5)
+    corrected = _constant_bias_adds(insert_qdq(plan)(mod))
+    plain = _constant_bias_adds(insert_qdq(dataclasses.replace(plan, bias_correction=False))(mod))
+    layers = find_layers(mod, imported.onnx_model)
+    assert [layer.name for layer in layers] == ["conv_a", "conv_b", "fc"] and len(plain) == 3
+    calls = {b.var: b.value for block in mod["main"].body.blocks for b in block.bindings}
+    for layer, before, after in zip(layers, plain, corrected):
+        weight, axis = layer.weight.value.numpy(), layer.weight_axis
+        q, scale = quantize_weight(weight, axis, plan.weight_bits)
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        shift = weight_rounding_shift(layer, weight, q * scale.reshape(shape), plan.input_means[layer.name],
+                                      calls[layer.output].attrs)
+        assert np.abs(shift).max() > 0
+        np.testing.assert_allclose((before - after).ravel(), shift, rtol=1e-4, atol=1e-7)
+
+
+def test_weight_rounding_shift_is_the_mean_output_change_of_the_conv():
+    """The shift equals mean over output positions of conv(mean input, w_q) - conv(mean input, w),
+    computed directly (zero padding, strides, groups), and x @ (w_q - w) averaged over rows."""
+    from types import SimpleNamespace
+
+    from compiler.passes.quantize import weight_rounding_shift
+
+    rng = np.random.default_rng(0)
+    for groups, cin, cout, stride, pad in [(1, 6, 4, 1, 1), (3, 6, 9, 2, 1), (6, 6, 6, 1, 0)]:
+        w = rng.normal(size=(cout, cin // groups, 3, 3))
+        q, s = quantize_weight(w, 0, 7)
+        err = q * s.reshape(-1, 1, 1, 1) - w
+        x = rng.normal(size=(1, cin, 5, 7))
+        attrs = SimpleNamespace(strides=[stride] * 2, padding=[pad] * 4, dilation=[1, 1])
+        xp = np.pad(x[0], ((0, 0), (pad, pad), (pad, pad)))
+        out_h, out_w = (xp.shape[1] - 3) // stride + 1, (xp.shape[2] - 3) // stride + 1
+        out_per_group, in_per_group = cout // groups, cin // groups
+        direct = np.zeros((cout, out_h, out_w))
+        for o in range(cout):
+            channels = xp[(o // out_per_group) * in_per_group:(o // out_per_group + 1) * in_per_group]
+            for y in range(out_h):
+                for x_ in range(out_w):
+                    window = channels[:, y * stride:y * stride + 3, x_ * stride:x_ * stride + 3]
+                    direct[o, y, x_] = (window * err[o]).sum()
+        got = weight_rounding_shift(SimpleNamespace(op="conv2d", kernel_layout="OIHW"),
+                                    w, w + err, x, attrs)
+        np.testing.assert_allclose(got, direct.mean(axis=(1, 2)), rtol=1e-10, atol=1e-12)
+    w = rng.normal(size=(5, 3))
+    q, s = quantize_weight(w, 1, 7)
+    x = rng.normal(size=(4, 5))
+    np.testing.assert_allclose(weight_rounding_shift(SimpleNamespace(op="matmul"), w, q * s, x),
+                               (x @ (q * s - w)).mean(axis=0), rtol=1e-10)

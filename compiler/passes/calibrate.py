@@ -203,6 +203,9 @@ class CalibrationResult:
     seconds: float
     histograms: dict[str, Histogram] = field(default_factory=dict, repr=False)
     fp32_outputs: list[np.ndarray] = field(default_factory=list, repr=False)  # first output per sample
+    # per layer: its input tensor's mean over the samples, conv2d inputs in NCHW
+    # (for ``QuantizationPlan.bias_correction``)
+    input_means: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def _as_batch(arrays: dict[str, np.ndarray], inputs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
@@ -341,6 +344,13 @@ def _exposing_module(mod, layers: list[Layer]):
     return out, [position[layer.data] for layer in layers]
 
 
+def _as_nchw(values: np.ndarray, layer: Layer) -> np.ndarray:
+    """A conv2d layer's input in NCHW (from its ``data_layout``); other layers' unchanged."""
+    if layer.op != "conv2d":
+        return values
+    return values.transpose([layer.data_layout.index(c) for c in "NCHW"])
+
+
 def first_output(result) -> np.ndarray:
     """The model's first output from a VM result (a model with several outputs returns nested tuples)."""
     while not hasattr(result, "numpy"):
@@ -387,6 +397,7 @@ def calibrate(
     channel_histograms = {index[layer.index]: [Histogram() for _ in range(int(layer.weight.value.shape[0]))]
                           for layer in layers if per_channel_depthwise and layer.depthwise}
     fp32_outputs = []
+    sums: dict[int, np.ndarray] = {}  # exposed layer input -> sum over the samples
     for sample in samples:
         args = [tvm.runtime.tensor(np.ascontiguousarray(sample[spec.name]), device) for spec in inputs]
         result = vm["main"](*args)
@@ -396,6 +407,7 @@ def calibrate(
             hist.add(values)
             for c, channel in enumerate(channel_histograms.get(i, ())):
                 channel.add(values[:, c])
+            sums[i] = sums.get(i, 0.0) + values.astype(np.float64)
     by_layer = {layer.name: histograms[index[layer.index]] for layer in layers}
     ranges = {name: hist.to_range(method, percentile) for name, hist in by_layer.items()}
     for layer in layers:
@@ -403,6 +415,8 @@ def calibrate(
         if per_channel is not None:
             channels = tuple(h.to_range(method, percentile) for h in per_channel)
             ranges[layer.name] = dataclasses.replace(ranges[layer.name], channels=channels)
+    # conv2d inputs in NCHW: the layout may change between calibration and quantization
+    means = {layer.name: _as_nchw(sums[index[layer.index]] / len(samples), layer) for layer in layers if samples}
     seconds = time.perf_counter() - t0
     log.info("calibrated %d layers over %d samples (%s) in %.1f s", len(ranges), len(samples), method, seconds)
-    return CalibrationResult(method, ranges, len(samples), seconds, by_layer, fp32_outputs)
+    return CalibrationResult(method, ranges, len(samples), seconds, by_layer, fp32_outputs, means)

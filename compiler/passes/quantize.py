@@ -56,6 +56,10 @@ class QuantizationPlan:
     onnx_model: object = None  # for layer names
     channel_multiple: int = 1  # conv input channels padded to a multiple of this (4 for x86 int8 kernels)
     signed_activations: bool = False  # int8 activations (zero points - 128): AArch64 sdot kernels
+    # Subtract from each layer's bias (layers with a constant bias add) the mean output shift its
+    # weight rounding causes on the mean calibration input (``input_means``, from calibration).
+    bias_correction: bool = False
+    input_means: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +90,31 @@ def quantize_weight(weight: np.ndarray, axis: int, bits: int = 8) -> tuple[np.nd
     shape[axis] = -1
     q = np.clip(np.round(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
     return q, scale
+
+
+def weight_rounding_shift(layer, weight: np.ndarray, dequantized: np.ndarray, mean: np.ndarray,
+                          attrs=None) -> np.ndarray:
+    """Per output channel, the mean change of ``layer``'s output over its output positions when
+    ``weight`` becomes ``dequantized`` and the input is ``mean`` (the calibration inputs' mean
+    tensor, NCHW for conv2d; the layer is linear, so this is the expected change). Conv2d ``attrs`` (strides,
+    padding, dilation) place the window; padding reads zeros, as the int8 kernel's zero point does."""
+    error = dequantized.astype(np.float64) - weight.astype(np.float64)
+    if layer.op != "conv2d":  # matmul weight [K, N]: every row of the input meets the same error
+        return mean.reshape(-1, mean.shape[-1]).mean(axis=0) @ error
+    x = mean.mean(axis=0)  # [C, H, W]
+    error = error.transpose([layer.kernel_layout.index(c) for c in "OIHW"])  # [O, I/groups, KH, KW]
+    out_channels, in_per_group, kh, kw = error.shape
+    (sy, sx), (dy, dx) = [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation]
+    top, left, bottom, right = [int(v) for v in attrs.padding]
+    x = np.pad(x, ((0, 0), (top, bottom), (left, right)))
+    out_h, out_w = (x.shape[1] - dy * (kh - 1) - 1) // sy + 1, (x.shape[2] - dx * (kw - 1) - 1) // sx + 1
+    # seen[c, ky, kx]: the mean input that window tap (ky, kx) of channel c meets over the output
+    seen = np.stack([np.stack([x[:, ky * dy:ky * dy + sy * (out_h - 1) + 1:sy,
+                                 kx * dx:kx * dx + sx * (out_w - 1) + 1:sx].mean(axis=(1, 2))
+                               for kx in range(kw)], axis=-1) for ky in range(kh)], axis=-2)
+    groups = x.shape[0] // in_per_group
+    per_output = seen.reshape(groups, in_per_group, kh, kw)[np.arange(out_channels) // (out_channels // groups)]
+    return (error * per_output).sum(axis=(1, 2, 3))
 
 
 def _const(value, dtype: str | None = None) -> Constant:
@@ -140,18 +169,23 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
         switch = {name: i for i, name in enumerate(probed_layers(plan, found))}
         mask = relax.Var(PROBE_PARAM, relax.TensorType([len(switch)], "bool")) if probe else None
         # The probe switches after a layer's bias add, which LowerQDQ folds into the int32 accumulator.
-        bias_adds = _sole_bias_adds(mod["main"], set(layers)) if probe else {}
-        absorbed = {binding.var for binding in bias_adds.values()}
+        bias_adds = _sole_bias_adds(mod["main"], set(layers)) if probe or plan.bias_correction else {}
+        absorbed = {binding.var for binding in bias_adds.values()} if probe else set()
 
         @relax.expr_functor.mutator
         class _Insert(relax.PyExprMutator):
             def __init__(self, module):
                 super().__init__(module)
                 self.quantized_inputs: dict = {}  # original data var -> per-tensor dequantized var (shared)
+                self.corrected_biases: dict = {}  # bias add var -> its bias minus the weight-rounding shift
 
             def visit_var_binding_(self, binding):
                 if binding.var in absorbed:
                     return None  # emitted with its layer (probe)
+                if binding.var in self.corrected_biases:
+                    value = relax.op.add(self.visit_expr(binding.value.args[0]), self.corrected_biases[binding.var])
+                    self.set_var_remap(binding.var, emit_like(self.builder_, value, binding.var))
+                    return None
                 layer = layers.get(binding.var)
                 if layer is None or layer.name not in switch:
                     return super().visit_var_binding_(binding)
@@ -184,6 +218,18 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                     _const(wq), _const(wscale), _const(np.zeros(len(wscale), np.int8)), axis=axis,
                     out_dtype="float32"))
                 new_value = relax.Call(call.op, [dq, wdq], attrs, call.ty_args)
+                add = bias_adds.get(binding.var)
+                corrected_bias = None
+                if plan.bias_correction and add is not None and layer.name in plan.input_means:
+                    shape = [1] * weight.ndim
+                    shape[axis] = -1
+                    shift = weight_rounding_shift(layer, weight, wq * wscale.reshape(shape),
+                                                  plan.input_means[layer.name], call.attrs)
+                    bias = add.value.args[1].value.numpy()
+                    if bias.size == shift.size:
+                        corrected_bias = _const((bias - shift.reshape(bias.shape)).astype(bias.dtype))
+                        if mask is None:
+                            self.corrected_biases[add.var] = corrected_bias
                 if mask is None:
                     self.set_var_remap(binding.var, emit_like(self.builder_, new_value, binding.var))
                     return None
@@ -191,10 +237,9 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                 fp32 = self.builder_.emit(relax.Call(call.op, [source, self.visit_expr(call.args[1])],
                                                      call.attrs, call.ty_args))
                 replaced = binding.var
-                add = bias_adds.get(binding.var)
                 if add is not None:
                     bias = self.visit_expr(add.value.args[1])
-                    quantized = self.builder_.emit(relax.op.add(quantized, bias))
+                    quantized = self.builder_.emit(relax.op.add(quantized, bias if corrected_bias is None else corrected_bias))
                     fp32 = self.builder_.emit(relax.op.add(fp32, bias))
                     replaced = add.var
                 keep = relax.op.take(mask, _const(switch[layer.name], "int64"), axis=0, mode="clip")

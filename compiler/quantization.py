@@ -140,7 +140,8 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
         raise InputError("choose one target: --min-agreement (agreement with FP32) or --evaluate (accuracy)")
     samples = load_calibration(options.calibration, imported.inputs, options.samples)
     result = calibrate(mod, imported.inputs, samples, options.method, options.percentile,
-                       imported.onnx_model, options.threads, options.per_channel_depthwise)
+                       imported.onnx_model, options.threads, options.per_channel_depthwise,
+                       input_means=options.bias_correction)
     layers = find_layers(mod, imported.onnx_model)
     keep = _resolve_names(tuple(options.keep_fp32), layers)
     reports = []

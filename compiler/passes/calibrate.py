@@ -367,8 +367,10 @@ def calibrate(
     onnx_model=None,
     threads: int | None = None,
     per_channel_depthwise: bool = False,
+    input_means: bool = False,
 ) -> CalibrationResult:
-    """Ranges of every quantizable layer's input of ``mod`` over ``samples`` (see module doc)."""
+    """Ranges of every quantizable layer's input of ``mod`` over ``samples`` (see module doc);
+    with ``input_means`` also each layer input's mean tensor (``CalibrationResult.input_means``)."""
     import tvm
 
     from compiler.pipeline import lowering_pipeline
@@ -407,7 +409,8 @@ def calibrate(
             hist.add(values)
             for c, channel in enumerate(channel_histograms.get(i, ())):
                 channel.add(values[:, c])
-            sums[i] = sums.get(i, 0.0) + values.astype(np.float64)
+            if input_means:
+                sums[i] = sums.get(i, 0.0) + values.astype(np.float64)
     by_layer = {layer.name: histograms[index[layer.index]] for layer in layers}
     ranges = {name: hist.to_range(method, percentile) for name, hist in by_layer.items()}
     for layer in layers:
@@ -416,7 +419,8 @@ def calibrate(
             channels = tuple(h.to_range(method, percentile) for h in per_channel)
             ranges[layer.name] = dataclasses.replace(ranges[layer.name], channels=channels)
     # conv2d inputs in NCHW: the layout may change between calibration and quantization
-    means = {layer.name: _as_nchw(sums[index[layer.index]] / len(samples), layer) for layer in layers if samples}
+    means = {layer.name: _as_nchw(sums[index[layer.index]] / len(samples), layer)
+             for layer in layers if index[layer.index] in sums}
     seconds = time.perf_counter() - t0
     log.info("calibrated %d layers over %d samples (%s) in %.1f s", len(ranges), len(samples), method, seconds)
     return CalibrationResult(method, ranges, len(samples), seconds, by_layer, fp32_outputs, means)

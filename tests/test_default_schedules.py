@@ -409,3 +409,20 @@ def test_row_reduction_declines_what_dlight_cannot_schedule():
     with target:
         default_schedule_pass(target, stats=stats)(tvm.IRModule({"main": func}))
     assert not stats.declined and stats.defaulted == 1
+
+
+def test_transpose_to_four_channels_runs_by_rows_of_short_inner_axes(tmp_path):
+    """NCHW -> NHWC with channels padded 3 -> 4 (an INT8 model's input): no vector of whole
+    rows, and the last axis (4) is short, so each parallel task is a row of the two innermost
+    axes (24 x 4, the 4 unrolled) rather than one flat loop with an index division per
+    element (SqueezeNet INT8's 224x224x4 input: 0.19 -> 0.017 ms). Results equal ONNX Runtime."""
+    pads = helper.make_tensor("pads", onnx.TensorProto.INT64, [8], [0, 0, 0, 0, 0, 0, 0, 1])
+    onnx_model = model([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+                        helper.make_node("Pad", ["t", "pads"], ["y"])],
+                       [("x", [1, 3, 20, 24])], [("y", [1, 20, 24, 4])], [pads])
+    mod, stats = scheduled_module(onnx_model)
+    assert not stats.declined
+    (kernel,) = kernels(mod, "transpose")
+    block = next(b for b in ("PadInput", "T_pad") if f'sblock("{b}")' in kernel.script())
+    assert _loop_kinds(kernel, block) == [("Parallel", 20), ("Serial", 24), ("Unrolled", 4)]
+    assert_matches_onnxruntime(onnx_model, tmp_path, seed=4)

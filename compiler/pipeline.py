@@ -18,6 +18,7 @@ from tvm import relax
 from compiler.passes import blocked_conv
 from compiler.passes.conv_layout import convert_conv_layout
 from compiler.passes.concat_in_place import in_place_calls_as_call_tir, write_concat_in_place
+from compiler.passes.clip_as_max_min import clip_as_max_min
 from compiler.passes.drop_dropout import drop_dropout
 from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
 from compiler.passes.pad_output_channels import pad_output_channels
@@ -192,7 +193,11 @@ def layout_steps(preset: TargetPreset) -> list[Step]:
     if preset.conv_layout == "NCHW":
         return []
     block = vector_spec(preset.tvm_target()).lanes() if preset.kind == "llvm" else 8
-    return [Step("ConvertConvLayout", f"float conv2d and the ops between them in {preset.conv_layout} "
+    return [Step("ClipAsMaxMin", "clip (ReLU6, in HardSwish) as maximum/minimum, which ConvertLayout converts "
+                 "(TVM has no layout rule for clip: two transposes around each)", lambda: clip_as_max_min),
+            Step("DeadCodeElimination", "drop the clip kernels ClipAsMaxMin replaced",
+                 relax.transform.DeadCodeElimination),
+            Step("ConvertConvLayout", f"float conv2d and the ops between them in {preset.conv_layout} "
                  "(one transpose at each end, weights transposed at compile time)",
                  lambda: convert_conv_layout(preset.conv_layout, block))]
 

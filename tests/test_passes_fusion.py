@@ -315,6 +315,37 @@ def test_convert_conv_layout_runs_convs_in_nhwc_with_one_transpose_at_each_end()
     assert matches_onnxruntime(graph, mod) < TOLERANCE
 
 
+def test_clips_convert_to_nhwc_without_transposes():
+    """ReLU6 as Clip with bound inputs (the importer's call_tir kernels) and HardSwish (relax.clip):
+    ClipAsMaxMin makes them maximum/minimum, so NHWC needs one transpose at each end only
+    (without it: two more around each clip). Results equal ONNX Runtime."""
+    from targets.registry import with_conv_layout
+
+    rng = np.random.default_rng(4)
+    bounds = [onnx.numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", 0.0), ("hi", 6.0))]
+    graph = model([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+                   helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+                   helper.make_node("Conv", ["r", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+                   helper.make_node("HardSwish", ["c2"], ["y"])],
+                  [("x", [1, 8, 12, 12])], [("y", None)],
+                  [const("w", 16, 8, 3, 3, rng=rng), const("b", 16, rng=rng),
+                   const("w2", 16, 16, 3, 3, rng=rng), const("b2", 16, rng=rng), *bounds])
+    preset = with_conv_layout(resolve_target("host"), "NHWC")
+    steps = pipeline_steps(preset)
+    names = [s.name for s in steps]
+    for skip in (set(), {"ClipAsMaxMin"}):
+        converted = import_onnx(graph, {}).mod
+        with tvm.transform.PassContext(opt_level=3):
+            for step in steps[: names.index("ConvertConvLayout") + 1]:
+                if step.name not in skip:
+                    converted = step.make()(converted)
+        transposes = [c for c in _relax_ops(converted) if c.op.name == "relax.permute_dims"]
+        assert len(transposes) == (2 if not skip else 6), converted["main"].script()
+    with tvm.transform.PassContext(opt_level=3):
+        mod = build_pipeline(preset)(import_onnx(graph, {}).mod)
+    assert matches_onnxruntime(graph, mod) < TOLERANCE
+
+
 def test_convert_conv_layout_leaves_int8_convolutions_in_nchw():
     from compiler.passes.conv_layout import _has_int8_conv, convert_conv_layout
 

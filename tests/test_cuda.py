@@ -70,7 +70,8 @@ def _int8_conv_model():
 
     rng = np.random.default_rng(5)
     # A matmul of 256 x 128 x 864 (pixels x output channels x 96 * 3 * 3): over dlight's 64 threshold.
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
     return model(nodes, [("x", [1, 96, 16, 16])], [("y", None)],
                  [const("w", 128, 96, 3, 3, low=-0.05, high=0.05, rng=rng), const("b", 128, rng=rng)])
 

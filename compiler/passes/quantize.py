@@ -96,8 +96,9 @@ def weight_rounding_shift(layer, weight: np.ndarray, dequantized: np.ndarray, me
                           attrs=None) -> np.ndarray:
     """Per output channel, the mean change of ``layer``'s output over its output positions when
     ``weight`` becomes ``dequantized`` and the input is ``mean`` (the calibration inputs' mean
-    tensor, NCHW for conv2d; the layer is linear, so this is the expected change). Conv2d ``attrs`` (strides,
-    padding, dilation) place the window; padding reads zeros, as the int8 kernel's zero point does."""
+    tensor, NCHW for conv2d; the layer is linear, so this is the expected change). A conv2d's
+    ``attrs`` (strides, padding, dilation) place the window; padding reads zeros, as the int8
+    kernel's zero point does."""
     error = dequantized.astype(np.float64) - weight.astype(np.float64)
     if layer.op != "conv2d":  # matmul weight [K, N]: every row of the input meets the same error
         return mean.reshape(-1, mean.shape[-1]).mean(axis=0) @ error
@@ -239,7 +240,8 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                 replaced = binding.var
                 if add is not None:
                     bias = self.visit_expr(add.value.args[1])
-                    quantized = self.builder_.emit(relax.op.add(quantized, bias if corrected_bias is None else corrected_bias))
+                    quantized_bias = bias if corrected_bias is None else corrected_bias
+                    quantized = self.builder_.emit(relax.op.add(quantized, quantized_bias))
                     fp32 = self.builder_.emit(relax.op.add(fp32, bias))
                     replaced = add.var
                 keep = relax.op.take(mask, _const(switch[layer.name], "int64"), axis=0, mode="clip")

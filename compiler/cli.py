@@ -202,6 +202,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         trials_per_iter=args.trials_per_iter, threads=args.threads,
         input_shapes=parse_input_shapes(args.input_shape), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
         progress=not args.no_progress, population=args.population, conv_layout=args.layout,
+        precision=args.precision, int8=_int8_options(args) if args.precision == "int8" else None,
     )
     report = tune_model(args.model, args.db, options)
     print(f"tuned {args.model} for '{report.target}' with {report.threads} threads into {report.db}: "
@@ -213,7 +214,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print(f"{t.name[:48]:48s} {t.weight:6.0f} {t.trials:6d} {best}  {t.note}")
     if report.estimated_ms is not None:
         print(f"estimated end-to-end kernel time: {report.estimated_ms:.3f} ms")
-    print(f"use it: kiln compile {args.model} --target {args.target} --db {args.db} -o OUT.so")
+    same = (f" --layout {args.layout}" if args.layout else "") + (
+        f" --precision int8 --calibration {args.calibration} (and the same int8 options)"
+        if args.precision == "int8" else "")
+    print(f"use it: kiln compile {args.model} --target {args.target} --db {args.db}{same} -o OUT.so")
     return 0
 
 
@@ -351,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-key", help="device key of those RPC servers")
     p.add_argument("--population", type=int, default=512, help="evolutionary search population (smaller: faster batches)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                   help="int8: tune the quantized model's kernels (calibrated from --calibration); compile with "
+                        "the same --precision and int8 options to use the records")
+    _add_int8_arguments(p)
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("tune-report", help="summarise a tuning database: JSON and a latency curve")

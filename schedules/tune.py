@@ -47,6 +47,9 @@ class TuneOptions:
     rpc_tracker: str | None = None  # "host:port"
     rpc_key: str | None = None
     precision: str = "fp32"
+    # precision "int8": calibration and layer choices, as for compile (compile with the same data
+    # and options to use the records: the kernels' quantization constants are part of their workload)
+    int8: object = None  # compiler.quantization.Int8Options
     conv_layout: str | None = None  # as CompileOptions.conv_layout: compile with the same to use the records
     seed: int = 0
     progress: bool = True
@@ -308,7 +311,9 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
 
     if options.conv_layout is not None and options.conv_layout.lower() == "auto":
         raise InputError("tuning needs one layout: pass --layout NCHW or NHWC (compile with the same)")
-    preset = with_conv_layout(resolve_target(options.target), options.conv_layout)
+    preset = resolve_target(options.target)
+    layout = options.conv_layout or (preset.int8_conv_layout if options.precision == "int8" else None)
+    preset = with_conv_layout(preset, layout)  # as compile_model chooses it
     threads = options.threads or default_threads()
     # Measurements must use the threads the library will run with (TVM's default is 1 here).
     os.environ["TVM_NUM_THREADS"] = str(threads)
@@ -340,8 +345,16 @@ def _tune(model, options, preset, threads, work_dir, database) -> TuneReport:
     import_tensor_intrinsics()  # ~11 s instead of ~100 s (see schedules/intrinsics.py)
     target = tuning_target(preset, threads)
     imported = import_onnx(model, options.input_shapes)
+    plan = None
+    if options.precision == "int8":
+        from compiler.quantization import plan_int8, simplified_module
+
+        if options.int8 is None:
+            raise InputError("tuning precision int8 needs calibration data: pass --calibration DATA "
+                             "(the same as for kiln compile)")
+        plan = plan_int8(simplified_module(imported, preset), imported, preset, options.int8).plan
     with tvm.transform.PassContext(opt_level=3):
-        mod = tuning_input_pipeline(preset, options.precision)(imported.mod)
+        mod = tuning_input_pipeline(preset, options.precision, plan)(imported.mod)
     extracted = ms.relax_integration.extract_tasks(mod, target)
     if not extracted:
         raise KilnError("the model has no kernels to tune")

@@ -135,3 +135,28 @@ def test_tuning_a_concat_model_tunes_the_in_place_writers(tmp_path):
     x = m.random_inputs(seed=2)
     _, rel = max_abs_diff(m.run(x), OnnxRuntimeReference(path, 2).run(x))
     assert rel <= 1e-4
+
+
+def test_tune_int8_then_compile_int8_with_the_records(model_path, tmp_path):
+    """`kiln tune --precision int8` tunes the quantized model's kernels (its int8 matmul among
+    them); compiling with the same calibration and the database gives the int8 model's results."""
+    import numpy as np
+
+    from compiler.quantization import Int8Options
+
+    calibration = np.random.default_rng(2).standard_normal((8, 8, 64)).astype("float32")
+    int8 = Int8Options(calibration=calibration, method="minmax")
+    db = tmp_path / "db"
+    report = tune_model(model_path, db, TuneOptions(trials=8, trials_per_iter=4, progress=False, population=64,
+                                                    precision="int8", int8=int8))
+    assert report.trials_run > 0
+    workloads = (db / "database_workload.json").read_text() if (db / "database_workload.json").exists() else ""
+    records = "".join(p.read_text() for p in db.glob("*.json"))
+    assert "int8" in workloads + records  # the tuned kernels are the quantized ones
+    compile_model(model_path, tmp_path / "plain.so", precision="int8", int8=int8)
+    compile_model(model_path, tmp_path / "tuned.so", precision="int8", int8=int8, db=db)
+    plain, tuned = load(tmp_path / "plain.so"), load(tmp_path / "tuned.so")
+    x = plain.random_inputs(seed=3)
+    np.testing.assert_allclose(tuned.run(x)["y"], plain.run(x)["y"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="calibration"):
+        tune_model(model_path, tmp_path / "db2", TuneOptions(trials=4, progress=False, precision="int8"))

@@ -23,7 +23,7 @@ from compiler.metadata import LibraryMetadata, TensorSpec, metadata_source, seal
 from compiler.pipeline import PRECISIONS, build_pipeline
 from compiler.quantization import Int8Options, Int8Result, plan_int8, simplified_module
 from targets.cuda import cuda_compile_hook, enable_cuda_codegen, parse_archs
-from targets.registry import TargetPreset, resolve_target, with_conv_layout
+from targets.registry import TargetPreset, resolve_target, with_build_layout
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     import tvm
 
     preset = resolve_target(options.target)
-    layout = options.conv_layout or (preset.int8_conv_layout if options.precision == "int8" else None)
-    preset = with_conv_layout(preset, layout)
+    preset = with_build_layout(preset, options.conv_layout, options.precision)
     if options.precision not in PRECISIONS:
         raise KilnError(f"precision '{options.precision}' is not supported; use one of {', '.join(PRECISIONS)}")
     if preset.conv_layout == "NCHWc" and (options.precision != "fp32" or preset.kind != "llvm"):

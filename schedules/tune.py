@@ -307,13 +307,11 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     if options.trials is None and options.budget_seconds is None:
         options.trials = -1  # resolved to DEFAULT_TRIALS_PER_TASK per task below
     from schedules.database import DurableDatabase
-    from targets.registry import default_threads, resolve_target, with_conv_layout
+    from targets.registry import default_threads, resolve_target, with_build_layout
 
     if options.conv_layout is not None and options.conv_layout.lower() == "auto":
         raise InputError("tuning needs one layout: pass --layout NCHW or NHWC (compile with the same)")
-    preset = resolve_target(options.target)
-    layout = options.conv_layout or (preset.int8_conv_layout if options.precision == "int8" else None)
-    preset = with_conv_layout(preset, layout)  # as compile_model chooses it
+    preset = with_build_layout(resolve_target(options.target), options.conv_layout, options.precision)
     threads = options.threads or default_threads()
     # Measurements must use the threads the library will run with (TVM's default is 1 here).
     os.environ["TVM_NUM_THREADS"] = str(threads)

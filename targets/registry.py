@@ -187,6 +187,13 @@ def with_conv_layout(preset: TargetPreset, layout: str | None) -> TargetPreset:
     return replace(preset, conv_layout=canonical)
 
 
+def with_build_layout(preset: TargetPreset, layout: str | None, precision: str) -> TargetPreset:
+    """``preset`` with the conv layout a build of ``precision`` uses: ``layout`` when given, else
+    for int8 the preset's ``int8_conv_layout`` (NHWC on x86), else the preset's own. Compile and
+    tune both choose it here, so tuning records match the compiled kernels."""
+    return with_conv_layout(preset, layout or (preset.int8_conv_layout if precision == "int8" else None))
+
+
 def list_presets() -> list[TargetPreset]:
     """Every preset, ``host`` (detected) first."""
     return [detect_host(), *PRESETS.values()]

@@ -135,6 +135,32 @@ def configure_threads(threads: int | None) -> int:
     return int(tvm.runtime.num_threads())
 
 
+# path -> (inode, mtime, size) of the file this process loaded from it
+_loaded_files: dict[str, tuple[int, int, int]] = {}
+
+
+def _load_module_fresh(tvm, path: Path):
+    """``tvm.runtime.load_module(path)``, but never an older library that was at ``path``.
+
+    The dynamic loader hands back the library it already has for a path while that one is
+    still loaded, so a library rebuilt to the same path and loaded again in the same process
+    would silently run the old code (seen: compile, load, recompile another model to the same
+    file, load: the first model's outputs). A changed file is loaded from a private copy.
+    """
+    import shutil
+    import tempfile
+
+    key = str(path.resolve())
+    stat = path.stat()
+    identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if _loaded_files.setdefault(key, identity) == identity:
+        return tvm.runtime.load_module(key)
+    with tempfile.TemporaryDirectory(prefix="kiln-reload-") as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(path, copy)
+        return tvm.runtime.load_module(str(copy))  # stays mapped after the copy is removed
+
+
 class CompiledModel:
     """A loaded kiln library. Use ``load`` to make one."""
 
@@ -148,7 +174,7 @@ class CompiledModel:
         self._tvm = tvm
         self.device = tvm.cuda(0) if meta.device == "cuda" else tvm.cpu(0)
         try:
-            lib = tvm.runtime.load_module(str(path))
+            lib = _load_module_fresh(tvm, path)
         except Exception as err:  # TVM reports load failures as its own error types
             raise LibraryError(f"{path}: TVM could not load the library: {str(err).strip().splitlines()[-1]}") from None
         self._vm = tvm.runtime.vm.VirtualMachine(lib, self.device)

@@ -157,3 +157,26 @@ def test_nan_and_inf_inputs_propagate_without_crashing(tiny_lib):
     # Max-pooling may drop a NaN (LLVM's maxnum), so either NaN reaches the output or it stays finite.
     assert out.shape == (1, 10) and (np.isnan(out).any() or np.isfinite(out).all())
     assert np.isfinite(m.run(m.random_inputs())["prob"]).all()  # the next call is unaffected
+
+
+def test_a_library_rebuilt_to_the_same_path_loads_the_new_code(tmp_path):
+    """The dynamic loader returns the library it already holds for a path; a rebuilt file loaded
+    again in the same process must still run the new model (it used to run the old one)."""
+    from onnx import helper
+
+    from compiler.build import compile_model
+    from tests.onnx_graphs import const, model
+
+    def scale_by(k: float):
+        return model([helper.make_node("Mul", ["x", "k"], ["y"])], [("x", [1, 4])], [("y", None)],
+                     [const("k", 4, low=k, high=k)])
+
+    path = tmp_path / "m.so"
+    x = np.ones((1, 4), np.float32)
+    compile_model(scale_by(2.0), path)
+    first = load(path)
+    compile_model(scale_by(3.0), path)
+    second = load(path)
+    np.testing.assert_array_equal(first.run(x)["y"], 2.0 * x)
+    np.testing.assert_array_equal(second.run(x)["y"], 3.0 * x)
+    np.testing.assert_array_equal(load(path).run(x)["y"], 3.0 * x)

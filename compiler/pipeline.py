@@ -21,6 +21,8 @@ from compiler.passes.concat_in_place import in_place_calls_as_call_tir, write_co
 from compiler.passes.clip_as_max_min import clip_as_max_min
 from compiler.passes.drop_dropout import drop_dropout
 from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
+from compiler.passes.hoist_quantize import hoist_quantize
+from compiler.passes.int8_conv_layout import int8_conv_layout
 from compiler.passes.pad_output_channels import pad_output_channels
 from compiler.passes.prepack_in_place import attach_layout_free_buffers_in_place, split_layout_rewrite_in_place
 from schedules.defaults import default_schedule_pass
@@ -96,7 +98,6 @@ def precision_steps(precision: str, plan=None, probe: bool = False) -> list[Step
 
     ``probe=True``: the INT8 sensitivity probe (every layer both ways, a runtime switch per layer;
     ``compiler.passes.quantize.insert_qdq``)."""
-    from compiler.passes.hoist_quantize import hoist_quantize
     from compiler.passes.quantize import fold_relu_into_quantize, insert_qdq, lower_qdq
 
     if precision == "fp16":
@@ -185,7 +186,7 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     # Layout before precision: INT8 is inserted into the NHWC graph, so int8 kernels exchange
     # NHWC tensors (4 consecutive channels contiguous: what the dot-product intrinsics read).
     return (simplify_steps(weight_bits, fusion, channel_multiple_for(target)) + layout_steps(preset)
-            + precision_steps(precision, plan) + lowering_steps(preset, db, fusion))
+            + prequantized_steps(preset) + precision_steps(precision, plan) + lowering_steps(preset, db, fusion))
 
 
 def layout_steps(preset: TargetPreset) -> list[Step]:
@@ -200,6 +201,19 @@ def layout_steps(preset: TargetPreset) -> list[Step]:
             Step("ConvertConvLayout", f"float conv2d and the ops between them in {preset.conv_layout} "
                  "(one transpose at each end, weights transposed at compile time)",
                  lambda: convert_conv_layout(preset.conv_layout, block))]
+
+
+def prequantized_steps(preset: TargetPreset) -> list[Step]:
+    """A pre-quantized (QDQ) model's int8 convs in the layout kiln's int8 kernels want, with int8
+    tensors between them. Both steps leave a module without int8 convs or quantizes as it is."""
+    steps = []
+    if (preset.int8_conv_layout or preset.conv_layout) == "NHWC":
+        steps.append(Step("Int8ConvLayout", "int8 convs of a QDQ model (lowered in NCHW) and the ops between them "
+                          "in NHWC: no activation packing per conv (ConvertLayout has no quantize rule)",
+                          lambda: int8_conv_layout))
+    steps.append(Step("HoistQuantize", "a QDQ model's DQ -> max-pool/concat -> Q: pool and concat move uint8, "
+                      "the quantize meets its dequantize and both go", lambda: hoist_quantize))
+    return steps
 
 
 def _as_one_pass(preset: TargetPreset, steps: list[Step], name: str) -> tvm.transform.Pass:

@@ -122,20 +122,20 @@ def _conv_relu_conv_gemm() -> onnx.ModelProto:
          const("wg", 10, 128), const("bg", 10)])
 
 
-def _samples(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-1, 1, (n, 1, 4, 8, 8)).astype(np.float32)
+def _samples(n: int, seed: int = 0, shape=(1, 4, 8, 8)) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (n, *shape)).astype(np.float32)
 
 
-def _ort_qdq_model(tmp_path, reduce_range: bool):
-    """ONNX Runtime's quantize_static QDQ model of ``_conv_relu_conv_gemm`` (per channel, uint8 activations)."""
+def _ort_qdq_model(tmp_path, reduce_range: bool, float_model=_conv_relu_conv_gemm, shape=(1, 4, 8, 8)):
+    """ONNX Runtime's quantize_static QDQ model of ``float_model`` (per channel, uint8 activations)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     float_path, qdq_path = tmp_path / "f.onnx", tmp_path / "qdq.onnx"
-    onnx.save(_conv_relu_conv_gemm(), float_path)
+    onnx.save(float_model(), float_path)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter({"x": s} for s in _samples(16))
+            self.items = iter({"x": s} for s in _samples(16, shape=shape))
 
         def get_next(self):
             return next(self.items, None)
@@ -167,6 +167,35 @@ def test_qdq_model_imports_as_real_int8_and_matches_onnxruntime(tmp_path):
             out_scale = float(np.abs(ref).max())
             # float rounding order may flip a value sitting on a rounding boundary by one step
             assert np.abs(ours - ref).max() <= 0.02 * out_scale
+
+
+def test_qdq_model_runs_int8_in_nhwc_with_uint8_pool_and_concat(tmp_path):
+    """ORT's DQ -> MaxPool/Concat -> Q chains become uint8 pooling and concatenation, and the int8
+    convs run in NHWC (x86's int8 layout) with one transpose in and one out, equal to the NCHW build."""
+    from dataclasses import replace
+
+    from compiler.passes.hoist_quantize import hoist_quantize
+    from compiler.passes.int8_conv_layout import int8_conv_layout
+
+    shape = (1, 3, 16, 16)
+    qdq_path = _ort_qdq_model(tmp_path, reduce_range=True, float_model=_fire, shape=shape)
+    preset = resolve_target("host")
+    text = hoist_quantize(int8_conv_layout(simplified_module(import_onnx(qdq_path), preset)))["main"].script()
+    assert text.count('data_layout="NHWC"') == 5 and 'data_layout="NCHW"' not in text
+    assert text.count("R.permute_dims") == 2
+    pool, cat = (re.search(rf'R.Tensor\(\([^)]*\), dtype="(\w+)"\) = R\.{op}\(', text) for op in ("nn.max_pool2d", "concat"))
+    assert pool.group(1) == "uint8" and cat.group(1) == "uint8"
+
+    compile_model(qdq_path, tmp_path / "nhwc.so")
+    compile_model(qdq_path, tmp_path / "nchw.so", CompileOptions(target=replace(preset, int8_conv_layout="NCHW")))
+    nhwc, nchw = load(tmp_path / "nhwc.so"), load(tmp_path / "nchw.so")
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(qdq_path), plain, providers=["CPUExecutionProvider"])
+    for x in _samples(8, seed=3, shape=shape):
+        ours, ref = nhwc.run({"x": x})["y"], session.run(None, {"x": x})[0]
+        np.testing.assert_array_equal(ours, nchw.run({"x": x})["y"])
+        assert np.abs(ours - ref).max() <= 0.02 * np.abs(ref).max()
 
 
 def test_calibrated_int8_keeps_accuracy_and_uses_int8_kernels(tmp_path):

@@ -12,7 +12,10 @@ Expects Relax after ``LowerQDQ``. Rewrites only where the pooled/concatenated te
 by that quantize alone and every input moved through is read by the pool/concat alone
 (otherwise the float tensor would still be needed and a second quantize would cost a pass
 over it). Repeats until nothing moves (a quantize after concat(max_pool(..), ..) goes up
-twice). Guarantees the same values.
+twice). A quantize that arrives right after a dequantize with the same scale, zero point
+and integer type (a pre-quantized QDQ model's ``DQ -> max_pool/concat -> Q``) cancels with it:
+``quantize(dequantize(q)) == q``, since ``(q - z) * s / s`` rounds back to ``q - z``.
+Guarantees the same values.
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ MOVES_THROUGH = ("relax.nn.max_pool2d", "relax.concat")
 def _per_tensor(quantize: relax.Call) -> bool:
     scale, zero = quantize.args[1], quantize.args[2]
     return all(isinstance(c, Constant) and c.value.numpy().size == 1 for c in (scale, zero))
+
+
+def _same_parameters(quantize: relax.Call, dequantize: relax.Call) -> bool:
+    """``quantize`` undoes ``dequantize``: equal per-tensor scale and zero point, and the same integer type."""
+    if not (_per_tensor(quantize) and _per_tensor(dequantize)):
+        return False
+    same = all(float(a.value.numpy().item()) == float(b.value.numpy().item())
+               for a, b in zip(quantize.args[1:], dequantize.args[1:]))
+    return same and str(quantize.attrs.out_dtype) == str(dequantize.args[0].ty.dtype)
 
 
 def _hoist_once(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
@@ -54,6 +66,11 @@ def _hoist_once(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
             quantize = binding.value
             source = quantize.args[0] if op_name(quantize) == "relax.quantize" else None
             through = bindings.get(source) if isinstance(source, relax.Var) else None
+            if (op_name(through) == "relax.dequantize" and _same_parameters(quantize, through)
+                    and isinstance(binding.var, relax.DataflowVar)):
+                self.set_var_remap(binding.var, self.visit_expr(through.args[0]))
+                moved_count[0] += 1
+                return
             inputs = (inputs_of(through) if op_name(through) in MOVES_THROUGH and uses.get(source) == 1
                       and _per_tensor(quantize) else None)
             if inputs is None:

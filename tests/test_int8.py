@@ -664,3 +664,13 @@ def test_weight_rounding_shift_is_the_mean_output_change_of_the_conv():
     x = rng.normal(size=(4, 5))
     np.testing.assert_allclose(weight_rounding_shift(SimpleNamespace(op="matmul"), w, q * s, x),
                                (x @ (q * s - w)).mean(axis=0), rtol=1e-10)
+
+
+def test_constant_dequantize_of_a_scalar_is_evaluated():
+    """ORT's pre-processed QDQ models dequantize 0-d constants (an axis of a scalar is meaningless)."""
+    from tvm import relax
+
+    from compiler.passes.quantize import _ConstEval
+
+    call = relax.op.dequantize(relax.const(np.int8(5)), relax.const(np.float32(0.5)), relax.const(np.int8(1)))
+    assert float(_ConstEval(lambda var: None).value(call)) == 2.0

@@ -16,8 +16,8 @@ input and output channels are multiples of the target's vector width ``b`` compu
 stay NCHW, with a layout transform where the two meet.
 
 Guarantees the same values. Leaves a module that already has int8 convolutions (a
-pre-quantized QDQ model, lowered during simplification) unchanged: those stay NCHW, where
-kiln's int8 kernels pack the activations themselves.
+pre-quantized QDQ model, lowered during simplification) unchanged: ``Int8ConvLayout``
+(``compiler.passes.int8_conv_layout``) converts those.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.ir.expr import Constant
+from tvm.ir.expr import Constant, GenericConst  # GenericConst: a tensor; Constant also covers IntImm
 
 from compiler.passes.int8_layers import emit_like, op_name
 
@@ -52,7 +52,7 @@ def _is_int8_nchw_conv(call: relax.Expr) -> bool:
     attrs = call.attrs
     return (str(attrs.data_layout) == "NCHW" and str(attrs.kernel_layout) == "OIHW"
             and str(attrs.out_layout) == "NCHW" and _dtype(call.args[0]).startswith(("int", "uint"))
-            and isinstance(call.args[1], Constant))
+            and isinstance(call.args[1], GenericConst))
 
 
 def _constant_nhwc(value: np.ndarray) -> np.ndarray | None:
@@ -82,7 +82,7 @@ class _Converter:
         name = op_name(call)
         if name in ("relax.quantize", "relax.dequantize"):
             axis = int(call.attrs.axis) % 4
-            params = [x.value.numpy() for x in call.args[1:] if isinstance(x, Constant)]
+            params = [x.value.numpy() for x in call.args[1:] if isinstance(x, GenericConst)]
             if len(params) != 2 or not (axis == 1 or all(p.size == 1 for p in params)):
                 return None
             op = relax.op.quantize if name == "relax.quantize" else relax.op.dequantize
@@ -90,7 +90,9 @@ class _Converter:
                       out_dtype=str(call.attrs.out_dtype))
         args = []
         for arg in call.args:
-            if isinstance(arg, Constant):
+            if isinstance(arg, Constant) and not isinstance(arg, GenericConst):  # a scalar (clip's bounds)
+                args.append(arg)
+            elif isinstance(arg, GenericConst):
                 value = _constant_nhwc(arg.value.numpy())
                 if value is None:
                     return None

@@ -299,7 +299,7 @@ class _ConstEval:
             if any(p is None for p in parts):
                 return None
             q, scale, zero = parts
-            axis = int(expr.attrs.axis) % q.ndim
+            axis = int(expr.attrs.axis) % q.ndim if q.ndim else 0
             shape = [1] * q.ndim
             if scale.ndim:
                 shape[axis] = -1

@@ -190,10 +190,18 @@ def int8_conv_layout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
                 if not isinstance(binding.var, relax.DataflowVar):  # a block output: wanted in NCHW
                     self._to_nchw(binding.var)
                 return
+            self._materialize(value)
+            super().visit_var_binding_(binding)
+
+        def visit_match_cast_(self, binding):
+            self._materialize(binding.value)
+            super().visit_match_cast_(binding)
+
+        def _materialize(self, value: relax.Expr) -> None:
+            """The NCHW tensors ``value`` reads, for those only their NHWC copy has been emitted."""
             for var in relax.analysis.free_vars(value):
                 if var in self.only_nhwc:
                     self._to_nchw(var)
-            super().visit_var_binding_(binding)
 
         def _to_nchw(self, var: relax.Var) -> None:
             back = relax.op.permute_dims(self.nhwc[var], TO_NCHW)

@@ -121,6 +121,36 @@ def tuning_target(preset, threads: int):
     return tvm.target.Target(target, host=preset.host) if preset.host else tvm.target.Target(target)
 
 
+def int8_tuning_space(target, weight_bits: int, tasks):
+    """MetaSchedule's CPU design space plus tensorization with kiln's int8 dot intrinsic, or None.
+
+    TVM adds ``MultiLevelTilingWithIntrin`` only for VNNI and AVX-512 targets, with its own
+    intrinsics; for AVX2 (and kiln's VNNI/AVX-512/AArch64 copies) it has none, so its
+    candidates for int8 convs were scalar loops ~3x slower than kiln's default rule
+    (session 7). This is TVM's ``DefaultX86`` rule list with kiln's widest intrinsic that
+    is exact for ``weight_bits`` (AVX2's saturates above 7 bits), and its CPU tensorization
+    postprocessors. None where no task reads int8 data or the target has no such intrinsic.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from schedules.rules.int8 import dot_intrins_for
+
+    intrins = [i for i in dot_intrins_for(target) if i.exact_bits >= weight_bits]
+    reads_int8 = any(str(getattr(buf, "dtype", "")) in ("int8", "uint8")
+                     for task in tasks for buf in task.dispatched[0]["main"].params)
+    if not intrins or not reads_int8:
+        return None
+    rules = list(ms.schedule_rule.ScheduleRule.create("llvm"))
+    at = [type(rule).__name__ for rule in rules].index("MultiLevelTiling")
+    rules.insert(at, ms.schedule_rule.MultiLevelTilingWithIntrin(
+        intrins[0].name, structure="SSRSRS", max_innermost_factor=64,
+        reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")))
+    postprocs = [ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteParallelVectorizeUnroll(),
+                 ms.postproc.RewriteReductionBlock(), ms.postproc.RewriteTensorize(vectorize_init_loop=True),
+                 ms.postproc.RewriteLayout()]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs="llvm")
+
+
 def _has_search_space(context) -> bool:
     """False for tasks whose design space has a single candidate (reshape, concatenate, …)."""
     spaces = context.generate_design_space()
@@ -358,8 +388,15 @@ def _tune(model, options, preset, threads, work_dir, database) -> TuneReport:
         raise KilnError("the model has no kernels to tune")
     strategy = ms.search_strategy.EvolutionarySearch(
         population_size=options.population, init_min_unmeasured=min(50, options.population // 4))
+    space = "post-order-apply"
+    if preset.device == "cpu":
+        from schedules.int8 import weight_bits_for
+
+        weight_bits = plan.weight_bits if plan is not None else weight_bits_for(target)
+        space = int8_tuning_space(target, weight_bits, extracted) or space
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted, work_dir=str(work_dir / "logs"), strategy=strategy, num_threads=threads, seed=options.seed)
+        extracted, work_dir=str(work_dir / "logs"), space=space, strategy=strategy, num_threads=threads,
+        seed=options.seed)
     summaries: dict[str, TaskSummary] = {}
     tunable, tunable_weights = [], []
     for context, weight in zip(contexts, weights):

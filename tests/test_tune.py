@@ -160,3 +160,45 @@ def test_tune_int8_then_compile_int8_with_the_records(model_path, tmp_path):
     np.testing.assert_allclose(tuned.run(x)["y"], plain.run(x)["y"], rtol=1e-5, atol=1e-6)
     with pytest.raises(Exception, match="calibration"):
         tune_model(model_path, tmp_path / "db2", TuneOptions(trials=4, progress=False, precision="int8"))
+
+
+def test_int8_tuning_tensorizes_with_kiln_dot_intrinsic_and_stays_exact(tmp_path):
+    """On a CPU with an int8 dot intrinsic, MetaSchedule's design space for int8 convs includes
+    kiln's intrinsic (TVM's own spaces have none for AVX2); the tensorized candidates it
+    measures compute what the default build computes, even when every record is applied."""
+    import numpy as np
+
+    from compiler.quantization import Int8Options
+    from schedules.database import BASELINE_FILE
+    from schedules.rules.int8 import dot_intrins_for
+    from schedules.tune import tuning_target
+    from targets.registry import resolve_target
+    from tests.test_passes_fusion import fire
+
+    intrins = dot_intrins_for(tuning_target(resolve_target("host"), 2))
+    if not intrins:
+        pytest.skip("this CPU has no int8 dot intrinsic")
+    path = tmp_path / "fire.onnx"
+    onnx.save(fire(), path)
+    calibration = np.random.default_rng(0).uniform(-1, 1, (8, *load_shape(path))).astype("float32")
+    int8 = Int8Options(calibration=calibration, method="minmax")
+    db = tmp_path / "db"
+    tune_model(path, db, TuneOptions(trials=24, trials_per_iter=8, progress=False, population=32,
+                                     precision="int8", int8=int8))
+    records = (db / RECORD_FILE).read_text()
+    assert intrins[0].name in records  # tensorized candidates were generated and measured
+    # Every record applied, faster than the default or not (the baselines set to a second).
+    baselines = json.loads((db / BASELINE_FILE).read_text())
+    (db / BASELINE_FILE).write_text(json.dumps({key: 1.0 for key in baselines}))
+    compile_model(path, tmp_path / "plain.so", precision="int8", int8=int8)
+    compile_model(path, tmp_path / "tuned.so", precision="int8", int8=int8, db=db)
+    plain, tuned = load(tmp_path / "plain.so"), load(tmp_path / "tuned.so")
+    assert tuned.metadata.tuned_kernels >= 2
+    x = plain.random_inputs(seed=4)
+    np.testing.assert_allclose(tuned.run(x)["y"], plain.run(x)["y"], rtol=1e-5, atol=1e-6)
+
+
+def load_shape(path: Path) -> tuple[int, ...]:
+    """The model's single input shape without its batch dimension."""
+    dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value for d in dims[1:])

@@ -125,10 +125,10 @@ def kernels(mod: tvm.IRModule, part: str) -> list[tirx.PrimFunc]:
     return [f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and part in gv.name_hint]
 
 
-def assert_matches_onnxruntime(onnx_model: onnx.ModelProto, tmp_path, seed: int) -> None:
+def assert_matches_onnxruntime(onnx_model: onnx.ModelProto, tmp_path, seed: int, layout: str | None = None) -> None:
     """Build for the host, run on seeded random inputs, compare with ONNX Runtime (2 threads)."""
     lib = tmp_path / "m.so"
-    compile_model(onnx_model, lib, target="host")
+    compile_model(onnx_model, lib, target="host", conv_layout=layout)
     m = load(lib, threads=2)
     inputs = m.random_inputs(seed=seed)
     _, rel = max_abs_diff(m.run(inputs), OnnxRuntimeReference(onnx_model, 2).run(inputs))
@@ -426,3 +426,25 @@ def test_transpose_to_four_channels_runs_by_rows_of_short_inner_axes(tmp_path):
     block = next(b for b in ("PadInput", "T_pad") if f'sblock("{b}")' in kernel.script())
     assert _loop_kinds(kernel, block) == [("Parallel", 20), ("Serial", 24), ("Unrolled", 4)]
     assert_matches_onnxruntime(onnx_model, tmp_path, seed=4)
+
+
+def test_nhwc_depthwise_weights_are_packed_channel_innermost(tmp_path):
+    """NHWC depthwise: the vectorized channel axis is the weight's first dim (W[c, kh, kw, 1]), so
+    each vector would gather 8 weights 9 apart; the weight is packed channel-innermost at compile
+    time (a layout-rewrite block SplitLayoutRewritePreproc moves out) and the results equal ORT's."""
+    from dataclasses import replace
+
+    dw = model([helper.make_node("Conv", ["x", "w", "b"], ["d"], pads=[1, 1, 1, 1], group=32),
+                helper.make_node("Relu", ["d"], ["y"])],
+               [("x", [1, 32, 12, 12])], [("y", None)], [const("w", 32, 1, 3, 3), const("b", 32)])
+    preset = replace(resolve_target("x86-avx2"), conv_layout="NHWC")
+    mod = import_onnx(dw, {}).mod
+    with tvm.transform.PassContext(opt_level=3), preset.tvm_target() as tgt:
+        for step in pipeline_steps(preset):
+            if step.name.startswith("kiln default"):
+                mod = default_schedule_pass(tgt)(mod)
+                break
+            mod = step.make()(mod)
+    (f,) = kernels(mod, "conv2d")
+    assert "layout_rewrite_preproc" in f.script()
+    assert_matches_onnxruntime(dw, tmp_path, seed=5, layout="NHWC")

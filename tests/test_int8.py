@@ -674,3 +674,31 @@ def test_constant_dequantize_of_a_scalar_is_evaluated():
 
     call = relax.op.dequantize(relax.const(np.int8(5)), relax.const(np.float32(0.5)), relax.const(np.int8(1)))
     assert float(_ConstEval(lambda var: None).value(call)) == 2.0
+
+
+def _weights_as_constant_nodes() -> onnx.ModelProto:
+    """``_conv_relu_conv_gemm`` with its conv weights in Constant nodes (as paddle2onnx exports them)."""
+    m = _conv_relu_conv_gemm()
+    moved = [t for t in m.graph.initializer if t.name in ("w", "w2")]
+    for t in moved:
+        m.graph.initializer.remove(t)
+    for t in reversed(moved):
+        m.graph.node.insert(0, helper.make_node("Constant", [], [t.name], value=t))
+    return m
+
+
+def test_qdq_model_with_activation_style_weights_warns_and_stays_correct(tmp_path, caplog):
+    """ORT quantizes weights held in Constant nodes like activations (uint8, per tensor, run-time
+    QuantizeLinear); kiln keeps those layers in float, says why and what to do, and still matches."""
+    qdq_path = _ort_qdq_model(tmp_path, reduce_range=True, float_model=_weights_as_constant_nodes)
+    with caplog.at_level(logging.WARNING):
+        compile_model(qdq_path, tmp_path / "qdq.so")
+    assert "2 quantized conv/matmul layers of this QDQ model keep float math" in caplog.text
+    assert "quant_pre_process" in caplog.text
+    lib = load(tmp_path / "qdq.so")
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(qdq_path), plain, providers=["CPUExecutionProvider"])
+    for x in _samples(4, seed=6):
+        ours, ref = lib.run({"x": x})["y"], session.run(None, {"x": x})[0]
+        assert np.abs(ours - ref).max() <= 0.02 * np.abs(ref).max()

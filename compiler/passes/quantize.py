@@ -382,6 +382,7 @@ def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.
                 self.const = _ConstEval(self.lookup_binding)
                 self.scaled: dict = {}  # new float var -> (int32 accumulator var, per-channel scale array)
                 self.lowered = 0
+                self.float_weights = 0  # layers with a dequantized input whose weight is no int8 constant
 
             def visit_var_binding_(self, binding):
                 value = binding.value
@@ -399,6 +400,8 @@ def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.
                 call = binding.value
                 data = self.const.dequantized(call.args[0])
                 weight = self.const.int8_weight(call.args[1])
+                if data is not None and weight is None and self.const.dequantized(call.args[1]) is not None:
+                    self.float_weights += 1  # uint8 / zero-point / run-time quantized weights
                 if data is None or weight is None:
                     return None
                 q_expr, sx, zx, data_axis = data
@@ -484,6 +487,13 @@ def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.
         out["main"] = mutator.visit_expr(mod["main"])
         if mutator.lowered:
             log.info("lowered %d layers to int8 with int32 accumulation", mutator.lowered)
+        if mutator.float_weights:
+            log.warning(
+                "%d quantized conv/matmul layers of this QDQ model keep float math: their weights are not "
+                "constant int8 with zero point 0 (ONNX Runtime's quantize_static writes uint8 weights "
+                "quantized like activations for weights held in Constant nodes). Run "
+                "onnxruntime.quantization.quant_pre_process on the float model (at opset 13 or later) "
+                "before quantize_static to get int8 kernels", mutator.float_weights)
         return relax.transform.DeadCodeElimination()(relax.transform.Normalize()(out))
 
     return _pass

@@ -173,7 +173,8 @@ CONV_LAYOUTS = ("NCHW", "NHWC", "NCHWc")  # NCHWc: channel blocks of the target'
 
 
 def with_conv_layout(preset: TargetPreset, layout: str | None) -> TargetPreset:
-    """``preset`` with its float conv layout replaced (None: unchanged).
+    """``preset`` with its conv layout replaced (None: unchanged). An explicit layout holds for
+    int8 convs too (a pre-quantized model's, ``Int8ConvLayout``), not only float ones.
 
     "auto" is not a layout: ``compiler.build.compile_model`` resolves it (build both, keep
     the faster) before any preset sees it.
@@ -184,7 +185,7 @@ def with_conv_layout(preset: TargetPreset, layout: str | None) -> TargetPreset:
     if canonical is None:
         raise TargetError(f"--layout {layout}: use one of {', '.join(CONV_LAYOUTS)} "
                           "(auto only for kiln compile / compile_model)")
-    return replace(preset, conv_layout=canonical)
+    return replace(preset, conv_layout=canonical, int8_conv_layout=canonical)
 
 
 def with_build_layout(preset: TargetPreset, layout: str | None, precision: str) -> TargetPreset:

@@ -198,6 +198,50 @@ def test_qdq_model_runs_int8_in_nhwc_with_uint8_pool_and_concat(tmp_path):
         assert np.abs(ours - ref).max() <= 0.02 * np.abs(ref).max()
 
 
+def _residual() -> onnx.ModelProto:
+    """A ResNet basic block (two 3x3 convs, the input added back), global average pooling, a Gemm."""
+    rng = np.random.default_rng(3)
+    return model([
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], name="stem"),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="a"),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="b"),
+        helper.make_node("Add", ["c2", "r0"], ["s"]),
+        helper.make_node("Relu", ["s"], ["rs"]),
+        helper.make_node("GlobalAveragePool", ["rs"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1, name="fc"),
+    ], [("x", [1, 8, 10, 10])], [("y", None)],
+        [const(name, *shape, rng=rng) for name, shape in [
+            ("w0", (16, 8, 3, 3)), ("b0", (16,)), ("w1", (16, 16, 3, 3)), ("b1", (16,)), ("w2", (16, 16, 3, 3)),
+            ("b2", (16,)), ("wg", (10, 16)), ("bg", (10,))]])
+
+
+def test_qdq_residual_block_in_nhwc_equals_nchw_and_onnxruntime(tmp_path):
+    """The residual add of two dequantized tensors, the global average pool (a mean over H, W) and
+    the Flatten before the Gemm: Int8ConvLayout keeps the block in NHWC (one transpose in, one
+    before the Flatten) and the library equals the ``--layout NCHW`` build bit for bit."""
+    from compiler.passes.int8_conv_layout import int8_conv_layout
+
+    shape = (1, 8, 10, 10)
+    qdq_path = _ort_qdq_model(tmp_path, reduce_range=True, float_model=_residual, shape=shape)
+    preset = resolve_target("host")
+    text = int8_conv_layout(simplified_module(import_onnx(qdq_path), preset))["main"].script()
+    assert text.count('data_layout="NHWC"') == 3 and text.count("R.permute_dims") == 2
+    compile_model(qdq_path, tmp_path / "nhwc.so")
+    compile_model(qdq_path, tmp_path / "nchw.so", conv_layout="NCHW")  # an explicit layout holds for int8
+    nhwc, nchw = load(tmp_path / "nhwc.so"), load(tmp_path / "nchw.so")
+    assert nchw.metadata.extra["conv_layout"] == "NCHW"
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(qdq_path), plain, providers=["CPUExecutionProvider"])
+    for x in _samples(6, seed=8, shape=shape):
+        ours, ref = nhwc.run({"x": x})["y"], session.run(None, {"x": x})[0]
+        np.testing.assert_array_equal(ours, nchw.run({"x": x})["y"])
+        assert np.abs(ours - ref).max() <= 0.02 * np.abs(ref).max()
+
+
 def test_calibrated_int8_keeps_accuracy_and_uses_int8_kernels(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(_conv_relu_conv_gemm(), path)

@@ -18,7 +18,7 @@ from schedules.defaults import CPU_RULES, RULE_ATTR, default_schedule_pass, sche
 from schedules.int8 import WEIGHT_BITS_ATTR, dot_desc, int8_bits, mark_int8_weight_bits, weight_bits_for
 from schedules.rules import ChannelVectorized, SpatialVectorized
 from schedules.rules.int8 import AVX2_DOT, DotIntrin, Int8Tensorized, int8_tile
-from targets.registry import cpu_flags, resolve_target
+from targets.registry import cpu_flags, resolve_target, with_conv_layout
 
 AVX2_HERE = "avx2" in cpu_flags()
 needs_avx2 = pytest.mark.skipif(not AVX2_HERE, reason="this CPU has no AVX2")
@@ -107,7 +107,7 @@ def random_input(mod: tvm.IRModule, seed: int = 1) -> np.ndarray:
 # ---------------------------------------------------------------- building
 
 
-def lower(mod: tvm.IRModule, target: str = "x86-avx2", rules=None, mark_bits: bool = False) -> tvm.IRModule:
+def lower(mod: tvm.IRModule, target="x86-avx2", rules=None, mark_bits: bool = False) -> tvm.IRModule:
     """kiln's pipeline; ``rules`` replaces the default CPU rules, ``mark_bits`` runs
     ``mark_int8_weight_bits`` just before the default schedules."""
     preset = resolve_target(target)
@@ -175,14 +175,16 @@ def test_tensorized_matmul_is_exact(m, k, n, batch):
     assert "vpmaddubsw" in asm
 
 
-def test_weights_are_packed_at_compile_time():
-    """The conv kernel takes the weight as [F/8, C/4, KH, KW, 8, 4], folded into a constant."""
+@pytest.mark.parametrize("layout, packed", [("NHWC", [4, 3, 3, 4, 8, 4]), ("NCHW", [4, 4, 3, 3, 8, 4])])
+def test_weights_are_packed_at_compile_time(layout, packed):
+    """The conv kernel takes the weight as [F/8, C/4, KH, KW, 8, 4] (NCHW) or [F/8, KH, KW, C/4, 8, 4]
+    (NHWC: x86's int8 layout, which Int8ConvLayout gives these int8 NCHW convs), folded into a constant."""
     mod, _ = conv_model(c=16, f=32, size=8)
-    lowered = lower(mod)
+    lowered = lower(mod, target=with_conv_layout(resolve_target("x86-avx2"), layout))
     names = {gv.name_hint: f for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     assert not [n for n in names if "weight_prepack" in n], sorted(names)
     conv = [f for n, f in names.items() if "conv2d" in n]
-    assert conv and any([int(d) for d in p.shape] == [4, 4, 3, 3, 8, 4] for p in conv[0].params)
+    assert conv and any([int(d) for d in p.shape] == packed for p in conv[0].params)
 
 
 # ---------------------------------------------------------------- declined kernels stay exact

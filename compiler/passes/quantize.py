@@ -305,6 +305,19 @@ class _ConstEval:
                 shape[axis] = -1
             return ((q.astype(np.float32) - zero.astype(np.float32).reshape(shape if zero.ndim else []))
                     * scale.astype(np.float32).reshape(shape if scale.ndim else []))
+        if op == "relax.quantize":  # a weight quantized at run time (ONNX Runtime's Constant-node weights)
+            parts = [self.value(a) for a in expr.args]
+            if any(p is None for p in parts):
+                return None
+            x, scale, zero = parts
+            dtype = np.dtype(str(expr.attrs.out_dtype))
+            shape = [1] * x.ndim
+            if scale.ndim and x.ndim:
+                shape[int(expr.attrs.axis) % x.ndim] = -1
+            info = np.iinfo(dtype)
+            q = np.rint(x.astype(np.float32) / scale.astype(np.float32).reshape(shape if scale.ndim else []))
+            q = q + zero.astype(np.float32).reshape(shape if zero.ndim else [])
+            return np.clip(q, info.min, info.max).astype(dtype)
         if op == "relax.reshape":
             inner = self.value(expr.args[0])
             return None if inner is None else inner.reshape([int(d) for d in expr.ty.shape.values])
@@ -324,8 +337,14 @@ class _ConstEval:
             return None
         return call.args[0], scale.astype(np.float32), zero.astype(np.int64), int(call.attrs.axis)
 
-    def int8_weight(self, expr) -> tuple[np.ndarray, np.ndarray] | None:
-        """A constant int8 weight with zero point 0 behind dequantize (and a transpose): (values, scale)."""
+    def int8_weight(self, expr) -> tuple[np.ndarray, np.ndarray, int | None] | None:
+        """A constant weight behind dequantize (and a transpose) as symmetric int8: (values, scales, axis).
+
+        ``axis`` is the axis the scales run along, None for one scale for the whole tensor (the
+        caller's output-channel axis then). int8 with zero point 0 passes as it is. A zero point,
+        or uint8 values (ONNX Runtime quantizes weights held in Constant nodes like activations,
+        at run time), is subtracted first; where ``q - zero_point`` leaves the int8 range the
+        tensor (or channel) is rescaled into it."""
         call = self.binding(expr)
         transpose = None
         if op_name(call) == "relax.permute_dims":
@@ -339,13 +358,27 @@ class _ConstEval:
             return None
         q_expr, scale, zero, axis = found
         q = self.value(q_expr)
-        if q is None or q.dtype != np.int8 or np.any(zero != 0):
+        if q is None or q.dtype not in (np.int8, np.uint8) or q.ndim == 0:
             return None
-        axis %= q.ndim
-        scale = np.broadcast_to(scale, (q.shape[axis],)) if scale.ndim == 0 else scale
+        per_tensor = scale.size == 1 and zero.size == 1
+        axis = None if per_tensor else axis % q.ndim
+        scale = scale.reshape(()) if per_tensor else scale
+        if q.dtype != np.int8 or np.any(zero != 0):
+            channel = [1] * q.ndim
+            if axis is not None:
+                channel[axis] = -1
+            centred = q.astype(np.int32) - zero.astype(np.int32).reshape(channel if zero.size > 1 else [])
+            if axis is None:
+                factor = np.float64(max(np.abs(centred).max() / 127, 1.0))
+            else:
+                peak = np.abs(np.moveaxis(centred, axis, 0).reshape(q.shape[axis], -1)).max(axis=1)
+                factor = np.where(peak > 127, peak / 127, 1.0)
+            q = np.clip(np.round(centred / np.reshape(factor, channel if axis is not None else [])),
+                        -127, 127).astype(np.int8)
+            scale = (scale * factor).astype(np.float32)
         if transpose is not None:
             q = np.transpose(q, transpose)
-            axis = transpose.index(axis)
+            axis = None if axis is None else transpose.index(axis)
         return q, scale, axis
 
 
@@ -382,7 +415,7 @@ def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.
                 self.const = _ConstEval(self.lookup_binding)
                 self.scaled: dict = {}  # new float var -> (int32 accumulator var, per-channel scale array)
                 self.lowered = 0
-                self.float_weights = 0  # layers with a dequantized input whose weight is no int8 constant
+                self.float_weights: list[str] = []  # dequantized layers whose weight is no 8-bit constant: why
 
             def visit_var_binding_(self, binding):
                 value = binding.value
@@ -400,8 +433,10 @@ def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.
                 call = binding.value
                 data = self.const.dequantized(call.args[0])
                 weight = self.const.int8_weight(call.args[1])
-                if data is not None and weight is None and self.const.dequantized(call.args[1]) is not None:
-                    self.float_weights += 1  # uint8 / zero-point / run-time quantized weights
+                quantized_weight = self.const.dequantized(call.args[1])
+                if data is not None and weight is None and quantized_weight is not None:
+                    q = self.const.value(quantized_weight[0])
+                    self.float_weights.append(f"{q.dtype} weights" if q is not None else "weights computed at run time")
                 if data is None or weight is None:
                     return None
                 q_expr, sx, zx, data_axis = data
@@ -412,7 +447,10 @@ def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.
                     data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
                     out_layout = str(attrs.out_layout) or data_layout
                     c_axis, o_axis, i_axis = data_layout.index("C"), kernel_layout.index("O"), kernel_layout.index("I")
-                if axis != (o_axis if conv else wq.ndim - 1):
+                out_axis = o_axis if conv else wq.ndim - 1
+                if axis is None:  # one scale for the tensor: one per output channel, all equal
+                    axis, sw = out_axis, np.full(wq.shape[out_axis], float(sw), np.float32)
+                if axis != out_axis:
                     return None  # scales must run along the output channels
                 if sx.size != 1 or zx.size != 1:
                     # Per-channel activation scales and zero points only where each output channel
@@ -488,12 +526,10 @@ def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.
         if mutator.lowered:
             log.info("lowered %d layers to int8 with int32 accumulation", mutator.lowered)
         if mutator.float_weights:
-            log.warning(
-                "%d quantized conv/matmul layers of this QDQ model keep float math: their weights are not "
-                "constant int8 with zero point 0 (ONNX Runtime's quantize_static writes uint8 weights "
-                "quantized like activations for weights held in Constant nodes). Run "
-                "onnxruntime.quantization.quant_pre_process on the float model (at opset 13 or later) "
-                "before quantize_static to get int8 kernels", mutator.float_weights)
+            log.warning("%d quantized conv/matmul layers of this QDQ model keep float math: kiln's int8 kernels "
+                        "need 8-bit constant weights, these have %s; quantize the weights to int8 (quantize_static's "
+                        "weight_type=QuantType.QInt8) for int8 kernels", len(mutator.float_weights),
+                        ", ".join(sorted(set(mutator.float_weights))))
         return relax.transform.DeadCodeElimination()(relax.transform.Normalize()(out))
 
     return _pass

@@ -145,6 +145,19 @@ def _ort_qdq_model(tmp_path, reduce_range: bool, float_model=_conv_relu_conv_gem
     return qdq_path
 
 
+def assert_matches_qdq_semantics(lib, qdq_path, samples, tolerance: float, same_as=None) -> None:
+    """``lib`` against ONNX Runtime running ``qdq_path`` unoptimized (the QDQ semantics in float
+    math): within ``tolerance`` of the output's peak; bit for bit equal to ``same_as`` if given."""
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(qdq_path), plain, providers=["CPUExecutionProvider"])
+    for x in samples:
+        ours, ref = lib.run({"x": x})["y"], session.run(None, {"x": x})[0]
+        if same_as is not None:
+            np.testing.assert_array_equal(ours, same_as.run({"x": x})["y"])
+        assert np.abs(ours - ref).max() <= tolerance * np.abs(ref).max()
+
+
 def test_qdq_model_imports_as_real_int8_and_matches_onnxruntime(tmp_path):
     # reduce_range: 7-bit weights, exact on AVX2 for ONNX Runtime's kernels and kiln's
     qdq_path = _ort_qdq_model(tmp_path, reduce_range=True)
@@ -172,8 +185,6 @@ def test_qdq_model_imports_as_real_int8_and_matches_onnxruntime(tmp_path):
 def test_qdq_model_runs_int8_in_nhwc_with_uint8_pool_and_concat(tmp_path):
     """ORT's DQ -> MaxPool/Concat -> Q chains become uint8 pooling and concatenation, and the int8
     convs run in NHWC (x86's int8 layout) with one transpose in and one out, equal to the NCHW build."""
-    from dataclasses import replace
-
     from compiler.passes.hoist_quantize import hoist_quantize
     from compiler.passes.int8_conv_layout import int8_conv_layout
 
@@ -187,15 +198,9 @@ def test_qdq_model_runs_int8_in_nhwc_with_uint8_pool_and_concat(tmp_path):
     assert pool.group(1) == "uint8" and cat.group(1) == "uint8"
 
     compile_model(qdq_path, tmp_path / "nhwc.so")
-    compile_model(qdq_path, tmp_path / "nchw.so", CompileOptions(target=replace(preset, int8_conv_layout="NCHW")))
+    compile_model(qdq_path, tmp_path / "nchw.so", conv_layout="NCHW")
     nhwc, nchw = load(tmp_path / "nhwc.so"), load(tmp_path / "nchw.so")
-    plain = ort.SessionOptions()
-    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(qdq_path), plain, providers=["CPUExecutionProvider"])
-    for x in _samples(8, seed=3, shape=shape):
-        ours, ref = nhwc.run({"x": x})["y"], session.run(None, {"x": x})[0]
-        np.testing.assert_array_equal(ours, nchw.run({"x": x})["y"])
-        assert np.abs(ours - ref).max() <= 0.02 * np.abs(ref).max()
+    assert_matches_qdq_semantics(nhwc, qdq_path, _samples(8, seed=3, shape=shape), 0.02, same_as=nchw)
 
 
 def _residual() -> onnx.ModelProto:
@@ -233,13 +238,7 @@ def test_qdq_residual_block_in_nhwc_equals_nchw_and_onnxruntime(tmp_path):
     compile_model(qdq_path, tmp_path / "nchw.so", conv_layout="NCHW")  # an explicit layout holds for int8
     nhwc, nchw = load(tmp_path / "nhwc.so"), load(tmp_path / "nchw.so")
     assert nchw.metadata.extra["conv_layout"] == "NCHW"
-    plain = ort.SessionOptions()
-    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(qdq_path), plain, providers=["CPUExecutionProvider"])
-    for x in _samples(6, seed=8, shape=shape):
-        ours, ref = nhwc.run({"x": x})["y"], session.run(None, {"x": x})[0]
-        np.testing.assert_array_equal(ours, nchw.run({"x": x})["y"])
-        assert np.abs(ours - ref).max() <= 0.02 * np.abs(ref).max()
+    assert_matches_qdq_semantics(nhwc, qdq_path, _samples(6, seed=8, shape=shape), 0.02, same_as=nchw)
 
 
 def test_calibrated_int8_keeps_accuracy_and_uses_int8_kernels(tmp_path):
@@ -358,12 +357,7 @@ def test_qdq_model_with_full_range_weights_is_narrowed_not_saturated(tmp_path):
     qdq_path = _ort_qdq_model(tmp_path, reduce_range=False)
     compile_model(qdq_path, tmp_path / "qdq.so")
     lib = load(tmp_path / "qdq.so")
-    plain = ort.SessionOptions()
-    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(qdq_path), plain, providers=["CPUExecutionProvider"])
-    for x in _samples(8, seed=5):
-        ours, ref = lib.run({"x": x})["y"], session.run(None, {"x": x})[0]
-        assert np.abs(ours - ref).max() <= 0.05 * np.abs(ref).max()
+    assert_matches_qdq_semantics(lib, qdq_path, _samples(8, seed=5), 0.05)
 
 
 def test_min_agreement_keeps_sensitive_layers_until_top1_agrees():
@@ -740,14 +734,9 @@ def test_qdq_model_with_activation_style_weights_runs_int8(tmp_path):
     assert text.count('out_dtype="int32"') == 3  # both convs (uint8 weights) and the Gemm
     compile_model(qdq_path, tmp_path / "qdq.so")
     lib = load(tmp_path / "qdq.so")
-    plain = ort.SessionOptions()
-    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(qdq_path), plain, providers=["CPUExecutionProvider"])
-    for x in _samples(4, seed=6):
-        ours, ref = lib.run({"x": x})["y"], session.run(None, {"x": x})[0]
-        # uint8 weights around a zero point span up to 9 bits; narrowed to AVX2's 7 (as for 8-bit
-        # weights: test_qdq_model_with_full_range_weights_is_narrowed_not_saturated)
-        assert np.abs(ours - ref).max() <= 0.05 * np.abs(ref).max()
+    # uint8 weights around a zero point span up to 9 bits; narrowed to AVX2's 7 (as for 8-bit
+    # weights: test_qdq_model_with_full_range_weights_is_narrowed_not_saturated)
+    assert_matches_qdq_semantics(lib, qdq_path, _samples(4, seed=6), 0.05)
 
 
 def test_qdq_model_with_int16_weights_warns_and_stays_correct(tmp_path, caplog):
@@ -772,9 +761,4 @@ def test_qdq_model_with_int16_weights_warns_and_stays_correct(tmp_path, caplog):
     assert "2 quantized conv/matmul layers of this QDQ model keep float math" in caplog.text
     assert "int16 weights" in caplog.text and "QInt8" in caplog.text
     lib = load(tmp_path / "qdq.so")
-    plain = ort.SessionOptions()
-    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(qdq_path), plain, providers=["CPUExecutionProvider"])
-    for x in _samples(4, seed=6):
-        ours, ref = lib.run({"x": x})["y"], session.run(None, {"x": x})[0]
-        assert np.abs(ours - ref).max() <= 0.02 * np.abs(ref).max()
+    assert_matches_qdq_semantics(lib, qdq_path, _samples(4, seed=6), 0.02)

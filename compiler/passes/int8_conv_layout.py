@@ -12,14 +12,15 @@ would put two transposes around every quantize. This pass converts the int8 grap
   ``NHWC``/``OHWI`` (weight transposed here, at compile time);
 - an op reading a converted tensor stays in NHWC when it is layout-agnostic: elementwise ops
   (bias add, requantize multiply, ``astype``, quantize/dequantize with per-tensor or
-  channel-axis parameters; constant operands are transposed), ``concat`` on channels, max/avg
-  pooling, ``nn.pad``;
+  channel-axis parameters, activations; constant operands are transposed), ``concat`` on
+  channels, max/avg pooling, ``nn.pad``, a ``mean`` over H and W (global average pooling);
 - any other reader (reshape, matmul, the function's output) gets the tensor back in NCHW
   by one transpose, made once per tensor.
 
 Expects Relax after ``LowerQDQ`` (4-D NCHW tensors); a module without integer
 convolutions (every float model, and kiln's own INT8 path, which quantizes after
-``ConvertConvLayout``) is returned unchanged. Guarantees the same values.
+``ConvertConvLayout``) is returned unchanged. Guarantees the same values. The pipeline runs
+it where the target's int8 layout is NHWC (x86) and no explicit ``--layout`` says otherwise.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from compiler.passes.int8_layers import emit_like, op_name
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 ELEMENTWISE = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
                "relax.minimum", "relax.astype", "relax.clip", "relax.nn.relu", "relax.round",
-               "relax.quantize", "relax.dequantize"}
+               "relax.sigmoid", "relax.tanh", "relax.quantize", "relax.dequantize"}
 POOLS = {"relax.nn.max_pool2d": relax.op.nn.max_pool2d, "relax.nn.avg_pool2d": relax.op.nn.avg_pool2d}
 
 

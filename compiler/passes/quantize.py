@@ -436,7 +436,8 @@ def lower_qdq(weight_bits: int = 8, channel_multiple: int = 1) -> tvm.transform.
                 quantized_weight = self.const.dequantized(call.args[1])
                 if data is not None and weight is None and quantized_weight is not None:
                     q = self.const.value(quantized_weight[0])
-                    self.float_weights.append(f"{q.dtype} weights" if q is not None else "weights computed at run time")
+                    if q is not None:  # a constant, not an activation (attention's Q.K: float, as it should)
+                        self.float_weights.append(f"{q.dtype} weights")
                 if data is None or weight is None:
                     return None
                 q_expr, sx, zx, data_axis = data

@@ -39,6 +39,9 @@ SETTINGS = {
     "p99.999": dict(method="percentile", percentile=99.999),
     "first_last": dict(method="percentile", keep_fp32=("first", "last")),
     "w8": dict(method="percentile", weight_bits=8),
+    "w8_last": dict(method="percentile", weight_bits=8, keep_fp32=("last",)),  # the CTC head in FP32
+    "w8_first_last": dict(method="percentile", weight_bits=8, keep_fp32=("first", "last")),
+    "last": dict(method="percentile", keep_fp32=("last",)),
     "bias_corr": dict(method="percentile", bias_correction=True),  # weight-rounding shift out of the biases
     "fp32_depthwise": dict(method="percentile", keep_fp32=("depthwise",)),  # depthwise convs stay FP32
     # Mixed precision: keep the most sensitive layers in FP32 until the INT8 build's top-1

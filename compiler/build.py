@@ -61,6 +61,7 @@ class CompileReport:
     int8: Int8Result | None = None  # per-layer quantization (precision "int8")
     conv_layout: str | None = None  # the layout kept by --layout auto
     layout_p50_ms: dict[str, float] = field(default_factory=dict)  # --layout auto: each layout's measured p50
+    int8_kernels: int = 0  # conv/matmul kernels computing on int8 data (precision int8, or a QDQ model)
 
     @property
     def seconds_total(self) -> float:
@@ -80,6 +81,15 @@ def _linker(preset: TargetPreset):
         )
     triple = preset.cross_triple
     return cc.cross_compiler(preset.cross_compiler, get_target_triple=lambda: triple)
+
+
+def int8_layer_kernels(mod) -> int:
+    """How many conv/matmul kernels of a lowered module read 8-bit integer data."""
+    import tvm
+
+    return sum(1 for gvar, func in mod.functions_items()
+               if isinstance(func, tvm.tirx.PrimFunc) and ("conv2d" in gvar.name_hint or "matmul" in gvar.name_hint)
+               and any(str(getattr(p, "dtype", "")) in ("int8", "uint8") for p in func.params))
 
 
 def kernel_schedules(mod, device: str) -> dict[str, str]:
@@ -145,6 +155,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
                                  fusion=options.fusion)(imported.mod)
         schedules = kernel_schedules(lowered, preset.device)
         kernels = len(schedules)
+        int8_kernels = int8_layer_kernels(lowered)
         executable = tvm.compile(lowered, target, relax_pipeline=None)
     t1 = time.perf_counter()
     meta = LibraryMetadata(
@@ -177,7 +188,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     t2 = time.perf_counter()
     log.info("built %s for %s: %d kernels (%d tuned)", output, preset.name, kernels, meta.tuned_kernels)
     return CompileReport(output, preset.name, imported.inputs, imported.outputs, kernels, meta.tuned_kernels,
-                         0.0, t1 - t0, t2 - t1, output.stat().st_size, int8)
+                         0.0, t1 - t0, t2 - t1, output.stat().st_size, int8, int8_kernels=int8_kernels)
 
 
 def compile_model(

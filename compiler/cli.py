@@ -39,6 +39,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         print(f"int8: {report.int8.quantized}/{len(report.int8.layers)} layers quantized "
               f"({c.method} calibration over {c.samples} samples, {c.seconds:.1f} s)"
               + (f"; kept in FP32: {', '.join(fp32)}" if fp32 else ""))
+    if report.int8 is None and report.int8_kernels:
+        print(f"pre-quantized model: {report.int8_kernels} conv/matmul kernels compute on int8 data "
+              "(QDQ lowered to int8 with int32 accumulation)")
     print(f"wrote {report.output} ({report.size_bytes / 1e6:.1f} MB) for target '{report.target}': "
           f"{report.kernels} kernels ({report.tuned_kernels} from tuning records), "
           f"compiled in {report.seconds_total:.1f} s")

@@ -352,6 +352,16 @@ def test_digits_cnn_int8_accuracy(tmp_path):
     assert runs["q"] >= runs["f"] - 0.5
 
 
+def test_cli_says_a_qdq_model_runs_int8_kernels(tmp_path, capsys):
+    """`kiln compile model_qdq.onnx` tells how many conv/matmul kernels compute on int8 data; a
+    float model's compile says nothing of the kind."""
+    qdq_path = _ort_qdq_model(tmp_path, reduce_range=True)
+    assert kiln(["compile", str(qdq_path), "-o", str(tmp_path / "qdq.so")]) == 0
+    assert "pre-quantized model: 3 conv/matmul kernels compute on int8 data" in capsys.readouterr().out
+    assert kiln(["compile", str(tmp_path / "f.onnx"), "-o", str(tmp_path / "f.so")]) == 0
+    assert "pre-quantized" not in capsys.readouterr().out
+
+
 def test_qdq_model_with_full_range_weights_is_narrowed_not_saturated(tmp_path):
     """8-bit weights on AVX2 without VNNI: kiln narrows them to 7 bits instead of overflowing int16."""
     qdq_path = _ort_qdq_model(tmp_path, reduce_range=False)

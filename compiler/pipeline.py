@@ -23,6 +23,7 @@ from compiler.passes.drop_dropout import drop_dropout
 from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
 from compiler.passes.hoist_quantize import hoist_quantize
 from compiler.passes.int8_conv_layout import int8_conv_layout
+from compiler.passes.quantized_lookup import quantized_lookup
 from compiler.passes.pad_output_channels import pad_output_channels
 from compiler.passes.prepack_in_place import attach_layout_free_buffers_in_place, split_layout_rewrite_in_place
 from schedules.defaults import default_schedule_pass
@@ -213,6 +214,8 @@ def prequantized_steps(preset: TargetPreset) -> list[Step]:
                           lambda: int8_conv_layout))
     steps.append(Step("HoistQuantize", "a QDQ model's DQ -> max-pool/concat -> Q: pool and concat move uint8, "
                       "the quantize meets its dequantize and both go", lambda: hoist_quantize))
+    steps.append(Step("QuantizedLookup", "a quantize that is a function of one 8-bit tensor (ORT's Q/DQ around "
+                      "each op of HardSwish) becomes a 256-entry table lookup", lambda: quantized_lookup))
     return steps
 
 

@@ -352,6 +352,40 @@ def test_digits_cnn_int8_accuracy(tmp_path):
     assert runs["q"] >= runs["f"] - 0.5
 
 
+def _hardswish_net() -> onnx.ModelProto:
+    """Two convs with HardSwish after each (MobileNetV3's activation), a 1x1 conv, then a Gemm."""
+    rng = np.random.default_rng(4)
+    return model([
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv_a"),
+        helper.make_node("HardSwish", ["c"], ["h"]),
+        helper.make_node("Conv", ["h", "w2", "b2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1], name="conv_b"),
+        helper.make_node("HardSwish", ["c2"], ["h2"]),
+        helper.make_node("Conv", ["h2", "w3", "b3"], ["c3"], name="conv_c"),
+        helper.make_node("Flatten", ["c3"], ["f"]),
+        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1, name="fc"),
+    ], [("x", [1, 4, 8, 8])], [("y", None)],
+        [const(name, *shape, rng=rng) for name, shape in [("w", (8, 4, 3, 3)), ("b", (8,)), ("w2", (8, 8, 3, 3)),
+                                                         ("b2", (8,)), ("w3", (8, 8, 1, 1)), ("b3", (8,)),
+                                                         ("wg", (10, 128)), ("bg", (10,))]])
+
+
+def test_qdq_activation_chains_become_lookup_tables(tmp_path):
+    """A quantize that depends on one uint8 tensor through elementwise ops (HardSwish between Q/DQ)
+    is a 256-entry table lookup (QuantizedLookup): no float HardSwish is left, and the library
+    matches ONNX Runtime's QDQ semantics."""
+    from compiler.pipeline import _as_one_pass, layout_steps, prequantized_steps
+
+    qdq_path = _ort_qdq_model(tmp_path, reduce_range=True, float_model=_hardswish_net)
+    preset = resolve_target("host")
+    with tvm.transform.PassContext(opt_level=3):
+        mod = _as_one_pass(preset, layout_steps(preset) + prequantized_steps(preset), "t")(
+            simplified_module(import_onnx(qdq_path), preset))
+    text = mod["main"].script()
+    assert text.count("R.take(") == 2 and "R.clip(" not in text and "R.minimum(" not in text
+    compile_model(qdq_path, tmp_path / "qdq.so")
+    assert_matches_qdq_semantics(load(tmp_path / "qdq.so"), qdq_path, _samples(6, seed=9), 0.02)
+
+
 def test_cli_says_a_qdq_model_runs_int8_kernels(tmp_path, capsys):
     """`kiln compile model_qdq.onnx` tells how many conv/matmul kernels compute on int8 data; a
     float model's compile says nothing of the kind."""

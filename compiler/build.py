@@ -87,9 +87,11 @@ def int8_layer_kernels(mod) -> int:
     """How many conv/matmul kernels of a lowered module read 8-bit integer data."""
     import tvm
 
+    from schedules.int8 import reads_int8
+
     return sum(1 for gvar, func in mod.functions_items()
                if isinstance(func, tvm.tirx.PrimFunc) and ("conv2d" in gvar.name_hint or "matmul" in gvar.name_hint)
-               and any(str(getattr(p, "dtype", "")) in ("int8", "uint8") for p in func.params))
+               and reads_int8(func))
 
 
 def kernel_schedules(mod, device: str) -> dict[str, str]:

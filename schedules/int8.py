@@ -243,6 +243,11 @@ def channel_multiple_for(target: Target | str | dict) -> int:
 WEIGHT_BITS_ATTR = "kiln.int8_weight_bits"  # on a PrimFunc: its int8 constant arguments need this many bits
 
 
+def reads_int8(func) -> bool:
+    """Whether a TIR kernel takes 8-bit integer data (uint8 or int8 arguments)."""
+    return any(str(getattr(p, "dtype", "")) in ("int8", "uint8") for p in func.params)
+
+
 def int8_bits(values) -> int:
     """Bits (sign included) the int8 array ``values`` needs for exact saturating sums: 7 when every
     value lies in [-64, 64] (2 * 255 * 64 = 32640 fits int16), else 8."""

@@ -133,12 +133,11 @@ def int8_tuning_space(target, weight_bits: int, tasks):
     """
     from tvm.s_tir import meta_schedule as ms
 
+    from schedules.int8 import reads_int8
     from schedules.rules.int8 import dot_intrins_for
 
     intrins = [i for i in dot_intrins_for(target) if i.exact_bits >= weight_bits]
-    reads_int8 = any(str(getattr(buf, "dtype", "")) in ("int8", "uint8")
-                     for task in tasks for buf in task.dispatched[0]["main"].params)
-    if not intrins or not reads_int8:
+    if not intrins or not any(reads_int8(task.dispatched[0]["main"]) for task in tasks):
         return None
     rules = list(ms.schedule_rule.ScheduleRule.create("llvm"))
     at = [type(rule).__name__ for rule in rules].index("MultiLevelTiling")

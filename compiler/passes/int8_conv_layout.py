@@ -30,7 +30,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant, GenericConst  # GenericConst: a tensor; Constant also covers IntImm
 
-from compiler.passes.int8_layers import emit_like, op_name
+from compiler.passes.int8_layers import dtype_of, emit_like, op_name
 
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 ELEMENTWISE = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
@@ -43,16 +43,13 @@ def _ndim(expr: relax.Expr) -> int:
     return int(getattr(expr.ty, "ndim", -1))
 
 
-def _dtype(expr: relax.Expr) -> str:
-    return str(getattr(expr.ty, "dtype", ""))
-
 
 def _is_int8_nchw_conv(call: relax.Expr) -> bool:
     if op_name(call) != "relax.nn.conv2d":
         return False
     attrs = call.attrs
     return (str(attrs.data_layout) == "NCHW" and str(attrs.kernel_layout) == "OIHW"
-            and str(attrs.out_layout) == "NCHW" and _dtype(call.args[0]).startswith(("int", "uint"))
+            and str(attrs.out_layout) == "NCHW" and dtype_of(call.args[0]).startswith(("int", "uint"))
             and isinstance(call.args[1], GenericConst))
 
 

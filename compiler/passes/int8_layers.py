@@ -75,10 +75,10 @@ def _is_layer(call: relax.Expr) -> bool:
         return False
     data, weight = call.args[0], call.args[1]
     return (isinstance(weight, Constant) and not isinstance(data, Constant)
-            and str(weight.value.dtype) == "float32" and _dtype(data) == "float32")
+            and str(weight.value.dtype) == "float32" and dtype_of(data) == "float32")
 
 
-def _dtype(expr: relax.Expr) -> str:
+def dtype_of(expr: relax.Expr) -> str:
     sinfo = expr.ty
     return str(getattr(sinfo, "dtype", ""))
 

@@ -280,6 +280,16 @@ def _sole_bias_adds(func: relax.Function, outputs: set) -> dict:
     return adds
 
 
+def _along(param: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """A quantization parameter shaped to broadcast against an ``ndim``-D tensor: one value as it
+    is, a vector along ``axis``."""
+    if param.ndim == 0 or ndim == 0:
+        return param.reshape(())
+    shape = [1] * ndim
+    shape[axis % ndim] = -1
+    return param.reshape(shape)
+
+
 class _ConstEval:
     """Values of constant sub-expressions the importer left unfolded (dequantize, reshape, …)."""
 
@@ -294,30 +304,18 @@ class _ConstEval:
         if isinstance(expr, Constant):
             return expr.value.numpy()
         op = op_name(expr)
-        if op == "relax.dequantize":
-            parts = [self.value(a) for a in expr.args]
-            if any(p is None for p in parts):
-                return None
-            q, scale, zero = parts
-            axis = int(expr.attrs.axis) % q.ndim if q.ndim else 0
-            shape = [1] * q.ndim
-            if scale.ndim:
-                shape[axis] = -1
-            return ((q.astype(np.float32) - zero.astype(np.float32).reshape(shape if zero.ndim else []))
-                    * scale.astype(np.float32).reshape(shape if scale.ndim else []))
-        if op == "relax.quantize":  # a weight quantized at run time (ONNX Runtime's Constant-node weights)
+        if op in ("relax.dequantize", "relax.quantize"):
             parts = [self.value(a) for a in expr.args]
             if any(p is None for p in parts):
                 return None
             x, scale, zero = parts
-            dtype = np.dtype(str(expr.attrs.out_dtype))
-            shape = [1] * x.ndim
-            if scale.ndim and x.ndim:
-                shape[int(expr.attrs.axis) % x.ndim] = -1
-            info = np.iinfo(dtype)
-            q = np.rint(x.astype(np.float32) / scale.astype(np.float32).reshape(shape if scale.ndim else []))
-            q = q + zero.astype(np.float32).reshape(shape if zero.ndim else [])
-            return np.clip(q, info.min, info.max).astype(dtype)
+            scale, zero = (_along(p.astype(np.float32), x.ndim, int(expr.attrs.axis)) for p in (scale, zero))
+            if op == "relax.dequantize":
+                return (x.astype(np.float32) - zero) * scale
+            # a weight quantized at run time (ONNX Runtime's Constant-node weights)
+            info = np.iinfo(np.dtype(str(expr.attrs.out_dtype)))
+            q = np.rint(x.astype(np.float32) / scale) + zero
+            return np.clip(q, info.min, info.max).astype(info.dtype)
         if op == "relax.reshape":
             inner = self.value(expr.args[0])
             return None if inner is None else inner.reshape([int(d) for d in expr.ty.shape.values])
@@ -364,10 +362,10 @@ class _ConstEval:
         axis = None if per_tensor else axis % q.ndim
         scale = scale.reshape(()) if per_tensor else scale
         if q.dtype != np.int8 or np.any(zero != 0):
+            centred = q.astype(np.int32) - _along(zero.astype(np.int32), q.ndim, axis or 0)
             channel = [1] * q.ndim
             if axis is not None:
                 channel[axis] = -1
-            centred = q.astype(np.int32) - zero.astype(np.int32).reshape(channel if zero.size > 1 else [])
             if axis is None:
                 factor = np.float64(max(np.abs(centred).max() / 127, 1.0))
             else:

@@ -26,7 +26,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant, GenericConst
 
-from compiler.passes.int8_layers import emit_like, op_name
+from compiler.passes.int8_layers import dtype_of, emit_like, op_name
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,6 @@ CHAIN_OPS = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "r
              "relax.quantize", "relax.dequantize"}
 EIGHT_BIT = ("uint8", "int8")
 
-
-def _dtype(expr: relax.Expr) -> str:
-    return str(getattr(expr.ty, "dtype", ""))
 
 
 def _scalar(arg: relax.Expr) -> bool:
@@ -63,15 +60,15 @@ class _Chains:
                 if isinstance(arg, relax.Var):
                     inner = self.leaves(arg)
                     if inner is None:
-                        return None if root or _dtype(var) not in EIGHT_BIT else {var}
+                        return None if root or dtype_of(var) not in EIGHT_BIT else {var}
                     found |= inner
             if found:
                 return found
-        return None if root or _dtype(var) not in EIGHT_BIT else {var}
+        return None if root or dtype_of(var) not in EIGHT_BIT else {var}
 
     def leaf(self, root: relax.Var) -> relax.Var | None:
         value = self.bindings.get(root)
-        if op_name(value) != "relax.quantize" or _dtype(root) not in EIGHT_BIT:
+        if op_name(value) != "relax.quantize" or dtype_of(root) not in EIGHT_BIT:
             return None
         found = self.leaves(root, root=True)
         if not found or len(found) != 1:
@@ -107,7 +104,7 @@ def _tables(bindings: dict, chains: list[tuple[relax.Var, relax.Var]]) -> list[n
     inputs = {dtype: relax.Var(f"all_{dtype}", relax.TensorType([256], dtype)) for dtype in EIGHT_BIT}
     with builder.function("main", list(inputs.values())):
         with builder.dataflow():
-            outs = [_replay(bindings, root, leaf, inputs[_dtype(leaf)], builder) for root, leaf in chains]
+            outs = [_replay(bindings, root, leaf, inputs[dtype_of(leaf)], builder) for root, leaf in chains]
             result = builder.emit_output(relax.Tuple(outs))
         builder.emit_func_output(result)
     mod = builder.get()
@@ -134,8 +131,8 @@ def quantized_lookup(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings
                 if isinstance(b, relax.VarBinding)}
     finder = _Chains(bindings)
-    chains = [(var, leaf) for var in bindings if (leaf := finder.leaf(var)) is not None
-              and op_name(bindings[var]) == "relax.quantize" and _has_work(bindings, var, leaf)]
+    chains = [(var, leaf) for var in bindings
+              if (leaf := finder.leaf(var)) is not None and _has_work(bindings, var, leaf)]
     if not chains:
         return mod
     tables = dict(zip([root for root, _ in chains], _tables(bindings, chains)))
@@ -147,7 +144,7 @@ def quantized_lookup(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
             if binding.var not in tables:
                 return super().visit_var_binding_(binding)
             leaf = self.visit_expr(leaves[binding.var])
-            index = self.builder_.emit(_index_of(_dtype(leaves[binding.var]))(leaf))
+            index = self.builder_.emit(_index_of(dtype_of(leaves[binding.var]))(leaf))
             lookup = relax.op.take(relax.const(tables[binding.var]), index, axis=0, mode="clip")  # always in range
             self.set_var_remap(binding.var, emit_like(self.builder_, lookup, binding.var))
 

@@ -59,6 +59,7 @@ from schedules.int8 import (
     has_avx2,
     has_avx512bw,
     has_vnni,
+    reads_int8,
 )
 from schedules.rules.common import (
     CPUScheduleRule,
@@ -408,7 +409,7 @@ class Int8Tensorized(CPUScheduleRule):
         marked = func.attrs.get(WEIGHT_BITS_ATTR) if func.attrs is not None else None
         if marked is not None:
             intrins = tuple(i for i in intrins if i.exact_bits >= int(marked))
-        if not intrins or not any(str(getattr(p, "dtype", "")) in ("int8", "uint8") for p in func.params):
+        if not intrins or not reads_int8(func):
             return None  # float kernels: no analysis
         a = _find_anchor(func)
         if a is None:

@@ -295,7 +295,18 @@ def test_tile_fits_the_registers():
                                         (125, 13, False), (32, 13, True)]:
         vectors, tile_rows = int8_tile(lane_blocks, rows, AVX2_DOT, windowed)
         assert lane_blocks % vectors == 0 and rows % tile_rows == 0
-        assert vectors * tile_rows + vectors + 4 <= AVX2_DOT.registers
+        # a one-row tile uses each weight vector once: only one is live
+        assert vectors * tile_rows + (vectors if tile_rows > 1 else 1) + 4 <= AVX2_DOT.registers
+
+
+def test_pointwise_tile_is_channel_blocks_on_one_row_unless_tasks_run_short():
+    # ResNet-50's 14x14 256 -> 1024 1x1: 8 channel blocks on one row (y: 14 tasks)
+    assert int8_tile(128, 14, AVX2_DOT, windowed=False, tasks=14) == (8, 1)
+    # 16 channels: rows fill the tile
+    assert int8_tile(2, 56, AVX2_DOT, windowed=False, tasks=56) == (2, 4)
+    # PP-OCR classifier's 16 -> 40 on 3x96: 5 blocks x 3 rows of tasks; taking all 5 blocks would
+    # leave 3 tasks (rows parallel, tile out of registers): one block, rows in the tile
+    assert int8_tile(5, 96, AVX2_DOT, windowed=False, tasks=3) == (1, 8)
 
 
 def test_a_tile_tensorize_cannot_match_declines_to_exact_generic_rules(monkeypatch):
@@ -303,7 +314,7 @@ def test_a_tile_tensorize_cannot_match_declines_to_exact_generic_rules(monkeypat
     ScheduleError): the rule declines and the generic rules still compute the exact result."""
     import schedules.rules.int8 as int8_rules
 
-    monkeypatch.setattr(int8_rules, "int8_tile", lambda lane_blocks, rows, intrin, windowed: (1, 4))
+    monkeypatch.setattr(int8_rules, "int8_tile", lambda *args: (1, 4))
     mod, reference = conv_model(c=16, f=16, size=13, k=1, pad=0, layout="NHWC")
     lowered = lower(mod)
     assert "Int8Tensorized" not in rules_used(lowered, "conv2d")

@@ -291,22 +291,21 @@ def test_sixteen_lane_schedule_is_exact():
 
 
 def test_tile_fits_the_registers():
-    for lane_blocks, rows, windowed in [(8, 56, True), (8, 56, False), (1, 7, True), (64, 1, False), (3, 13, True),
-                                        (125, 13, False), (32, 13, True)]:
-        vectors, tile_rows = int8_tile(lane_blocks, rows, AVX2_DOT, windowed)
+    for lane_blocks, rows in [(8, 56), (1, 7), (64, 1), (3, 13), (125, 13), (32, 13), (2, 56)]:
+        vectors, tile_rows = int8_tile(lane_blocks, rows)
         assert lane_blocks % vectors == 0 and rows % tile_rows == 0
         # a one-row tile uses each weight vector once: only one is live
         assert vectors * tile_rows + (vectors if tile_rows > 1 else 1) + 4 <= AVX2_DOT.registers
 
 
-def test_pointwise_tile_is_channel_blocks_on_one_row_unless_tasks_run_short():
+def test_tile_is_channel_blocks_on_one_row_unless_tasks_run_short():
     # ResNet-50's 14x14 256 -> 1024 1x1: 8 channel blocks on one row (y: 14 tasks)
-    assert int8_tile(128, 14, AVX2_DOT, windowed=False, tasks=14) == (8, 1)
+    assert int8_tile(128, 14, tasks=14) == (8, 1)
     # 16 channels: rows fill the tile
-    assert int8_tile(2, 56, AVX2_DOT, windowed=False, tasks=56) == (2, 4)
+    assert int8_tile(2, 56, tasks=56) == (2, 4)
     # PP-OCR classifier's 16 -> 40 on 3x96: 5 blocks x 3 rows of tasks; taking all 5 blocks would
     # leave 3 tasks (rows parallel, tile out of registers): one block, rows in the tile
-    assert int8_tile(5, 96, AVX2_DOT, windowed=False, tasks=3) == (1, 8)
+    assert int8_tile(5, 96, tasks=3) == (1, 8)
 
 
 def test_a_tile_tensorize_cannot_match_declines_to_exact_generic_rules(monkeypatch):

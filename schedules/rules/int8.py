@@ -71,7 +71,7 @@ from schedules.rules.common import (
     vars_of,
 )
 from schedules.rules.reduction import (LAYOUT_REWRITE_PREPROC, _Anchor, _find_anchor, _is_param, input_reads,
-                                      is_windowed, weight_rank)
+                                      weight_rank)
 
 log = logging.getLogger(__name__)
 
@@ -196,41 +196,27 @@ def plan(a: _Anchor, intrins: tuple[DotIntrin, ...]) -> Int8Plan | None:
     return None
 
 
-POINTWISE_ACCUMULATORS = 8  # accumulator registers of a tile without a window (1x1 conv, matmul)
+TILE_ACCUMULATORS = 8  # accumulator registers of a tile
 
 
-def int8_tile(lane_blocks: int, rows: int, intrin: DotIntrin, windowed: bool, tasks: int = MIN_PARALLEL
-              ) -> tuple[int, int]:
+def int8_tile(lane_blocks: int, rows: int, tasks: int = MIN_PARALLEL) -> tuple[int, int]:
     """(vectors, rows) of the accumulator tile: ``vectors`` blocks of ``L`` channels (a divisor
     of ``lane_blocks``) times ``rows`` data positions (a divisor of ``rows``).
 
-    A windowed (KxK) kernel's tile fits the registers with one weight vector per channel
-    block, one broadcast, the constant ones and two temporaries, and maximizes multiply-adds
-    per load. Without a window (1x1, matmul) the tile is as many channel blocks as
-    ``POINTWISE_ACCUMULATORS`` allows, on one row (rows fill the tile only where channels are
-    few): each weight vector is then used once, so only the accumulators stay in registers.
-    Fewer channel blocks are taken where the channel blocks left, times ``tasks`` (the parallel
-    tasks the other output axes give: conv ``n * y``), would be under ``MIN_PARALLEL``: rows
-    then run in parallel and the tile leaves registers (PP-OCR classifier's 16 -> 40 1x1 conv on
-    3x96: 0.024 ms with 1 x 8, 0.050 with 5 x 1).
-    Measured here (AVX2, 2 threads, ResNet-50's five 1x1 shapes with their epilogues, alternating
-    rounds): 8 x 1 2.40 ms, 4 x 1 2.62, 4 x 2 2.66, 2 x 4 2.94, rows first (1 x 7) 3.19.
-    Any divisor of ``lane_blocks`` may be the vector count: when ``rows`` has no small divisor
-    (SqueezeNet's 13x13 maps) a wide single-row tile still reuses each broadcast.
+    As many channel blocks as ``TILE_ACCUMULATORS`` allows, on one row; rows fill the tile only
+    where channels are few. Each weight vector is then used once (one live weight register),
+    each broadcast ``vectors`` times. Fewer channel blocks are taken where the blocks left,
+    times ``tasks`` (the parallel tasks the other output axes give: conv ``n * y``), would be
+    under ``MIN_PARALLEL``: rows would then run in parallel and the tile leave the registers
+    (PP-OCR classifier's 16 -> 40 1x1 conv on 3x96: 0.024 ms with 1 x 8, 0.050 with 5 x 1).
+    Measured here (AVX2, 2 threads, alternating rounds): ResNet-50's five 1x1 shapes with their
+    epilogues 8 x 1 2.40 ms, 4 x 1 2.62, 4 x 2 2.66, 2 x 4 2.94, rows first (1 x 7) 3.19; its
+    four 3x3 shapes 8 x 1 3.65-3.77 ms, 4 x 1 3.58-3.64, 4 x 2 (the earlier loads-per-MAC
+    optimum) 3.80-4.02, 1 x 7 4.20.
     """
-    if not windowed:
-        vectors = max((n for n in range(1, POINTWISE_ACCUMULATORS + 1)
-                       if lane_blocks % n == 0 and (n == 1 or lane_blocks // n * tasks >= MIN_PARALLEL)))
-        return vectors, divisor_at_most(rows, max(1, POINTWISE_ACCUMULATORS // vectors))
-    spare = 4
-    best = (0.0, 1, 1)
-    for n in range(1, (intrin.registers - spare) // 2 + 1):
-        if lane_blocks % n:
-            continue
-        r = divisor_at_most(rows, (intrin.registers - spare - n) // n)
-        score = n * r / (n + r)
-        best = max(best, (score, n, r))
-    return best[1], best[2]
+    vectors = max(n for n in range(1, TILE_ACCUMULATORS + 1)
+                  if lane_blocks % n == 0 and (n == 1 or lane_blocks // n * tasks >= MIN_PARALLEL))
+    return vectors, divisor_at_most(rows, max(1, TILE_ACCUMULATORS // vectors))
 
 
 def _pack_last(dim: int, ndim: int, factor: int):
@@ -432,13 +418,12 @@ class Int8Tensorized(CPUScheduleRule):
         p = plan(a, intrins)
         if p is None:
             return None
-        windowed = is_windowed(a, a.sch.get(a.anchor.block_rv).reads[p.data])
         rows = a.extents[p.row_var] if p.row_var is not None else 1
         tasks = 1
         for v in a.out_vars:
             if not v.same_as(p.lane_var) and (p.row_var is None or not v.same_as(p.row_var)):
                 tasks *= a.extents[v]
-        vectors, tile_rows = int8_tile(a.extents[p.lane_var] // p.intrin.lanes, rows, p.intrin, windowed, tasks)
+        vectors, tile_rows = int8_tile(a.extents[p.lane_var] // p.intrin.lanes, rows, tasks)
         try:
             return schedule_int8(a, p, vectors, tile_rows)
         # TVM's tensorize reports a body it cannot match as an InternalError, not a ScheduleError

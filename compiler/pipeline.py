@@ -26,6 +26,7 @@ from compiler.passes.int8_conv_layout import int8_conv_layout
 from compiler.passes.quantized_lookup import quantized_lookup
 from compiler.passes.pad_output_channels import pad_output_channels
 from compiler.passes.prepack_in_place import attach_layout_free_buffers_in_place, split_layout_rewrite_in_place
+from compiler.passes.scalar_constants import scalar_constants
 from schedules.defaults import default_schedule_pass
 from schedules.int8 import channel_multiple_for, mark_int8_weight_bits, weight_bits_for
 from schedules.database import apply_database_pass
@@ -199,6 +200,8 @@ def layout_steps(preset: TargetPreset) -> list[Step]:
                  "(TVM has no layout rule for clip: two transposes around each)", lambda: clip_as_max_min),
             Step("DeadCodeElimination", "drop the clip kernels ClipAsMaxMin replaced",
                  relax.transform.DeadCodeElimination),
+            Step("ScalarConstants", "one-element constants of elementwise ops as 0-d constants, which "
+                 "ConvertLayout passes (a [1]-shaped one got two transposes around its op)", lambda: scalar_constants),
             Step("ConvertConvLayout", f"float conv2d and the ops between them in {preset.conv_layout} "
                  "(one transpose at each end, weights transposed at compile time)",
                  lambda: convert_conv_layout(preset.conv_layout, block))]

@@ -346,6 +346,37 @@ def test_clips_convert_to_nhwc_without_transposes():
     assert matches_onnxruntime(graph, mod) < TOLERANCE
 
 
+def test_one_element_constants_convert_to_nhwc_without_transposes():
+    """PP-LCNetV3's learnable affine block: ``Mul(scale[1], x)`` and ``Add(x, bias[1])`` between
+    convs. ScalarConstants makes the [1] constants 0-d, so NHWC needs one transpose at each end
+    only (without it: two more around the pair). Results equal ONNX Runtime."""
+    from targets.registry import with_conv_layout
+
+    rng = np.random.default_rng(5)
+    scalars = [onnx.numpy_helper.from_array(np.array([v], np.float32), n) for n, v in (("s", 1.7), ("t", -0.3))]
+    graph = model([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+                   helper.make_node("Mul", ["s", "c"], ["m"]),
+                   helper.make_node("Add", ["m", "t"], ["a"]),
+                   helper.make_node("Conv", ["a", "w2", "b2"], ["y"], pads=[1, 1, 1, 1])],
+                  [("x", [1, 8, 12, 12])], [("y", None)],
+                  [const("w", 16, 8, 3, 3, rng=rng), const("b", 16, rng=rng),
+                   const("w2", 16, 16, 3, 3, rng=rng), const("b2", 16, rng=rng), *scalars])
+    preset = with_conv_layout(resolve_target("host"), "NHWC")
+    steps = pipeline_steps(preset)
+    names = [s.name for s in steps]
+    for skip in (set(), {"ScalarConstants"}):
+        converted = import_onnx(graph, {}).mod
+        with tvm.transform.PassContext(opt_level=3):
+            for step in steps[: names.index("ConvertConvLayout") + 1]:
+                if step.name not in skip:
+                    converted = step.make()(converted)
+        transposes = [c for c in _relax_ops(converted) if c.op.name == "relax.permute_dims"]
+        assert len(transposes) == (2 if not skip else 4), converted["main"].script()
+    with tvm.transform.PassContext(opt_level=3):
+        mod = build_pipeline(preset)(import_onnx(graph, {}).mod)
+    assert matches_onnxruntime(graph, mod) < TOLERANCE
+
+
 def test_convert_conv_layout_leaves_int8_convolutions_in_nchw():
     from compiler.passes.conv_layout import _has_int8_conv, convert_conv_layout
 

@@ -315,6 +315,18 @@ def test_convert_conv_layout_runs_convs_in_nhwc_with_one_transpose_at_each_end()
     assert matches_onnxruntime(graph, mod) < TOLERANCE
 
 
+def _transposes_after_layout(graph: onnx.ModelProto, preset, skip: set[str]) -> int:
+    """Transposes in ``graph`` after the pipeline's steps up to ConvertConvLayout, less ``skip``."""
+    steps = pipeline_steps(preset)
+    names = [s.name for s in steps]
+    converted = import_onnx(graph, {}).mod
+    with tvm.transform.PassContext(opt_level=3):
+        for step in steps[: names.index("ConvertConvLayout") + 1]:
+            if step.name not in skip:
+                converted = step.make()(converted)
+    return sum(1 for c in _relax_ops(converted) if c.op.name == "relax.permute_dims")
+
+
 def test_clips_convert_to_nhwc_without_transposes():
     """ReLU6 as Clip with bound inputs (the importer's call_tir kernels) and HardSwish (relax.clip):
     ClipAsMaxMin makes them maximum/minimum, so NHWC needs one transpose at each end only
@@ -331,16 +343,8 @@ def test_clips_convert_to_nhwc_without_transposes():
                   [const("w", 16, 8, 3, 3, rng=rng), const("b", 16, rng=rng),
                    const("w2", 16, 16, 3, 3, rng=rng), const("b2", 16, rng=rng), *bounds])
     preset = with_conv_layout(resolve_target("host"), "NHWC")
-    steps = pipeline_steps(preset)
-    names = [s.name for s in steps]
-    for skip in (set(), {"ClipAsMaxMin"}):
-        converted = import_onnx(graph, {}).mod
-        with tvm.transform.PassContext(opt_level=3):
-            for step in steps[: names.index("ConvertConvLayout") + 1]:
-                if step.name not in skip:
-                    converted = step.make()(converted)
-        transposes = [c for c in _relax_ops(converted) if c.op.name == "relax.permute_dims"]
-        assert len(transposes) == (2 if not skip else 6), converted["main"].script()
+    assert _transposes_after_layout(graph, preset, set()) == 2
+    assert _transposes_after_layout(graph, preset, {"ClipAsMaxMin"}) == 6
     with tvm.transform.PassContext(opt_level=3):
         mod = build_pipeline(preset)(import_onnx(graph, {}).mod)
     assert matches_onnxruntime(graph, mod) < TOLERANCE
@@ -362,16 +366,8 @@ def test_one_element_constants_convert_to_nhwc_without_transposes():
                   [const("w", 16, 8, 3, 3, rng=rng), const("b", 16, rng=rng),
                    const("w2", 16, 16, 3, 3, rng=rng), const("b2", 16, rng=rng), *scalars])
     preset = with_conv_layout(resolve_target("host"), "NHWC")
-    steps = pipeline_steps(preset)
-    names = [s.name for s in steps]
-    for skip in (set(), {"ScalarConstants"}):
-        converted = import_onnx(graph, {}).mod
-        with tvm.transform.PassContext(opt_level=3):
-            for step in steps[: names.index("ConvertConvLayout") + 1]:
-                if step.name not in skip:
-                    converted = step.make()(converted)
-        transposes = [c for c in _relax_ops(converted) if c.op.name == "relax.permute_dims"]
-        assert len(transposes) == (2 if not skip else 4), converted["main"].script()
+    assert _transposes_after_layout(graph, preset, set()) == 2
+    assert _transposes_after_layout(graph, preset, {"ScalarConstants"}) == 4
     with tvm.transform.PassContext(opt_level=3):
         mod = build_pipeline(preset)(import_onnx(graph, {}).mod)
     assert matches_onnxruntime(graph, mod) < TOLERANCE

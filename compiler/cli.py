@@ -64,7 +64,7 @@ def _int8_options(args: argparse.Namespace):
                        min_agreement=args.min_agreement, sensitivity=args.sensitivity,
                        evaluate=_load_function(args.evaluate) if args.evaluate else None,
                        max_accuracy_drop=args.max_accuracy_drop, per_channel_depthwise=args.per_channel_depthwise,
-                       bias_correction=args.bias_correction)
+                       bias_correction=args.bias_correction, requantize=args.requantize.replace("-", "_"))
 
 
 def _load_function(spec: str):
@@ -131,6 +131,9 @@ def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bias-correction", action="store_true",
                    help="int8: subtract from each layer's bias the output shift its weight rounding causes on the "
                         "calibration data's mean input (sum((w_q - w) * mean))")
+    p.add_argument("--requantize", default="float", choices=["float", "fixed-point"],
+                   help="int8: return each int32 accumulator to 8 bits by a float scale (default: faster on x86, "
+                        "as ONNX Runtime) or an integer multiplier and shift")
     p.add_argument("--sensitivity", default="measured", choices=["measured", "estimated"],
                    help="int8: rank layers for --auto-keep-fp32/--min-agreement by the output error each one "
                         "causes, measured on one probe build (default), or by the error estimate (no build)")

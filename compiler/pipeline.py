@@ -20,6 +20,7 @@ from compiler.passes.conv_layout import convert_conv_layout
 from compiler.passes.concat_in_place import in_place_calls_as_call_tir, write_concat_in_place
 from compiler.passes.clip_as_max_min import clip_as_max_min
 from compiler.passes.drop_dropout import drop_dropout
+from compiler.passes.fixed_point_requantize import fixed_point_requantize
 from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
 from compiler.passes.hoist_quantize import hoist_quantize
 from compiler.passes.int8_conv_layout import int8_conv_layout
@@ -117,6 +118,8 @@ def precision_steps(precision: str, plan=None, probe: bool = False) -> list[Step
                      "(no float pool/concat pass; SqueezeNet)", lambda: hoist_quantize),
                 Step("FoldReluIntoQuantize", "a ReLU before a uint8 quantize is the quantize's own clip",
                      lambda: fold_relu_into_quantize),
+                *([Step("FixedPointRequantize", "int32 accumulators requantized by integer multiplier and shift",
+                        lambda: fixed_point_requantize)] if plan.requantize == "fixed_point" else []),
                 Step("FoldConstant", "fold the int8 weight constants", relax.transform.FoldConstant)]
     return []
 

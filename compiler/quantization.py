@@ -60,6 +60,9 @@ class Int8Options:
     signed_activations: bool | None = None
     # subtract the weight-rounding shift on the mean calibration input from each layer's bias
     bias_correction: bool = False
+    # how an int32 accumulator returns to 8 bits: "float" (scale multiply, as ONNX Runtime) or
+    # "fixed_point" (integer multiplier and shift); float measured faster here (README "INT8")
+    requantize: str = "float"
 
 
 @dataclass
@@ -123,6 +126,7 @@ def sensitivity(report: LayerReport) -> float:
 
 
 SENSITIVITY = ("measured", "estimated")
+REQUANTIZE = ("float", "fixed_point")
 
 
 def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8Options) -> Int8Result:
@@ -132,6 +136,8 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
     bits = options.weight_bits or weight_bits_for(preset.tvm_target())
     if bits not in (7, 8):
         raise InputError(f"weight bits must be 7 or 8, not {bits}")
+    if options.requantize not in REQUANTIZE:
+        raise InputError(f"requantize '{options.requantize}' is unknown; use one of {', '.join(REQUANTIZE)}")
     if options.sensitivity not in SENSITIVITY:
         raise InputError(f"sensitivity '{options.sensitivity}' is unknown; use one of {', '.join(SENSITIVITY)}")
     if options.min_agreement is not None and not 0.0 < options.min_agreement <= 100.0:
@@ -157,7 +163,7 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
     target = preset.tvm_target()
     signed = signed_activations_for(target) if options.signed_activations is None else options.signed_activations
     plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model, channel_multiple_for(target), signed,
-                            options.bias_correction, result.input_means)
+                            options.bias_correction, result.input_means, options.requantize)
     int8 = Int8Result(plan, result, reports)
     searching = options.min_agreement is not None or options.evaluate is not None
     if options.auto_keep or searching:

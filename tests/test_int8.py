@@ -260,6 +260,38 @@ def test_calibrated_int8_keeps_accuracy_and_uses_int8_kernels(tmp_path):
     assert np.median(errors) < 0.05
 
 
+def test_multiplier_and_shift_represent_the_requantize_scale():
+    from compiler.passes.fixed_point_requantize import multiplier_and_shift
+
+    real = np.array([0.3, 1e-5, 0.75, 1.0 - 2.0**-33, 3.5])  # 1 - 2**-33: the fraction rounds up to 1
+    multiplier, shift = multiplier_and_shift(real)
+    assert np.all((multiplier >= 2**30) & (multiplier < 2**31))
+    np.testing.assert_allclose(multiplier * 2.0 ** -shift.astype(np.float64), real, rtol=2.0**-30)
+
+
+def test_fixed_point_requantize_matches_the_float_form(tmp_path):
+    """``requantize="fixed_point"``: each layer's requantize to uint8 becomes an integer multiply
+    and shift inside its kernel; the outputs equal the float form's but for one-step rounding flips."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_conv_relu_conv_gemm(), path)
+    calibration = _samples(32)[:, 0]
+    libs = {}
+    for requantize in ("float", "fixed_point"):
+        compile_model(path, tmp_path / f"{requantize}.so", CompileOptions(precision="int8", int8=Int8Options(
+            calibration=calibration, method="minmax", requantize=requantize)))
+        libs[requantize] = load(tmp_path / f"{requantize}.so")
+    kernels = {name: list(lib.metadata.extra["kernel_schedules"]) for name, lib in libs.items()}
+    assert not any("right_shift" in k for k in kernels["float"])
+    # conv_a's kernel requantizes for conv_b; conv_b's output is flattened (NHWC -> NCHW) before fc's quantize
+    assert sum("right_shift" in k for k in kernels["fixed_point"]) == 1
+    for x in _samples(16, seed=12):
+        a, b = libs["float"].run({"x": x})["y"], libs["fixed_point"].run({"x": x})["y"]
+        assert np.abs(a - b).max() <= 0.02 * np.abs(a).max()
+    with pytest.raises(InputError, match="requantize 'shift' is unknown"):
+        compile_model(path, tmp_path / "x.so", CompileOptions(precision="int8", int8=Int8Options(
+            calibration=calibration, requantize="shift")))
+
+
 def test_requantize_is_fused_so_layers_pass_uint8():
     """The first conv's kernel ends in the second layer's quantize: it writes uint8."""
     import tvm

@@ -25,9 +25,10 @@ Both passes follow each conv's own layouts (NCHW/OIHW or NHWC/OHWI after ``Conve
 (zero-point data, zero weights: the sums do not change), so RGB first layers reach the
 dot-product kernels.
 
-Requantization uses a float scale, not an integer multiplier and shift: on x86 and ARM
-with FMA the float multiply is one instruction per lane and the results match ONNX
-Runtime's (which also requantizes in float).
+Requantization uses a float scale: on x86 and ARM with FMA the float multiply is one
+instruction per lane and the results match ONNX Runtime's (which also requantizes in float).
+``fixed_point_requantize`` turns it into an integer multiplier and shift where asked
+(``QuantizationPlan.requantize``; measured slower on AVX2, README "INT8 and FP16").
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class QuantizationPlan:
     # weight rounding causes on the mean calibration input (``input_means``, from calibration).
     bias_correction: bool = False
     input_means: dict[str, np.ndarray] = field(default_factory=dict)
+    requantize: str = "float"  # float | fixed_point (integer multiplier and shift: ``fixed_point_requantize``)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
 from compiler.passes.hoist_quantize import hoist_quantize
 from compiler.passes.int8_conv_layout import int8_conv_layout
 from compiler.passes.quantized_lookup import quantized_lookup
+from compiler.passes.row_softmax import legalize_softmax
 from compiler.passes.pad_output_channels import pad_output_channels
 from compiler.passes.prepack_in_place import attach_layout_free_buffers_in_place, split_layout_rewrite_in_place
 from compiler.passes.scalar_constants import scalar_constants
@@ -124,6 +125,15 @@ def precision_steps(precision: str, plan=None, probe: bool = False) -> list[Step
     return []
 
 
+def legalize_map(preset: TargetPreset) -> dict:
+    """kiln's own ``LegalizeOps`` entries: blocked-channel convs, and on CPUs a softmax over the
+    last axis whose passes vectorize (``compiler.passes.row_softmax``)."""
+    legalize = blocked_conv.legalize_map()
+    if preset.device == "cpu" and preset.kind == "llvm":
+        legalize["relax.nn.softmax"] = legalize_softmax(vector_spec(preset.tvm_target()).lanes())
+    return legalize
+
+
 def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: bool = True) -> list[Step]:
     """Legalize, fuse, schedule (tuning records first, then defaults) and lower for the VM."""
     target = preset.tvm_target()
@@ -131,8 +141,8 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
     steps = [
         *[Step(p.info.name, "target library dispatch (sort, scan, sampling)", lambda p=p: p)
           for p in backend.library_dispatch_passes(target)],
-        Step("LegalizeOps", "lower every Relax operator to a TIR kernel (blocked-channel convs by kiln's own)",
-             lambda: relax.transform.LegalizeOps(blocked_conv.legalize_map())),
+        Step("LegalizeOps", "lower every Relax operator to a TIR kernel (blocked-channel convs and, on CPUs, "
+             "last-axis softmax by kiln's own)", lambda: relax.transform.LegalizeOps(legalize_map(preset))),
         Step("AnnotateTIROpPattern", "label kernels (injective, reduction, …) for fusion",
              relax.transform.AnnotateTIROpPattern),
         Step("FoldConstant", "fold kernels whose inputs are all constants", relax.transform.FoldConstant),

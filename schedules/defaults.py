@@ -23,7 +23,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from schedules.rules import (ChannelVectorized, Injective, Int8Tensorized, ParallelFallback, RowReduction,
-                             SpatialVectorized)
+                             RowSoftmax, SpatialVectorized)
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ RULES_VERSION = _rules_version()
 SCHEDULED_ATTR = "tirx.is_scheduled"  # what dlight and MetaScheduleApplyDatabase set
 RULE_ATTR = "kiln.default_schedule"  # which kiln rule scheduled a function
 
-CPU_RULES: tuple[ScheduleRule, ...] = (Int8Tensorized(), ChannelVectorized(), SpatialVectorized(), Injective(),
-                                        RowReduction(), ParallelFallback())
+CPU_RULES: tuple[ScheduleRule, ...] = (RowSoftmax(), Int8Tensorized(), ChannelVectorized(), SpatialVectorized(),
+                                        Injective(), RowReduction(), ParallelFallback())
 
 
 @dataclass

@@ -62,8 +62,17 @@ def pooling() -> onnx.ModelProto:
                  [("x", [1, 8, 32, 32])], [("y", None)])
 
 
-def softmax() -> onnx.ModelProto:
+def softmax() -> onnx.ModelProto:  # 100 = 12 vectors of 8 and a tail of 4
     return model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], [("x", [16, 100])], [("y", None)])
+
+
+def scaled_softmax() -> onnx.ModelProto:  # attention-like: a scale fused in, 3-D, rows a multiple of 8
+    return model([helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Softmax", ["m"], ["y"], axis=-1)],
+                 [("x", [2, 6, 40])], [("y", None)], [onnx.numpy_helper.from_array(np.array(0.125, np.float32), "s")])
+
+
+def softmax_inner_axis() -> onnx.ModelProto:  # not the last axis: TVM's own softmax
+    return model([helper.make_node("Softmax", ["x"], ["y"], axis=1)], [("x", [4, 30, 5])], [("y", None)])
 
 
 def variadic_sum() -> onnx.ModelProto:  # ONNX Sum/Max of 3 and 2 inputs (ShuffleNet's residual Sum)
@@ -101,7 +110,9 @@ CASES = {
     "dense": (dense, {"matmul": "ChannelVectorized"}),
     "batch_matmul": (batch_matmul, {"matmul": "ChannelVectorized"}),
     "pooling": (pooling, {"max_pool2d": "SpatialVectorized", "avg_pool2d": "SpatialVectorized"}),
-    "softmax": (softmax, {"softmax": "RowReduction"}),  # several rows: TVM dlight's CPU Reduction
+    "softmax": (softmax, {"softmax": "RowSoftmax"}),  # last axis: compiler.passes.row_softmax
+    "scaled_softmax": (scaled_softmax, {"softmax": "RowSoftmax"}),
+    "softmax_inner_axis": (softmax_inner_axis, {"softmax": "RowReduction"}),  # TVM dlight's CPU Reduction
     "variadic_sum": (variadic_sum, {"conv2d": "ChannelVectorized"}),
     "shuffle_unit_14": (shuffle_unit, {"conv2d": "SpatialVectorized"}),
     "shuffle_unit_7": (lambda: shuffle_unit(7, 24), {"conv2d": "SpatialVectorized"}),
@@ -448,3 +459,21 @@ def test_nhwc_depthwise_weights_are_packed_channel_innermost(tmp_path):
     (f,) = kernels(mod, "conv2d")
     assert "layout_rewrite_preproc" in f.script()
     assert_matches_onnxruntime(dw, tmp_path, seed=5, layout="NHWC")
+
+
+def test_row_softmax_is_accurate_on_wide_and_masked_rows(tmp_path):
+    """The vectorized softmax (partial max/sum, TOPI's fast_exp) against float64: within 1e-5
+    relative (1e-35 absolute near float32's smallest normals); a masked (-inf) entry gives 0 up
+    to fast_exp's clamp at exp(-88)."""
+    graph = model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], [("x", [3, 6625])], [("y", None)])
+    compile_model(graph, tmp_path / "s.so", target="host")
+    lib = load(tmp_path / "s.so")
+    x = (np.random.default_rng(2).standard_normal((3, 6625)) * 30).astype(np.float32)
+    x[1, ::7] = -np.inf  # masked positions
+    got = lib.run({"x": x})["y"]
+    ref = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
+    ref /= ref.sum(axis=-1, keepdims=True)
+    # near float32's smallest normals fast_exp loses relative accuracy: an absolute 1e-35 there
+    assert np.all(np.abs(got - ref) <= 1e-5 * ref + 1e-35)
+    assert np.all(got[1, ::7] <= 1e-37)
+    np.testing.assert_allclose(got.sum(axis=-1), 1.0, rtol=1e-5)

@@ -3,5 +3,6 @@
 from schedules.rules.elementwise import Injective, ParallelFallback
 from schedules.rules.int8 import Int8Tensorized
 from schedules.rules.reduction import ChannelVectorized, RowReduction, SpatialVectorized
+from schedules.rules.softmax import RowSoftmax
 
-__all__ = ["Int8Tensorized", "ChannelVectorized", "SpatialVectorized", "Injective", "RowReduction", "ParallelFallback"]
+__all__ = ["RowSoftmax", "Int8Tensorized", "ChannelVectorized", "SpatialVectorized", "Injective", "RowReduction", "ParallelFallback"]

@@ -572,7 +572,8 @@ class SpatialVectorized(CPUScheduleRule):
 
 class RowReduction(CPUScheduleRule):
     """Softmax / layer-norm style kernels (per-row reductions and elementwise passes over the same
-    rows) by TVM's dlight CPU ``Reduction`` rule — rows in parallel, a row's passes together —
+    rows; a last-axis softmax is ``RowSoftmax``'s) by TVM's dlight CPU ``Reduction`` rule — rows in
+    parallel, a row's passes together —
     where there are at least two rows. Declines single rows: dlight's schedule for one row of
     1000 (SqueezeNet's softmax) took 3.0 ms against the fallback's 0.009 ms here; on the PP-OCR
     recognizer's 40 rows of 6625 it takes 0.83 ms against 1.65 ms.

@@ -280,6 +280,8 @@ def test_fixed_point_requantize_matches_the_float_form(tmp_path):
         compile_model(path, tmp_path / f"{requantize}.so", CompileOptions(precision="int8", int8=Int8Options(
             calibration=calibration, method="minmax", requantize=requantize)))
         libs[requantize] = load(tmp_path / f"{requantize}.so")
+    assert {name: lib.metadata.extra["int8"]["requantize"] for name, lib in libs.items()} == {
+        "float": "float", "fixed_point": "fixed_point"}
     kernels = {name: list(lib.metadata.extra["kernel_schedules"]) for name, lib in libs.items()}
     assert not any("right_shift" in k for k in kernels["float"])
     # conv_a's kernel requantizes for conv_b; conv_b's output is flattened (NHWC -> NCHW) before fc's quantize

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""INT8 requantization, float scale vs integer multiplier and shift, on built-in example models.
+
+For each model: one INT8 build with ``requantize="float"`` (kiln's default) and one with
+``"fixed_point"`` (``compiler/passes/fixed_point_requantize.py``), the same seeded
+calibration (uniform [0, 1) inputs, as ``scripts/int8_report.py`` uses for the zoo models);
+both libraries timed in one process, alternating rounds in both orders (p50 per round,
+median of rounds), and their outputs compared on seeded inputs. Writes JSON and prints a
+Markdown table.
+
+    python scripts/bench_requantize.py --models squeezenet,resnet50 --out scripts/results/bench_requantize.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from compiler.build import CompileOptions, compile_model  # noqa: E402
+from compiler.quantization import Int8Options  # noqa: E402
+from compiler.runtime import alternating_p50_ms, load  # noqa: E402
+
+FORMS = ("float", "fixed_point")
+
+
+def bench_model(name: str, workdir: Path, rounds: int, threads: int) -> dict:
+    """Build ``name`` both ways, time and compare them (see the module docstring)."""
+    import onnx
+
+    from compiler.examples import example_model
+
+    model = onnx.version_converter.convert_version(example_model(name), 13)
+    path = workdir / f"{name}.onnx"
+    onnx.save(model, path)
+    inp = model.graph.input[0]
+    shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
+    rng = np.random.default_rng(0)
+    calibration = rng.uniform(0.0, 1.0, (32, *shape[1:])).astype(np.float32)
+    libs = {}
+    for form in FORMS:
+        lib = workdir / f"{name}_{form}.so"
+        compile_model(path, lib, CompileOptions(input_shapes={inp.name: shape}, precision="int8", int8=Int8Options(
+            calibration=calibration, requantize=form)))
+        libs[form] = load(lib, threads=threads)
+    inputs = [{inp.name: rng.uniform(0.0, 1.0, shape).astype(np.float32)} for _ in range(8)]
+    diffs, same_top1 = [], 0
+    for x in inputs:
+        a, b = (next(iter(libs[f].run(x).values())) for f in FORMS)
+        diffs.append(float(np.abs(a - b).max()))
+        same_top1 += int(a.reshape(-1).argmax() == b.reshape(-1).argmax())
+    forward = alternating_p50_ms(libs, inputs[0], rounds=rounds)
+    backward = alternating_p50_ms(dict(reversed(list(libs.items()))), inputs[0], rounds=rounds)
+    p50 = {f: (forward[f] + backward[f]) / 2 for f in FORMS}
+    return {"float_ms": round(p50["float"], 3), "fixed_point_ms": round(p50["fixed_point"], 3),
+            "fixed_point_vs_float": round(p50["fixed_point"] / p50["float"], 3),
+            "max_abs_diff": max(diffs), "same_top1": f"{same_top1}/{len(inputs)}"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="squeezenet,resnet50")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per order")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="bench_requantize.json")
+    args = parser.parse_args()
+    result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+              "cpus": os.cpu_count(), "threads": args.threads, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="kiln-requantize-") as tmp:
+        for name in args.models.split(","):
+            result["models"][name] = row = bench_model(name, Path(tmp), args.rounds, args.threads)
+            print(f"{name}: {row}", file=sys.stderr)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print("| model | float ms | fixed-point ms | fixed / float | max abs diff | same top-1 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in result["models"].items():
+        print(f"| {name} | {r['float_ms']} | {r['fixed_point_ms']} | {r['fixed_point_vs_float']} | "
+              f"{r['max_abs_diff']:.2g} | {r['same_top1']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -34,24 +34,16 @@ FORMS = ("float", "fixed_point")
 
 def bench_model(name: str, workdir: Path, rounds: int, threads: int) -> dict:
     """Build ``name`` both ways, time and compare them (see the module docstring)."""
-    import onnx
+    from scripts.int8_report import _zoo_case
 
-    from compiler.examples import example_model
-
-    model = onnx.version_converter.convert_version(example_model(name), 13)
-    path = workdir / f"{name}.onnx"
-    onnx.save(model, path)
-    inp = model.graph.input[0]
-    shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
-    rng = np.random.default_rng(0)
-    calibration = rng.uniform(0.0, 1.0, (32, *shape[1:])).astype(np.float32)
+    path, input_name, shape, calibration, test = _zoo_case(name, workdir, 32)
     libs = {}
     for form in FORMS:
         lib = workdir / f"{name}_{form}.so"
-        compile_model(path, lib, CompileOptions(input_shapes={inp.name: shape}, precision="int8", int8=Int8Options(
+        compile_model(path, lib, CompileOptions(input_shapes={input_name: shape}, precision="int8", int8=Int8Options(
             calibration=calibration, requantize=form)))
         libs[form] = load(lib, threads=threads)
-    inputs = [{inp.name: rng.uniform(0.0, 1.0, shape).astype(np.float32)} for _ in range(8)]
+    inputs = [{input_name: test[i:i + 1]} for i in range(8)]
     diffs, same_top1 = [], 0
     for x in inputs:
         a, b = (next(iter(libs[f].run(x).values())) for f in FORMS)

@@ -25,6 +25,11 @@ from compiler.passes.row_softmax import BLOCK_PREFIX, own_block
 from schedules.rules.common import CPUScheduleRule, int_extent
 
 
+def _parallel(sch: s_tir.Schedule, loops: list) -> None:
+    """The row loops ``loops`` fused into one parallel loop."""
+    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+
+
 class RowSoftmax(CPUScheduleRule):
     """Row softmax from ``row_softmax`` (see the module docstring)."""
 
@@ -61,15 +66,15 @@ class RowSoftmax(CPUScheduleRule):
         if stmt.name_hint.endswith("_part"):  # [rows.., lanes] reduced over o: o outside, lanes vectorized
             *rows, lane, over = loops
             sch.reorder(over, lane)
-            sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
+            _parallel(sch, rows)
             sch.vectorize(lane)
             sch.decompose_reduction(block, over)
             return
         if rank < full_rank:  # a per-row value (partials combined, the tail): rows in parallel, scalar
-            sch.parallel(sch.fuse(*loops[:rank]) if rank > 1 else loops[0])
+            _parallel(sch, loops[:rank])
             return
         *rows, last = loops  # a full-size pass: vectorized part and scalar tail
-        sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
+        _parallel(sch, rows)
         extent = int_extent(sch.get(last).extent)
         if extent is None or extent < lanes:
             return

@@ -63,6 +63,9 @@ class Int8Options:
     # how an int32 accumulator returns to 8 bits: "float" (scale multiply, as ONNX Runtime) or
     # "fixed_point" (integer multiplier and shift); float measured faster here (README "INT8")
     requantize: str = "float"
+    # how weights round to their int8 steps: "nearest", or "gptq" (each layer's output error on the
+    # calibration inputs, not its weight error, is minimized; README "INT8")
+    weight_rounding: str = "nearest"
 
 
 @dataclass
@@ -127,6 +130,7 @@ def sensitivity(report: LayerReport) -> float:
 
 SENSITIVITY = ("measured", "estimated")
 REQUANTIZE = ("float", "fixed_point")
+WEIGHT_ROUNDING = ("nearest", "gptq")
 
 
 def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8Options) -> Int8Result:
@@ -138,6 +142,9 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
         raise InputError(f"weight bits must be 7 or 8, not {bits}")
     if options.requantize not in REQUANTIZE:
         raise InputError(f"requantize '{options.requantize}' is unknown; use one of {', '.join(REQUANTIZE)}")
+    if options.weight_rounding not in WEIGHT_ROUNDING:
+        raise InputError(f"weight rounding '{options.weight_rounding}' is unknown; "
+                         f"use one of {', '.join(WEIGHT_ROUNDING)}")
     if options.sensitivity not in SENSITIVITY:
         raise InputError(f"sensitivity '{options.sensitivity}' is unknown; use one of {', '.join(SENSITIVITY)}")
     if options.min_agreement is not None and not 0.0 < options.min_agreement <= 100.0:
@@ -147,7 +154,7 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
     samples = load_calibration(options.calibration, imported.inputs, options.samples)
     result = calibrate(mod, imported.inputs, samples, options.method, options.percentile,
                        imported.onnx_model, options.threads, options.per_channel_depthwise,
-                       input_means=options.bias_correction)
+                       input_means=options.bias_correction, hessians=options.weight_rounding == "gptq")
     layers = find_layers(mod, imported.onnx_model)
     keep = _resolve_names(tuple(options.keep_fp32), layers)
     reports = []
@@ -163,7 +170,8 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
     target = preset.tvm_target()
     signed = signed_activations_for(target) if options.signed_activations is None else options.signed_activations
     plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model, channel_multiple_for(target), signed,
-                            options.bias_correction, result.input_means, options.requantize)
+                            options.bias_correction, result.input_means, options.requantize,
+                            options.weight_rounding, result.hessians)
     int8 = Int8Result(plan, result, reports)
     searching = options.min_agreement is not None or options.evaluate is not None
     if options.auto_keep or searching:

@@ -43,6 +43,8 @@ SETTINGS = {
     "w8_first_last": dict(method="percentile", weight_bits=8, keep_fp32=("first", "last")),
     "last": dict(method="percentile", keep_fp32=("last",)),
     "bias_corr": dict(method="percentile", bias_correction=True),  # weight-rounding shift out of the biases
+    "gptq": dict(method="percentile", weight_rounding="gptq"),  # weights rounded for least output error
+    "w8_gptq": dict(method="percentile", weight_bits=8, weight_rounding="gptq"),
     "fp32_depthwise": dict(method="percentile", keep_fp32=("depthwise",)),  # depthwise convs stay FP32
     # Mixed precision: keep the most sensitive layers in FP32 until the INT8 build's top-1
     # agreement with FP32 on the calibration lines (per output position) reaches the target.

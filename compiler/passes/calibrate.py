@@ -31,7 +31,8 @@ import numpy as np
 
 from compiler.errors import InputError
 from compiler.metadata import TensorSpec
-from compiler.passes.int8_layers import Layer, find_layers
+from compiler.passes.gptq import ConvWindow, HessianSum
+from compiler.passes.int8_layers import Layer, find_layers, main_bindings
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,8 @@ class CalibrationResult:
     # per layer: its input tensor's mean over the samples, conv2d inputs in NCHW
     # (for ``QuantizationPlan.bias_correction``)
     input_means: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # per layer: its input's second moment E[x xᵀ] per group (for GPTQ weight rounding, ``gptq``)
+    hessians: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def _as_batch(arrays: dict[str, np.ndarray], inputs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
@@ -351,6 +354,16 @@ def _as_nchw(values: np.ndarray, layer: Layer) -> np.ndarray:
     return values.transpose([layer.data_layout.index(c) for c in "NCHW"])
 
 
+def _window(mod, layer: Layer) -> ConvWindow | None:
+    """A conv2d layer's window (from its call in ``mod``); None for a matmul."""
+    if layer.op != "conv2d":
+        return None
+    call = next(b.value for b in main_bindings(mod) if b.var.same_as(layer.output))
+    shape = layer.weight.value.shape
+    return ConvWindow.of(call.attrs, (int(shape[layer.kernel_layout.index("H")]),
+                                      int(shape[layer.kernel_layout.index("W")])))
+
+
 def first_output(result) -> np.ndarray:
     """The model's first output from a VM result (a model with several outputs returns nested tuples)."""
     while not hasattr(result, "numpy"):
@@ -368,9 +381,11 @@ def calibrate(
     threads: int | None = None,
     per_channel_depthwise: bool = False,
     input_means: bool = False,
+    hessians: bool = False,
 ) -> CalibrationResult:
     """Ranges of every quantizable layer's input of ``mod`` over ``samples`` (see module doc);
-    with ``input_means`` also each layer input's mean tensor (``CalibrationResult.input_means``)."""
+    with ``input_means`` also each layer input's mean tensor (``CalibrationResult.input_means``),
+    with ``hessians`` each layer's input second moment (``CalibrationResult.hessians``)."""
     import tvm
 
     from compiler.pipeline import lowering_pipeline
@@ -400,6 +415,7 @@ def calibrate(
                           for layer in layers if per_channel_depthwise and layer.depthwise}
     fp32_outputs = []
     sums: dict[int, np.ndarray] = {}  # exposed layer input -> sum over the samples
+    second_moments = {layer.name: HessianSum(_window(mod, layer)) for layer in layers} if hessians else {}
     for sample in samples:
         args = [tvm.runtime.tensor(np.ascontiguousarray(sample[spec.name]), device) for spec in inputs]
         result = vm["main"](*args)
@@ -411,6 +427,8 @@ def calibrate(
                 channel.add(values[:, c])
             if input_means:
                 sums[i] = sums.get(i, 0.0) + values.astype(np.float64)
+        for layer in layers if hessians else ():
+            second_moments[layer.name].add(_as_nchw(result[index[layer.index] + 1].numpy(), layer))
     by_layer = {layer.name: histograms[index[layer.index]] for layer in layers}
     ranges = {name: hist.to_range(method, percentile) for name, hist in by_layer.items()}
     for layer in layers:
@@ -423,4 +441,5 @@ def calibrate(
              for layer in layers if index[layer.index] in sums}
     seconds = time.perf_counter() - t0
     log.info("calibrated %d layers over %d samples (%s) in %.1f s", len(ranges), len(samples), method, seconds)
-    return CalibrationResult(method, ranges, len(samples), seconds, by_layer, fp32_outputs, means)
+    return CalibrationResult(method, ranges, len(samples), seconds, by_layer, fp32_outputs, means,
+                             {name: moment.mean for name, moment in second_moments.items()})

@@ -42,6 +42,7 @@ from tvm import relax
 from tvm.ir.expr import Constant
 
 from compiler.passes.calibrate import TensorRange
+from compiler.passes.gptq import gptq_quantize_weight
 from compiler.passes.int8_layers import emit_like, find_layers, op_name, use_counts
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ class QuantizationPlan:
     bias_correction: bool = False
     input_means: dict[str, np.ndarray] = field(default_factory=dict)
     requantize: str = "float"  # float | fixed_point (integer multiplier and shift: ``fixed_point_requantize``)
+    # nearest | gptq: round weights so each layer's output on its calibration inputs moves least
+    # (``compiler.passes.gptq``; needs ``hessians`` from calibration)
+    weight_rounding: str = "nearest"
+    hessians: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,7 +221,11 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                         self.quantized_inputs[call.args[0]] = dq
                 weight = layer.weight.value.numpy()
                 axis = layer.weight_axis
-                wq, wscale = quantize_weight(weight, axis, plan.weight_bits)
+                if plan.weight_rounding == "gptq" and layer.name in plan.hessians:
+                    layout = layer.kernel_layout if layer.op == "conv2d" else None
+                    wq, wscale = gptq_quantize_weight(weight, layout, plan.hessians[layer.name], plan.weight_bits)
+                else:
+                    wq, wscale = quantize_weight(weight, axis, plan.weight_bits)
                 wdq = self.builder_.emit(relax.op.dequantize(
                     _const(wq), _const(wscale), _const(np.zeros(len(wscale), np.int8)), axis=axis,
                     out_dtype="float32"))

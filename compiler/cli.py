@@ -64,7 +64,8 @@ def _int8_options(args: argparse.Namespace):
                        min_agreement=args.min_agreement, sensitivity=args.sensitivity,
                        evaluate=_load_function(args.evaluate) if args.evaluate else None,
                        max_accuracy_drop=args.max_accuracy_drop, per_channel_depthwise=args.per_channel_depthwise,
-                       bias_correction=args.bias_correction, requantize=args.requantize.replace("-", "_"))
+                       bias_correction=args.bias_correction, requantize=args.requantize.replace("-", "_"),
+                       weight_rounding=args.weight_rounding)
 
 
 def _load_function(spec: str):
@@ -131,6 +132,9 @@ def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bias-correction", action="store_true",
                    help="int8: subtract from each layer's bias the output shift its weight rounding causes on the "
                         "calibration data's mean input (sum((w_q - w) * mean))")
+    p.add_argument("--weight-rounding", default="nearest", choices=["nearest", "gptq"],
+                   help="int8: round each weight to its nearest step (default), or by GPTQ: in an order and "
+                        "direction that keep each layer's output on the calibration data (slower to compile)")
     p.add_argument("--requantize", default="float", choices=["float", "fixed-point"],
                    help="int8: return each int32 accumulator to 8 bits by a float scale (default: faster on x86, "
                         "as ONNX Runtime) or an integer multiplier and shift")

@@ -84,7 +84,8 @@ def _zoo_case(name: str, workdir: Path, n_calibration: int):
     return path, inp.name, shape, calibration, test
 
 
-def report_model(name: str, workdir: Path, threads: int, runs: int, method: str, n_calibration: int) -> dict:
+def report_model(name: str, workdir: Path, threads: int, runs: int, method: str, n_calibration: int,
+                 weight_rounding: str = "nearest") -> dict:
     labelled = None
     if name in ZOO:
         path, input_name, shape, calibration, test = _zoo_case(name, workdir, n_calibration)
@@ -100,7 +101,8 @@ def report_model(name: str, workdir: Path, threads: int, runs: int, method: str,
                                                                                  conv_layout="auto"))
     t1 = time.perf_counter()
     report = compile_model(path, workdir / f"{name}_int8.so", CompileOptions(
-        input_shapes=shapes, precision="int8", int8=Int8Options(calibration=calibration, method=method)))
+        input_shapes=shapes, precision="int8", int8=Int8Options(calibration=calibration, method=method,
+                                                        weight_rounding=weight_rounding)))
     t2 = time.perf_counter()
     batches = [calibration[i:i + shape[0]] for i in range(0, len(calibration) - shape[0] + 1, shape[0])]
     qdq = ort_qdq(path, workdir / f"{name}_qdq.onnx", input_name, batches)
@@ -122,6 +124,7 @@ def report_model(name: str, workdir: Path, threads: int, runs: int, method: str,
     }
     sample = np.ascontiguousarray(test[: shape[0]].reshape(shape), dtype=np.float32)
     row: dict = {"input_shape": list(shape), "threads": fp32.threads, "method": method,
+                 "weight_rounding": weight_rounding,
                  "calibration_samples": report.int8.calibration.samples,
                  "layers_int8": report.int8.quantized, "layers": len(report.int8.layers),
                  "weight_bits": report.int8.plan.weight_bits,
@@ -179,6 +182,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--method", default="percentile", choices=["minmax", "percentile", "entropy"])
     parser.add_argument("--calibration", type=int, default=100, help="calibration samples per model")
+    parser.add_argument("--weight-rounding", default="nearest", choices=["nearest", "gptq"],
+                        help="how kiln's INT8 build rounds its weights (kiln compile --weight-rounding)")
     parser.add_argument("--workdir", help="keep the models and libraries here (default: a temp dir)")
     args = parser.parse_args()
     rows = {}
@@ -186,7 +191,8 @@ def main() -> int:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            rows[name] = report_model(name, workdir, args.threads, args.runs, args.method, args.calibration)
+            rows[name] = report_model(name, workdir, args.threads, args.runs, args.method, args.calibration,
+                                      args.weight_rounding)
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     for row in rows.values():  # the top level maps model names to rows, nothing else
         row.update(machine=machine, command=" ".join(sys.argv))

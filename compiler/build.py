@@ -151,7 +151,8 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         int8 = plan_int8(simplified_module(imported, preset), imported, preset, options.int8)
         extra["int8"] = {"method": int8.calibration.method, "samples": int8.calibration.samples,
                          "layers_int8": int8.quantized, "layers_fp32": sorted(int8.plan.keep_fp32),
-                         "weight_bits": int8.plan.weight_bits, "requantize": int8.plan.requantize}
+                         "weight_bits": int8.plan.weight_bits, "requantize": int8.plan.requantize,
+                         "weight_rounding": int8.plan.weight_rounding}
     with tvm.transform.PassContext(opt_level=3), device_compile:
         lowered = build_pipeline(preset, options.db, options.precision, int8.plan if int8 else None,
                                  fusion=options.fusion)(imported.mod)

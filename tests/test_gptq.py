@@ -64,7 +64,7 @@ def test_gptq_keeps_scales_and_range_and_lowers_the_output_error(cin, cout, k, s
     x = _correlated_input(rng, cin)
     w = rng.standard_normal((cout, cin // groups, k, k)).astype(np.float32)
     window = ConvWindow((k, k), (stride, stride), (pad, pad, pad, pad), (dilation, dilation), groups)
-    moments = HessianSum(window)
+    moments = HessianSum(window, columns=cin // groups * k * k, samples=4)
     moments.add(x[:2])
     moments.add(x[2:])  # batches add up
     assert moments.mean.shape == (groups, cin // groups * k * k, cin // groups * k * k)
@@ -89,7 +89,7 @@ def test_gptq_matmul_and_an_input_that_is_always_zero():
     x = rng.standard_normal((5, 7, 40)).astype(np.float32)
     x[..., 3] = 0.0  # a dead input: H has a zero row and column
     w = rng.standard_normal((40, 30)).astype(np.float32)  # matmul weight [K, N]
-    moments = HessianSum(None)
+    moments = HessianSum(None, columns=40, samples=1)
     moments.add(x)
     rounded, scale = gptq_quantize_weight(w, None, moments.mean, 8)
     nearest, nearest_scale = quantize_weight(w, 1, 8)
@@ -97,6 +97,26 @@ def test_gptq_matmul_and_an_input_that_is_always_zero():
     assert rounded.shape == w.shape and np.isfinite(rounded).all()
     assert np.abs(rounded[3]).max() == 0  # weights that never meet an input are 0
     assert np.linalg.norm(x @ (rounded * scale) - x @ w) < np.linalg.norm(x @ (nearest * scale) - x @ w)
+
+
+def test_second_moment_from_a_subset_of_positions_is_close_to_the_full_one():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([_correlated_input(rng, 8) for _ in range(4)])  # 16 samples
+    x = np.concatenate([x] * 4, axis=2)  # 52x11: 572 positions per sample
+    window = ConvWindow((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    full = conv_patches(x, window)
+    everything = HessianSum(window, columns=72, samples=4)  # 64 * 72 / 4 = 1152 rows per sample: all
+    budget = HessianSum(window, columns=72, samples=16)  # 288 of the 572 rows per sample, drawn at random
+    for sample in x:
+        everything.add(sample[None])
+        budget.add(sample[None])
+    assert everything.rows == full.shape[1] and budget.rows == 64 * 72
+    exact = full[0].T @ full[0] / full.shape[1]
+    np.testing.assert_allclose(everything.mean[0], exact, rtol=1e-4, atol=1e-5)
+    assert np.linalg.norm(budget.mean[0] - exact) < 0.1 * np.linalg.norm(exact)
+    positions = np.array([0, 5, 300, 571])
+    np.testing.assert_array_equal(conv_patches(x, window, positions)[0].reshape(16, 4, 72),
+                                  full[0].reshape(16, 572, 72)[:, positions])
 
 
 def test_plan_collects_each_layers_second_moments_and_refuses_unknown_rounding():
@@ -123,6 +143,7 @@ def test_cli_gptq_build_is_closer_to_fp32_than_nearest_rounding(tmp_path):
         assert kiln(["compile", str(path), "-o", str(tmp_path / name), "--precision", "int8",
                      "--calibration", str(tmp_path / "c.npz"), "--weight-rounding", rounding]) == 0
     fp32, nearest, gptq = (load(tmp_path / n) for n in ("f.so", "n.so", "g.so"))
+    assert [lib.metadata.extra["int8"]["weight_rounding"] for lib in (nearest, gptq)] == ["nearest", "gptq"]
     samples = _samples(16)
     errors = {"nearest": 0.0, "gptq": 0.0}
     for x in samples:

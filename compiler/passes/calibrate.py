@@ -364,6 +364,12 @@ def _window(mod, layer: Layer) -> ConvWindow | None:
                                       int(shape[layer.kernel_layout.index("W")])))
 
 
+def _columns(layer: Layer) -> int:
+    """How many inputs each output of ``layer`` sums over: a conv2d's I*KH*KW, a matmul's K."""
+    shape = [int(v) for v in layer.weight.value.shape]
+    return int(np.prod(shape)) // shape[layer.weight_axis]
+
+
 def first_output(result) -> np.ndarray:
     """The model's first output from a VM result (a model with several outputs returns nested tuples)."""
     while not hasattr(result, "numpy"):
@@ -415,20 +421,22 @@ def calibrate(
                           for layer in layers if per_channel_depthwise and layer.depthwise}
     fp32_outputs = []
     sums: dict[int, np.ndarray] = {}  # exposed layer input -> sum over the samples
-    second_moments = {layer.name: HessianSum(_window(mod, layer)) for layer in layers} if hessians else {}
+    second_moments = {layer.name: HessianSum(_window(mod, layer), _columns(layer), len(samples))
+                      for layer in layers} if hessians else {}
     for sample in samples:
         args = [tvm.runtime.tensor(np.ascontiguousarray(sample[spec.name]), device) for spec in inputs]
         result = vm["main"](*args)
         fp32_outputs.append(first_output(result[0]))
+        exposed = [result[i + 1].numpy() for i in range(len(histograms))]
         for i, hist in enumerate(histograms):
-            values = result[i + 1].numpy()
+            values = exposed[i]
             hist.add(values)
             for c, channel in enumerate(channel_histograms.get(i, ())):
                 channel.add(values[:, c])
             if input_means:
                 sums[i] = sums.get(i, 0.0) + values.astype(np.float64)
         for layer in layers if hessians else ():
-            second_moments[layer.name].add(_as_nchw(result[index[layer.index] + 1].numpy(), layer))
+            second_moments[layer.name].add(_as_nchw(exposed[index[layer.index]], layer))
     by_layer = {layer.name: histograms[index[layer.index]] for layer in layers}
     ranges = {name: hist.to_range(method, percentile) for name, hist in by_layer.items()}
     for layer in layers:

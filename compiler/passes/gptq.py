@@ -24,6 +24,9 @@ import numpy as np
 
 DAMPING = 0.01  # added to H's diagonal, times its mean diagonal (the paper's default)
 BLOCK = 128  # columns rounded between two updates of the rest of W
+ROWS_PER_COLUMN = 64  # input rows that go into a K-wide H over the whole calibration set: 64 K
+MIN_ROWS, MAX_ROWS = 64, 2048  # per calibration sample
+BUFFER_VALUES = 4 << 20  # rows are multiplied into H in batches of about this many values (16 MB)
 
 
 @dataclass(frozen=True)
@@ -42,42 +45,97 @@ class ConvWindow:
                    tuple(int(v) for v in attrs.dilation), int(attrs.groups))
 
 
-def conv_patches(x: np.ndarray, window: ConvWindow) -> np.ndarray:
-    """im2col of an NCHW input: ``[groups, N*OH*OW, C/groups*KH*KW]``, columns in OIHW's I,H,W order."""
+def conv_patches(x: np.ndarray, window: ConvWindow, positions: np.ndarray | None = None) -> np.ndarray:
+    """im2col of an NCHW input: ``[groups, N*OH*OW, C/groups*KH*KW]``, columns in OIHW's I,H,W order;
+    with ``positions`` (flat indices into OH*OW) only those output positions of each sample."""
     (kh, kw), (sy, sx), (dy, dx) = window.kernel, window.strides, window.dilation
     top, left, bottom, right = window.padding
     x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     windows = np.lib.stride_tricks.sliding_window_view(x, (dy * (kh - 1) + 1, dx * (kw - 1) + 1), axis=(2, 3))
     sliding = windows[:, :, ::sy, ::sx, ::dy, ::dx]  # [N, C, OH, OW, KH, KW]
     n, c, oh, ow = sliding.shape[:4]
+    if positions is None:
+        positions = np.arange(oh * ow)
+    taken = sliding[:, :, positions // ow, positions % ow]  # [N, C, S, KH, KW], a copy of those only
     g = window.groups
-    patches = sliding.reshape(n, g, c // g, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
-    return patches.reshape(g, n * oh * ow, (c // g) * kh * kw)
+    patches = taken.reshape(n, g, c // g, len(positions), kh, kw).transpose(1, 0, 3, 2, 4, 5)
+    return patches.reshape(g, n * len(positions), (c // g) * kh * kw)
+
+
+def output_positions(x_shape: tuple[int, ...], window: ConvWindow) -> int:
+    """How many output positions (OH*OW) a conv2d with ``window`` has on an NCHW input of ``x_shape``."""
+    (kh, kw), (sy, sx), (dy, dx) = window.kernel, window.strides, window.dilation
+    top, left, bottom, right = window.padding
+    oh = (x_shape[2] + top + bottom - dy * (kh - 1) - 1) // sy + 1
+    ow = (x_shape[3] + left + right - dx * (kw - 1) - 1) // sx + 1
+    return oh * ow
 
 
 class HessianSum:
-    """``Σ x xᵀ`` over every input row a layer multiplies (float64), and how many rows."""
+    """``Σ x xᵀ`` over the input rows a layer multiplies, and how many rows were summed.
 
-    def __init__(self, window: ConvWindow | None) -> None:
+    Each sample contributes at most ``ROWS_PER_COLUMN * K / samples`` rows (at least ``MIN_ROWS``,
+    at most ``MAX_ROWS``; output positions drawn at random, seeded): a K-wide ``H`` is estimated well
+    from some 64 K rows spread over the calibration set, and the large early feature maps, with
+    thousands of positions per sample, would otherwise dominate calibration time.
+    Rows are buffered across samples and multiplied in batches of about ``BUFFER_VALUES`` values:
+    one product over many rows runs at up to 10x the speed of one per sample (49 rows of a
+    4608-wide late ResNet-50 layer: 9 GFLOPS; 490 rows: 133 GFLOPS, on this 2-core machine).
+    """
+
+    def __init__(self, window: ConvWindow | None, columns: int, samples: int, seed: int = 0) -> None:
         self.window = window  # None: a matmul, whose input rows are its last axis
-        self.total: np.ndarray | None = None
+        self.rows_per_sample = int(np.clip(-(-ROWS_PER_COLUMN * columns // max(samples, 1)), MIN_ROWS, MAX_ROWS))
+        self.rng = np.random.default_rng(seed)
+        self.total: np.ndarray | None = None  # float32: sums of at most a few hundred terms
         self.rows = 0
+        self.buffer: list[np.ndarray] = []  # [groups, rows, K] blocks not yet multiplied
+
+    def _subset(self, count: int, samples: int) -> np.ndarray | None:
+        keep = max(1, self.rows_per_sample // max(samples, 1))
+        return None if count <= keep else np.sort(self.rng.choice(count, keep, replace=False))
 
     def add(self, values: np.ndarray) -> None:
         """Add one calibration batch of the layer's input (NCHW for a conv2d)."""
+        values = np.asarray(values, dtype=np.float32)
         if self.window is None:
-            rows = values.reshape(1, -1, values.shape[-1])
+            rows = values.reshape(-1, values.shape[-1])
+            chosen = self._subset(len(rows), 1)
+            rows = (rows if chosen is None else rows[chosen])[None]
         else:
-            rows = conv_patches(values, self.window)
-        rows = rows.astype(np.float32)
-        product = np.einsum("gpk,gpl->gkl", rows, rows, optimize=True).astype(np.float64)
-        self.total = product if self.total is None else self.total + product
+            chosen = self._subset(output_positions(values.shape, self.window), values.shape[0])
+            rows = conv_patches(values, self.window, chosen)
+        self.buffer.append(rows)
         self.rows += rows.shape[1]
+        if sum(block.size for block in self.buffer) >= BUFFER_VALUES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.buffer:
+            return
+        rows = np.concatenate(self.buffer, axis=1)
+        self.buffer = []
+        product = np.matmul(rows.transpose(0, 2, 1), rows)
+        self.total = product if self.total is None else self.total + product
 
     @property
     def mean(self) -> np.ndarray:
         """``E[x xᵀ]`` per group: ``[groups, K, K]``."""
-        return self.total / max(self.rows, 1)
+        self._flush()
+        return self.total.astype(np.float64) / max(self.rows, 1)
+
+
+def _inverse_upper_cholesky(h: np.ndarray) -> np.ndarray:
+    """The upper triangular ``U`` with ``Uᵀ U = H⁻¹``: row i says how column i's rounding error moves to
+    the columns after it. From the Cholesky factor of ``H`` with rows and columns reversed
+    (``J H J = M Mᵀ`` gives ``H = R Rᵀ``, ``R = J M J`` upper, so ``U = R⁻¹``): no explicit inverse of H."""
+    from scipy.linalg import cholesky, lapack
+
+    reversed_factor = cholesky(h[::-1, ::-1], lower=True)
+    upper, info = lapack.dtrtri(np.ascontiguousarray(reversed_factor[::-1, ::-1]), lower=0)
+    if info != 0:
+        raise ValueError(f"GPTQ: the damped input second moment is singular (LAPACK dtrtri info {info})")
+    return upper
 
 
 def gptq_round(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, qmax: int) -> np.ndarray:
@@ -86,13 +144,14 @@ def gptq_round(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, qmax:
     groups, _, k = weight.shape
     order = np.argsort(-np.diagonal(hessian, axis1=1, axis2=2), axis=1, kind="stable")  # act order per group
     w = np.take_along_axis(weight.astype(np.float64), order[:, None, :], axis=2)
-    h = np.take_along_axis(np.take_along_axis(hessian, order[:, :, None], axis=1), order[:, None, :], axis=2).copy()
-    diagonal = np.diagonal(h, axis1=1, axis2=2)
-    dead = diagonal == 0  # an input channel that was always zero: its weights do not matter
-    w[np.broadcast_to(dead[:, None, :], w.shape)] = 0.0
-    h[:, np.arange(k), np.arange(k)] += np.where(dead, 1.0, 0.0) + DAMPING * diagonal.mean(axis=1, keepdims=True)
-    # The upper Cholesky factor of H⁻¹: row i holds how the error of column i moves to columns after it.
-    upper = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)
+    upper = np.empty((groups, k, k))
+    for g in range(groups):
+        h = hessian[g][np.ix_(order[g], order[g])]
+        diagonal = np.diagonal(h).copy()
+        dead = diagonal == 0  # an input channel that was always zero: its weights do not matter
+        w[g][:, dead] = 0.0
+        h[np.arange(k), np.arange(k)] += np.where(dead, 1.0, 0.0) + DAMPING * diagonal.mean()
+        upper[g] = _inverse_upper_cholesky(h)
     q = np.zeros_like(w)
     steps = scale.astype(np.float64)
     # Columns go in blocks: inside a block each rounding error updates the block's later columns

@@ -132,9 +132,9 @@ def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bias-correction", action="store_true",
                    help="int8: subtract from each layer's bias the output shift its weight rounding causes on the "
                         "calibration data's mean input (sum((w_q - w) * mean))")
-    p.add_argument("--weight-rounding", default="nearest", choices=["nearest", "gptq"],
-                   help="int8: round each weight to its nearest step (default), or by GPTQ: in an order and "
-                        "direction that keep each layer's output on the calibration data (slower to compile)")
+    p.add_argument("--weight-rounding", default="gptq", choices=["gptq", "nearest"],
+                   help="int8: round weights by GPTQ (default: in an order and direction that keep each layer's "
+                        "output on the calibration data), or each to its nearest step (faster to compile)")
     p.add_argument("--requantize", default="float", choices=["float", "fixed-point"],
                    help="int8: return each int32 accumulator to 8 bits by a float scale (default: faster on x86, "
                         "as ONNX Runtime) or an integer multiplier and shift")

@@ -63,9 +63,10 @@ class Int8Options:
     # how an int32 accumulator returns to 8 bits: "float" (scale multiply, as ONNX Runtime) or
     # "fixed_point" (integer multiplier and shift); float measured faster here (README "INT8")
     requantize: str = "float"
-    # how weights round to their int8 steps: "nearest", or "gptq" (each layer's output error on the
-    # calibration inputs, not its weight error, is minimized; README "INT8")
-    weight_rounding: str = "nearest"
+    # how weights round to their int8 steps: "gptq" (each layer's output error on the calibration
+    # inputs, not its weight error, is minimized; README "INT8": PP-OCR recognizer 99.0 -> 99.8 %,
+    # FP32 99.8 %), or "nearest" (each weight to its nearest step: faster to compile)
+    weight_rounding: str = "gptq"
 
 
 @dataclass

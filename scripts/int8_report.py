@@ -85,7 +85,7 @@ def _zoo_case(name: str, workdir: Path, n_calibration: int):
 
 
 def report_model(name: str, workdir: Path, threads: int, runs: int, method: str, n_calibration: int,
-                 weight_rounding: str = "nearest") -> dict:
+                 weight_rounding: str = "gptq") -> dict:
     labelled = None
     if name in ZOO:
         path, input_name, shape, calibration, test = _zoo_case(name, workdir, n_calibration)
@@ -182,7 +182,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--method", default="percentile", choices=["minmax", "percentile", "entropy"])
     parser.add_argument("--calibration", type=int, default=100, help="calibration samples per model")
-    parser.add_argument("--weight-rounding", default="nearest", choices=["nearest", "gptq"],
+    parser.add_argument("--weight-rounding", default="gptq", choices=["gptq", "nearest"],
                         help="how kiln's INT8 build rounds its weights (kiln compile --weight-rounding)")
     parser.add_argument("--workdir", help="keep the models and libraries here (default: a temp dir)")
     args = parser.parse_args()

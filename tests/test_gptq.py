@@ -151,3 +151,9 @@ def test_cli_gptq_build_is_closer_to_fp32_than_nearest_rounding(tmp_path):
         errors["nearest"] += float(np.sum((nearest.run({"x": x})["y"] - ref) ** 2))
         errors["gptq"] += float(np.sum((gptq.run({"x": x})["y"] - ref) ** 2))
     assert errors["gptq"] < errors["nearest"]
+    # The rounding follows each conv's own weight layout: an NCHW build (x86 INT8 is NHWC) rounds the same way.
+    assert kiln(["compile", str(path), "-o", str(tmp_path / "g_nchw.so"), "--precision", "int8", "--layout", "NCHW",
+                 "--calibration", str(tmp_path / "c.npz"), "--weight-rounding", "gptq"]) == 0
+    nchw = load(tmp_path / "g_nchw.so")
+    for x in samples[:4]:
+        np.testing.assert_allclose(nchw.run({"x": x})["y"], gptq.run({"x": x})["y"], rtol=1e-5, atol=1e-5)

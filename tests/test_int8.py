@@ -348,7 +348,7 @@ def test_cli_bias_correction_builds_and_stays_close_to_fp32(tmp_path):
     assert kiln(["compile", str(path), "-o", str(tmp_path / "f.so")]) == 0
     for name, extra in [("q.so", []), ("b.so", ["--bias-correction"])]:
         assert kiln(["compile", str(path), "-o", str(tmp_path / name), "--precision", "int8",
-                     "--calibration", str(tmp_path / "c.npz"), *extra]) == 0
+                     "--calibration", str(tmp_path / "c.npz"), "--weight-rounding", "nearest", *extra]) == 0
     fp32, plain, corrected = (load(tmp_path / n) for n in ("f.so", "q.so", "b.so"))
     for x in _samples(4, seed=9):
         ref = fp32.run({"x": x})["y"]
@@ -578,7 +578,8 @@ def test_depthwise_input_is_quantized_per_channel_and_matches_a_numpy_reference(
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="compiler.passes.quantize"):
             report = compile_model(tmp_path / "dw.onnx", out, CompileOptions(precision="int8", int8=Int8Options(
-                calibration=calibration, method="minmax", per_channel_depthwise=per_channel)))
+                calibration=calibration, method="minmax", per_channel_depthwise=per_channel,
+                weight_rounding="nearest")))  # the reference below rounds to nearest
         assert "lowered 1 layers to int8" in caplog.text  # real int8 math, not float fake quantization
         assert (report.int8.plan.ranges["dw"].channels is not None) == per_channel
         outputs[per_channel] = load(out).run({"x": x})["y"]
@@ -592,7 +593,8 @@ def test_depthwise_input_is_quantized_per_channel_and_matches_a_numpy_reference(
                                                for i in range(3) for j in range(3))
     assert np.abs(outputs[True] - reference).max() <= 1e-3 * np.abs(reference).max()  # int32 bias rounding only
     compile_model(tmp_path / "dw.onnx", tmp_path / "nhwc.so", CompileOptions(conv_layout="NHWC", precision="int8",
-                  int8=Int8Options(calibration=calibration, method="minmax", per_channel_depthwise=True)))
+                  int8=Int8Options(calibration=calibration, method="minmax", per_channel_depthwise=True,
+                                   weight_rounding="nearest")))
     nhwc = load(tmp_path / "nhwc.so").run({"x": x})["y"]  # channel scales on the NHWC axis, padding in float
     assert np.abs(nhwc - outputs[True]).max() <= 1e-5 * np.abs(reference).max()
     fp32 = bias.reshape(1, c, 1, 1) + sum(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))[:, :, i:i + h, j:j + w]
@@ -603,7 +605,7 @@ def test_depthwise_input_is_quantized_per_channel_and_matches_a_numpy_reference(
     np.savez(tmp_path / "c.npz", x=calibration)
     assert kiln(["compile", str(tmp_path / "dw.onnx"), "-o", str(tmp_path / "cli.so"), "--precision", "int8",
                  "--calibration", str(tmp_path / "c.npz"), "--calibration-method", "minmax",
-                 "--per-channel-depthwise"]) == 0
+                 "--per-channel-depthwise", "--weight-rounding", "nearest"]) == 0
     assert np.array_equal(load(tmp_path / "cli.so").run({"x": x})["y"], outputs[True])
     # The sensitivity probe builds the same per-channel, pre-padded input next to the FP32 conv.
     imported = import_onnx(tmp_path / "dw.onnx")
@@ -729,7 +731,8 @@ def test_bias_correction_subtracts_each_layers_weight_rounding_shift_from_its_bi
     preset = resolve_target("host")
     mod = simplified_module(imported, preset)
     data = _samples(8)[:, 0]
-    plan = plan_int8(mod, imported, preset, Int8Options(calibration=data, bias_correction=True)).plan
+    plan = plan_int8(mod, imported, preset, Int8Options(calibration=data, bias_correction=True,
+                                                        weight_rounding="nearest")).plan
     # calibration keeps each layer input's mean over the samples
     np.testing.assert_allclose(plan.input_means["conv_a"].reshape(4, 8, 8), data.mean(axis=0), rtol=1e-5)
     corrected = _constant_bias_adds(insert_qdq(plan)(mod))

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 
 def kiln(*args: str, cwd=None) -> subprocess.CompletedProcess:

@@ -44,12 +44,17 @@ def _correlated_input(rng, channels: int) -> np.ndarray:
     return x + 0.8 * x[:, :1]  # a shared component: H is far from diagonal, as after real layers
 
 
-@pytest.mark.parametrize("cin,cout,k,stride,pad,dilation,groups", CONVS)
-def test_conv_patches_times_weights_are_the_convolution(cin, cout, k, stride, pad, dilation, groups):
-    rng = np.random.default_rng(0)
+def _conv_case(seed: int, cin, cout, k, stride, pad, dilation, groups):
+    """A seeded input, OIHW weight and window for one of ``CONVS``."""
+    rng = np.random.default_rng(seed)
     x = _correlated_input(rng, cin)
     w = rng.standard_normal((cout, cin // groups, k, k)).astype(np.float32)
-    window = ConvWindow((k, k), (stride, stride), (pad, pad, pad, pad), (dilation, dilation), groups)
+    return x, w, ConvWindow((k, k), (stride, stride), (pad, pad, pad, pad), (dilation, dilation), groups)
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,pad,dilation,groups", CONVS)
+def test_conv_patches_times_weights_are_the_convolution(cin, cout, k, stride, pad, dilation, groups):
+    x, w, window = _conv_case(0, cin, cout, k, stride, pad, dilation, groups)
     patches = conv_patches(x, window)  # [groups, N*OH*OW, K]
     ref = _direct_conv(x, w, window)
     n, _, oh, ow = ref.shape
@@ -60,10 +65,7 @@ def test_conv_patches_times_weights_are_the_convolution(cin, cout, k, stride, pa
 
 @pytest.mark.parametrize("cin,cout,k,stride,pad,dilation,groups", CONVS)
 def test_gptq_keeps_scales_and_range_and_lowers_the_output_error(cin, cout, k, stride, pad, dilation, groups):
-    rng = np.random.default_rng(1)
-    x = _correlated_input(rng, cin)
-    w = rng.standard_normal((cout, cin // groups, k, k)).astype(np.float32)
-    window = ConvWindow((k, k), (stride, stride), (pad, pad, pad, pad), (dilation, dilation), groups)
+    x, w, window = _conv_case(1, cin, cout, k, stride, pad, dilation, groups)
     moments = HessianSum(window, columns=cin // groups * k * k, samples=4)
     moments.add(x[:2])
     moments.add(x[2:])  # batches add up

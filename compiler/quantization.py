@@ -28,6 +28,7 @@ import numpy as np
 from compiler.errors import InputError
 from compiler.frontend import ImportedModel
 from compiler.passes.calibrate import CalibrationResult, Histogram, calibrate, first_output, load_calibration
+from compiler.passes.gptq import gptq_quantize_weight, relative_output_error
 from compiler.passes.int8_layers import Layer, find_layers
 from compiler.passes.quantize import LayerReport, QuantizationPlan, quantize_weight
 from targets.registry import TargetPreset
@@ -105,6 +106,23 @@ def weight_error(weight: np.ndarray, axis: int, bits: int) -> float:
     return float(np.linalg.norm(weight - restored) / norm) if norm else 0.0
 
 
+def _gptq_round_layer(layer: Layer, weight: np.ndarray, hessian: np.ndarray, bits: int,
+                      report: LayerReport) -> tuple[np.ndarray, np.ndarray]:
+    """``layer``'s GPTQ-rounded integer weights (conv2d in OIHW) and scales; records the layer's
+    output error on its calibration inputs with GPTQ and with nearest rounding in ``report``."""
+    layout = layer.kernel_layout if layer.op == "conv2d" else None
+    q, scale = gptq_quantize_weight(weight, layout, hessian, bits)
+    nearest, _ = quantize_weight(weight, layer.weight_axis, bits)
+    along = [1] * weight.ndim
+    along[layer.weight_axis] = -1
+    step = scale.reshape(along)
+    report.output_error = relative_output_error(weight, q * step, layout, hessian)
+    report.nearest_output_error = relative_output_error(weight, nearest * step, layout, hessian)
+    if layout is not None:
+        q = np.ascontiguousarray(q.transpose([layout.index(c) for c in "OIHW"]))
+    return q, scale
+
+
 def _resolve_names(requested: tuple[str, ...], layers: list[Layer]) -> set[str]:
     names = [layer.name for layer in layers]
     chosen = set()
@@ -159,20 +177,24 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
     layers = find_layers(mod, imported.onnx_model)
     keep = _resolve_names(tuple(options.keep_fp32), layers)
     reports = []
+    rounded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for layer in layers:
         rng = result.ranges[layer.name]
         hist = result.histograms[layer.name]
         weight = layer.weight.value.numpy()
-        reports.append(LayerReport(
+        report = LayerReport(
             name=layer.name, op=layer.op, quantized=True, activation_dtype=rng.dtype,
             activation_scale=rng.scale, threshold=rng.threshold, seen_min=rng.minimum, seen_max=rng.maximum,
-            weight_error=weight_error(weight, 0 if layer.op == "conv2d" else 1, bits),
-            activation_error=activation_error(hist, rng.threshold, rng.scale), activation_zero_point=rng.zero_point))
+            weight_error=weight_error(weight, layer.weight_axis, bits),
+            activation_error=activation_error(hist, rng.threshold, rng.scale), activation_zero_point=rng.zero_point)
+        if layer.name in result.hessians:  # GPTQ: round once here; H (up to K*K floats) is not kept
+            rounded[layer.name] = _gptq_round_layer(layer, weight, result.hessians.pop(layer.name), bits, report)
+        reports.append(report)
     target = preset.tvm_target()
     signed = signed_activations_for(target) if options.signed_activations is None else options.signed_activations
     plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model, channel_multiple_for(target), signed,
                             options.bias_correction, result.input_means, options.requantize,
-                            options.weight_rounding, result.hessians)
+                            options.weight_rounding, rounded)
     int8 = Int8Result(plan, result, reports)
     searching = options.min_agreement is not None or options.evaluate is not None
     if options.auto_keep or searching:
@@ -340,14 +362,21 @@ def simplified_module(imported: ImportedModel, preset: TargetPreset):
 
 def describe_layers(result: Int8Result) -> str:
     """A table of the per-layer quantization (``kiln quantize-report``)."""
+    def percent(value: float | None) -> str:
+        return "" if value is None else format(value, ".2%")
+
     lines = [f"{'layer':<28} {'op':<7} {'int8':<5} {'input':<6} {'zp':>4} {'scale':>10} {'clip':>9} "
-             f"{'min':>9} {'max':>9} {'w err':>7} {'x err':>7} {'alone':>7}"]
+             f"{'min':>9} {'max':>9} {'w err':>7} {'y err':>7} {'x err':>7} {'alone':>7}"]
     for r in result.layers:
         lines.append(f"{r.name[:28]:<28} {r.op:<7} {'yes' if r.quantized else 'FP32':<5} "
                      f"{r.activation_dtype:<6} {r.activation_zero_point:>4} "
                      f"{r.activation_scale:>10.3g} {r.threshold:>9.3g} {r.seen_min:>9.3g} {r.seen_max:>9.3g} "
-                     f"{r.weight_error:>7.2%} {r.activation_error:>7.2%} "
-                     f"{'' if r.measured_error is None else format(r.measured_error, '.2%'):>7}")
+                     f"{r.weight_error:>7.2%} {percent(r.output_error):>7} {r.activation_error:>7.2%} "
+                     f"{percent(r.measured_error):>7}")
+    rounded = [r for r in result.layers if r.output_error is not None]
+    if rounded:
+        lines.append(f"  weights rounded by GPTQ: layer output error (y err) {np.mean([r.output_error for r in rounded]):.2%} "
+                     f"on average, nearest rounding {np.mean([r.nearest_output_error for r in rounded]):.2%}")
     if result.fp32_score is not None:
         lines.append(f"  every layer in FP32: {result.search_metric} {result.fp32_score:.2f}%")
     for kept, score in result.agreement_search:

@@ -121,17 +121,37 @@ def test_second_moment_from_a_subset_of_positions_is_close_to_the_full_one():
                                   full[0].reshape(16, 572, 72)[:, positions])
 
 
-def test_plan_collects_each_layers_second_moments_and_refuses_unknown_rounding():
+def test_plan_rounds_each_layer_once_from_its_second_moment_and_refuses_unknown_rounding():
+    from compiler.passes.calibrate import calibrate
+    from compiler.passes.int8_layers import find_layers
+    from compiler.quantization import describe_layers
+
     imported = import_onnx(_conv_relu_conv_gemm())
     preset = resolve_target("host")
     mod = simplified_module(imported, preset)
     data = _samples(8)[:, 0]
-    plan = plan_int8(mod, imported, preset, Int8Options(calibration=data, weight_rounding="gptq")).plan
-    assert plan.weight_rounding == "gptq"
-    shapes = {name: h.shape for name, h in plan.hessians.items()}
-    assert shapes == {"conv_a": (1, 36, 36), "conv_b": (1, 72, 72), "fc": (1, 128, 128)}
+    moments = calibrate(mod, imported.inputs, [{"x": x[None]} for x in data], "percentile",
+                        onnx_model=imported.onnx_model, hessians=True).hessians
+    assert {name: h.shape for name, h in moments.items()} == {
+        "conv_a": (1, 36, 36), "conv_b": (1, 72, 72), "fc": (1, 128, 128)}
     patches = conv_patches(data, ConvWindow((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1))[0]
-    np.testing.assert_allclose(plan.hessians["conv_a"][0], patches.T @ patches / len(patches), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(moments["conv_a"][0], patches.T @ patches / len(patches), rtol=1e-4, atol=1e-6)
+
+    result = plan_int8(mod, imported, preset, Int8Options(calibration=data, weight_rounding="gptq"))
+    plan = result.plan
+    assert plan.weight_rounding == "gptq" and not result.calibration.hessians  # H is not kept
+    assert {name: q.shape for name, (q, _) in plan.rounded_weights.items()} == {
+        "conv_a": (8, 4, 3, 3), "conv_b": (8, 8, 3, 3), "fc": (128, 10)}  # conv2d OIHW, matmul [K, N]
+    q, scale = plan.rounded_weights["conv_a"]
+    conv_a = find_layers(mod, imported.onnx_model)[0]
+    assert conv_a.name == "conv_a" and conv_a.kernel_layout == "OIHW"
+    expected, _ = gptq_quantize_weight(conv_a.weight.value.numpy(), "OIHW", moments["conv_a"], plan.weight_bits)
+    np.testing.assert_array_equal(q, expected)
+    for report in result.layers:  # GPTQ's objective: each layer's output on its calibration inputs
+        assert 0 < report.output_error < report.nearest_output_error
+    assert "weights rounded by GPTQ" in describe_layers(result)
+    nearest = plan_int8(mod, imported, preset, Int8Options(calibration=data, weight_rounding="nearest"))
+    assert not nearest.plan.rounded_weights and nearest.layers[0].output_error is None
     with pytest.raises(InputError, match="weight rounding 'stochastic' is unknown"):
         plan_int8(mod, imported, preset, Int8Options(calibration=data, weight_rounding="stochastic"))
 

@@ -207,7 +207,8 @@ class CalibrationResult:
     # per layer: its input tensor's mean over the samples, conv2d inputs in NCHW
     # (for ``QuantizationPlan.bias_correction``)
     input_means: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    # per layer: its input's second moment E[x xᵀ] per group (for GPTQ weight rounding, ``gptq``)
+    # per layer: its input's second moment E[x xᵀ] per group (for GPTQ weight rounding, ``gptq``;
+    # ``plan_int8`` takes them out once it has rounded the weights)
     hessians: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 

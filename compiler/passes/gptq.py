@@ -190,3 +190,20 @@ def gptq_quantize_weight(weight: np.ndarray, layout: str | None, hessian: np.nda
         return np.ascontiguousarray(q.T), scale
     oihw = q.reshape([weight.shape[layout.index(c)] for c in "OIHW"])
     return np.ascontiguousarray(oihw.transpose(["OIHW".index(c) for c in layout])), scale
+
+
+def relative_output_error(weight: np.ndarray, dequantized: np.ndarray, layout: str | None,
+                          hessian: np.ndarray) -> float:
+    """``‖(W - Wq) x‖ / ‖W x‖`` over the calibration inputs (``sqrt(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ))``),
+    for weights laid out as ``gptq_quantize_weight`` takes them."""
+    groups = hessian.shape[0]
+
+    def grouped(w: np.ndarray) -> np.ndarray:
+        rows = w.T if layout is None else w.transpose([layout.index(c) for c in "OIHW"]).reshape(
+            w.shape[layout.index("O")], -1)
+        return rows.reshape(groups, rows.shape[0] // groups, -1).astype(np.float64)
+
+    w, delta = grouped(weight), grouped(dequantized) - grouped(weight)
+    energy = float(np.einsum("gok,gkl,gol->", w, hessian, w))
+    return float(np.sqrt(max(np.einsum("gok,gkl,gol->", delta, hessian, delta), 0.0) / energy)) if energy > 0 else 0.0
+

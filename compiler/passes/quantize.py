@@ -42,7 +42,6 @@ from tvm import relax
 from tvm.ir.expr import Constant
 
 from compiler.passes.calibrate import TensorRange
-from compiler.passes.gptq import gptq_quantize_weight
 from compiler.passes.int8_layers import emit_like, find_layers, op_name, use_counts
 
 log = logging.getLogger(__name__)
@@ -64,9 +63,11 @@ class QuantizationPlan:
     input_means: dict[str, np.ndarray] = field(default_factory=dict)
     requantize: str = "float"  # float | fixed_point (integer multiplier and shift: ``fixed_point_requantize``)
     # nearest | gptq: round weights so each layer's output on its calibration inputs moves least
-    # (``compiler.passes.gptq``; needs ``hessians`` from calibration)
+    # (``compiler.passes.gptq``, done once by ``plan_int8``)
     weight_rounding: str = "nearest"
-    hessians: dict[str, np.ndarray] = field(default_factory=dict)
+    # layer name -> its integer weights and scales when not rounded to nearest: conv2d weights
+    # in OIHW, matmul weights [K, N] (each layer's own layout is applied when inserted)
+    rounded_weights: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,6 +86,10 @@ class LayerReport:
     weight_error: float = 0.0  # relative L2 error of the quantized weights
     activation_error: float = 0.0  # relative L2 error of the quantized input (from the histogram)
     measured_error: float | None = None  # model output error with only this layer INT8 (sensitivity probe)
+    # GPTQ: the layer's relative output error on its calibration inputs from weight rounding alone,
+    # with GPTQ's rounding and with nearest rounding
+    output_error: float | None = None
+    nearest_output_error: float | None = None
 
 
 def quantize_weight(weight: np.ndarray, axis: int, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -221,11 +226,13 @@ def insert_qdq(plan: QuantizationPlan, probe: bool = False) -> tvm.transform.Pas
                         self.quantized_inputs[call.args[0]] = dq
                 weight = layer.weight.value.numpy()
                 axis = layer.weight_axis
-                if plan.weight_rounding == "gptq" and layer.name in plan.hessians:
-                    layout = layer.kernel_layout if layer.op == "conv2d" else None
-                    wq, wscale = gptq_quantize_weight(weight, layout, plan.hessians[layer.name], plan.weight_bits)
-                else:
+                rounded = plan.rounded_weights.get(layer.name)
+                if rounded is None:
                     wq, wscale = quantize_weight(weight, axis, plan.weight_bits)
+                else:
+                    wq, wscale = rounded
+                    if layer.op == "conv2d":  # OIHW -> this conv's kernel layout
+                        wq = np.ascontiguousarray(wq.transpose(["OIHW".index(c) for c in layer.kernel_layout]))
                 wdq = self.builder_.emit(relax.op.dequantize(
                     _const(wq), _const(wscale), _const(np.zeros(len(wscale), np.int8)), axis=axis,
                     out_dtype="float32"))

@@ -9,7 +9,8 @@ rounded, weighted by the inverse of the input's second moment ``H = E[x xᵀ]``,
 left over compensate it. Columns go in decreasing ``diag(H)`` order ("act order").
 
 Expects, per layer, ``H`` accumulated over the calibration inputs (``HessianSum``: im2col
-patches of a conv2d input, rows of a matmul input). Guarantees the same per-channel symmetric
+patches of a conv2d input, rows of a matmul input; ``calibrate(..., hessians=True)``), and is
+called once per layer by ``compiler.quantization.plan_int8``. Guarantees the same per-channel symmetric
 scales as nearest rounding (max magnitude / qmax), values in ``[-qmax, qmax]``, and the same
 int8 kernels downstream: only which way each weight rounds changes. Grouped and depthwise
 convolutions get one ``H`` per group. TVM has no weight-rounding pass; this is kiln's own,

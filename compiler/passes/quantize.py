@@ -7,7 +7,8 @@ Two passes, one form between them (the same form ONNX Runtime's QDQ models impor
 kept in FP32 it quantizes the data input per tensor (uint8; zero point 0 when calibration
 never saw a negative value) — per channel for depthwise convs calibrated so (one zero point,
 each channel its own scale: channel c only meets weight c, so int32 accumulation stays
-exact) — and the constant weight per output channel (symmetric int8, ``weight_bits`` wide),
+exact) — and the constant weight per output channel (symmetric int8, ``weight_bits`` wide;
+rounded to nearest, or as the plan's ``rounded_weights`` say: GPTQ, ``compiler.passes.gptq``),
 and feeds the layer dequantized copies.
 
 ``lower_qdq()`` expects ``conv2d``/``matmul`` calls whose inputs are

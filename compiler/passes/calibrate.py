@@ -355,11 +355,11 @@ def _as_nchw(values: np.ndarray, layer: Layer) -> np.ndarray:
     return values.transpose([layer.data_layout.index(c) for c in "NCHW"])
 
 
-def _window(mod, layer: Layer) -> ConvWindow | None:
-    """A conv2d layer's window (from its call in ``mod``); None for a matmul."""
+def _window(calls: dict, layer: Layer) -> ConvWindow | None:
+    """A conv2d layer's window (from its call, ``calls``: binding var -> value); None for a matmul."""
     if layer.op != "conv2d":
         return None
-    call = next(b.value for b in main_bindings(mod) if b.var.same_as(layer.output))
+    call = calls[layer.output]
     shape = layer.weight.value.shape
     return ConvWindow.of(call.attrs, (int(shape[layer.kernel_layout.index("H")]),
                                       int(shape[layer.kernel_layout.index("W")])))
@@ -422,7 +422,8 @@ def calibrate(
                           for layer in layers if per_channel_depthwise and layer.depthwise}
     fp32_outputs = []
     sums: dict[int, np.ndarray] = {}  # exposed layer input -> sum over the samples
-    second_moments = {layer.name: HessianSum(_window(mod, layer), _columns(layer), len(samples))
+    calls = {b.var: b.value for b in main_bindings(mod)} if hessians else {}
+    second_moments = {layer.name: HessianSum(_window(calls, layer), _columns(layer), len(samples))
                       for layer in layers} if hessians else {}
     for sample in samples:
         args = [tvm.runtime.tensor(np.ascontiguousarray(sample[spec.name]), device) for spec in inputs]

@@ -172,21 +172,27 @@ def gptq_round(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, qmax:
     return result.astype(np.int8)
 
 
+def _weight_rows(weight: np.ndarray, layout: str | None) -> np.ndarray:
+    """A weight as ``[O, K]`` rows, K in OIHW's I,H,W order: a conv2d weight in ``layout``, or a
+    matmul weight ``[K, N]`` when ``layout`` is None."""
+    if layout is None:
+        return weight.T
+    return weight.transpose([layout.index(c) for c in "OIHW"]).reshape(weight.shape[layout.index("O")], -1)
+
+
 def gptq_quantize_weight(weight: np.ndarray, layout: str | None, hessian: np.ndarray,
                          bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Like ``quantize.quantize_weight`` (same scales, same axis) with GPTQ rounding: a conv2d
     weight in ``layout`` (OIHW, OHWI…), or a matmul weight ``[K, N]`` when ``layout`` is None."""
-    qmax = 2 ** (bits - 1) - 1
+    # imported here: quantize imports calibrate, which imports this module
+    from compiler.passes.quantize import quantize_weight
+
     groups = hessian.shape[0]
-    if layout is None:
-        rows = weight.T  # [N, K]
-    else:
-        rows = weight.transpose([layout.index(c) for c in "OIHW"]).reshape(weight.shape[layout.index("O")], -1)
-    scale = np.abs(rows).max(axis=1) / qmax
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    rows = _weight_rows(weight, layout)
+    _, scale = quantize_weight(rows, 0, bits)  # nearest rounding's scales: the grid GPTQ rounds onto
     out_channels, k = rows.shape
     q = gptq_round(rows.reshape(groups, out_channels // groups, k), hessian,
-                   scale.reshape(groups, -1), qmax).reshape(out_channels, k)
+                   scale.reshape(groups, -1), 2 ** (bits - 1) - 1).reshape(out_channels, k)
     if layout is None:
         return np.ascontiguousarray(q.T), scale
     oihw = q.reshape([weight.shape[layout.index(c)] for c in "OIHW"])
@@ -200,11 +206,10 @@ def relative_output_error(weight: np.ndarray, dequantized: np.ndarray, layout: s
     groups = hessian.shape[0]
 
     def grouped(w: np.ndarray) -> np.ndarray:
-        rows = w.T if layout is None else w.transpose([layout.index(c) for c in "OIHW"]).reshape(
-            w.shape[layout.index("O")], -1)
+        rows = _weight_rows(w, layout)
         return rows.reshape(groups, rows.shape[0] // groups, -1).astype(np.float64)
 
-    w, delta = grouped(weight), grouped(dequantized) - grouped(weight)
+    w = grouped(weight)
+    delta = grouped(dequantized) - w
     energy = float(np.einsum("gok,gkl,gol->", w, hessian, w))
     return float(np.sqrt(max(np.einsum("gok,gkl,gol->", delta, hessian, delta), 0.0) / energy)) if energy > 0 else 0.0
-

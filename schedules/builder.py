@@ -14,11 +14,13 @@ stops the run.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import select
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuild
 log = logging.getLogger(__name__)
 
 BUILD_TIMEOUT_S = 120.0
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 
 
 def _compile_to(build_input: BuilderInput, path: str) -> None:
@@ -38,6 +41,15 @@ def _compile_to(build_input: BuilderInput, path: str) -> None:
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(build_input.mod)
     tvm.compile(mod, target=build_input.target).export_library(path, fcompile=tar)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: this child gets SIGKILL when the tuner dies, so a killed run leaves no builds behind.
+    (The forking thread waits for its children, so its exit is the tuner's death.)"""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # died before prctl took effect
+            os._exit(1)
 
 
 @dataclass
@@ -53,9 +65,11 @@ class _Child:
 
 def _fork_build(index: int, build_input: BuilderInput, path: str, timeout: float) -> _Child:
     read_end, write_end = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # child: compile, report, leave without running the parent's cleanup
         os.close(read_end)
+        _die_with_parent(parent)
         code = 0
         try:
             _compile_to(build_input, path)

@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import tvm_ffi
@@ -102,6 +103,13 @@ def _read_lines(path: Path) -> list[object | None]:
     return values
 
 
+def _close_in_child(database: "DurableDatabase | None") -> None:
+    """In a forked child: drop its copy of the lock file (the parent keeps the lock)."""
+    if database is not None and database._lock_file is not None:
+        database._lock_file.close()
+        database._lock_file = None
+
+
 @derived_object
 class DurableDatabase(PyDatabase):
     """TVM JSON database in ``work_dir``; ``writable=True`` takes the directory's lock."""
@@ -146,6 +154,10 @@ class DurableDatabase(PyDatabase):
         self._lock_file.truncate()
         self._lock_file.write(f"pid {os.getpid()}\n")
         self._lock_file.flush()
+        # A forked child (the builder's compiles) shares the locked file description: left open
+        # there, the lock outlives a killed tuner until its last build ends, and the run that
+        # resumes is refused as "in use" (seen on a fast machine). Children close their copy.
+        os.register_at_fork(after_in_child=lambda ref=weakref.ref(self): _close_in_child(ref()))
 
     def _load(self) -> None:
         baseline_path = self.work_dir / BASELINE_FILE

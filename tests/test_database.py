@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
+import time
 
 import pytest
 import tvm
@@ -88,6 +90,26 @@ def test_second_writer_gets_a_clear_error(tmp_path):
         DurableDatabase(tmp_path, writable=True)
     first.close()
     DurableDatabase(tmp_path, writable=True).close()  # free again once the first is gone
+
+
+def test_a_forked_child_does_not_keep_the_lock(tmp_path):
+    """The builder forks compiles; when the tuner is gone, a still-running child must not
+    keep the database locked against the run that resumes."""
+    first = DurableDatabase(tmp_path, writable=True)
+    started, ready = os.pipe()
+    child = os.fork()
+    if child == 0:  # a build that outlives its tuner (fork's handlers have run by now)
+        os.write(ready, b"1")
+        time.sleep(3)
+        os._exit(0)
+    try:
+        assert os.read(started, 1) == b"1"
+        first.close()  # the tuner's end: its copy of the lock goes
+        DurableDatabase(tmp_path, writable=True).close()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(started), os.close(ready)
 
 
 def test_failed_write_rolls_back_to_a_complete_line(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@
 ``vpmaddubsw`` (u8 x s8 pairs summed into int16), one ``vpmaddwd`` against ones (int16
 pairs summed into int32) and an add: TVM's AVX-512 ``dot_16x4_avx512`` at 256-bit width,
 for CPUs without VNNI (Haswell to Alder Lake, Zen 1-3). ``AVX512_DOT_16x4`` is the same at
-512 bits and ``VNNI_DOT_16x4`` one ``vpdpbusd`` (as TVM's ``dot_16x4_vnni``); kiln registers
+512 bits and ``VNNI_DOT_16x4`` one ``vpdpbusd`` (as TVM's ``dot_16x4_vnni``), ``VNNI_DOT_8x4``
+the same on 256-bit registers (channel counts that are multiples of 8 but not 16); kiln registers
 its own copies so that no caller has to import TVM's whole tensor-intrinsic package (~11 s).
 On AArch64, ``ARM_USDOT_4x4`` is one i8mm ``usdot`` (uint8 x int8) and ``ARM_SDOT_4x4`` one
 dotprod ``sdot`` (int8 x int8: where only that exists, ``signed_activations_for`` makes the
@@ -34,6 +35,7 @@ from tvm.target.codegen import llvm_version_major, target_has_features
 DOT_8x4_AVX2 = "kiln_dot_8x4_u8i8i32_avx2"  # vpmaddubsw + vpmaddwd, 256-bit (saturating: 7-bit weights)
 AVX512_DOT_16x4 = "kiln_dot_16x4_u8i8i32_avx512"  # the same at 512 bits (saturating: 7-bit weights)
 VNNI_DOT_16x4 = "kiln_dot_16x4_u8i8i32_vnni"  # vpdpbusd, 512-bit (exact)
+VNNI_DOT_8x4 = "kiln_dot_8x4_u8i8i32_vnni"  # vpdpbusd, 256-bit (AVX-512 VL; exact)
 ARM_USDOT_4x4 = "kiln_dot_4x4_u8i8i32_usdot"  # AArch64 i8mm usdot: uint8 x int8 (exact)
 ARM_SDOT_4x4 = "kiln_dot_4x4_i8i8i32_sdot"  # AArch64 dotprod sdot: int8 x int8 (exact; signed activations)
 
@@ -103,30 +105,33 @@ def _pmadd(lanes: int) -> tirx.PrimFunc:
     return impl
 
 
-def _vnni() -> tirx.PrimFunc:
-    """``desc`` (16 lanes) as one vpdpbusd: u8 x s8 quadruples summed exactly into int32.
+def _vnni(lanes: int) -> tirx.PrimFunc:
+    """``desc`` (16 or 8 lanes) as one vpdpbusd: u8 x s8 quadruples summed exactly into int32.
 
     LLVM 22 declares ``llvm.x86.avx512.vpdpbusd.512`` on ``<64 x i8>`` operands (llvm-project
     PR 155194), older LLVM on ``<16 x i32>``; TVM 0.27's own ``dot_16x4_vnni`` still passes
-    i32 vectors and fails LLVM's module verifier with the wheel's LLVM 22.
+    i32 vectors and fails LLVM's module verifier with the wheel's LLVM 22. The 256-bit form
+    (``.256``, AVX-512 VL) changed the same way.
     """
-    operands = "8x64" if llvm_version_major() >= 22 else "32x16"
+    nbytes = 4 * lanes
+    operands = f"8x{nbytes}" if llvm_version_major() >= 22 else f"32x{lanes}"
+    vpdpbusd = f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"
 
     @T.prim_func(s_tir=True)
     def impl(
         A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
             a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a = T.reinterpret(T.broadcast(a_i32, 16), dtype=f"uint{operands}")
-            b = T.reinterpret(B.vload([0, 0], dtype="int8x64"), dtype=f"int{operands}")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"), a, b, dtype="int32x16",
+            a = T.reinterpret(T.broadcast(a_i32, lanes), dtype=f"uint{operands}")
+            b = T.reinterpret(B.vload([0, 0], dtype=f"int8x{nbytes}"), dtype=f"int{operands}")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(vpdpbusd),
+                C.vload([0], dtype=f"int32x{lanes}"), a, b, dtype=f"int32x{lanes}",
             )
 
     return impl
@@ -161,7 +166,8 @@ def _register() -> None:
     with _fast_parse():
         for name, lanes, data, make in [
             (DOT_8x4_AVX2, 8, "uint8", lambda: _pmadd(8)), (AVX512_DOT_16x4, 16, "uint8", lambda: _pmadd(16)),
-            (VNNI_DOT_16x4, 16, "uint8", _vnni), (ARM_USDOT_4x4, 4, "uint8", lambda: _arm_dot("uint8")),
+            (VNNI_DOT_16x4, 16, "uint8", lambda: _vnni(16)), (VNNI_DOT_8x4, 8, "uint8", lambda: _vnni(8)),
+            (ARM_USDOT_4x4, 4, "uint8", lambda: _arm_dot("uint8")),
             (ARM_SDOT_4x4, 4, "int8", lambda: _arm_dot("int8")),
         ]:
             if TensorIntrin.get(name, allow_missing=True) is None:

@@ -23,6 +23,17 @@ from targets.registry import cpu_flags, resolve_target, with_conv_layout
 AVX2_HERE = "avx2" in cpu_flags()
 needs_avx2 = pytest.mark.skipif(not AVX2_HERE, reason="this CPU has no AVX2")
 
+# Each x86 int8 kernel family, run where this CPU can: (target, CPU flag, weight bits, instruction).
+# vpmaddubsw saturates its int16 pair sums, so AVX2/AVX-512 take 7-bit weights; VNNI's vpdpbusd
+# accumulates in int32 and takes the full 8 bits.
+X86_INT8 = [
+    pytest.param("x86-avx2", 7, "vpmaddubsw", marks=needs_avx2, id="avx2"),
+    pytest.param("x86-avx512", 7, "vpmaddubsw", id="avx512",
+                 marks=pytest.mark.skipif("avx512bw" not in cpu_flags(), reason="this CPU has no AVX-512")),
+    pytest.param("x86-vnni", 8, "vpdpbusd", id="vnni",
+                 marks=pytest.mark.skipif("avx512_vnni" not in cpu_flags(), reason="this CPU has no AVX-512 VNNI")),
+]
+
 
 # ---------------------------------------------------------------- models and references
 
@@ -80,10 +91,11 @@ def conv_model(c: int, f: int, size: int, k: int = 3, stride: int = 1, pad: int 
     return bb.get(), reference
 
 
-def matmul_model(m: int, k: int, n: int, batch: int | None = None, seed: int = 0):
-    """x [.., m, k] uint8 @ w [k, n] int8 (7-bit) -> int32, + bias."""
+def matmul_model(m: int, k: int, n: int, batch: int | None = None, seed: int = 0, w_bits: int = 7):
+    """x [.., m, k] uint8 @ w [k, n] int8 (``w_bits``-bit) -> int32, + bias."""
     rng = np.random.default_rng(seed)
-    w = rng.integers(-64, 64, (k, n)).astype("int8")
+    limit = 2 ** (w_bits - 1)
+    w = rng.integers(-limit, limit, (k, n)).astype("int8")
     b = rng.integers(-2000, 2000, (n,)).astype("int32")
     shape = (m, k) if batch is None else (batch, m, k)
     x = relax.Var("x", relax.TensorType(shape, "uint8"))
@@ -151,28 +163,28 @@ TENSORIZED = {
 }
 
 
-@needs_avx2
+@pytest.mark.parametrize("target,w_bits,instruction", X86_INT8)
 @pytest.mark.parametrize("name", sorted(TENSORIZED))
-def test_tensorized_conv_is_exact(name):
-    mod, reference = conv_model(**TENSORIZED[name])
-    lowered = lower(mod)
+def test_tensorized_conv_is_exact(name, target, w_bits, instruction):
+    mod, reference = conv_model(**TENSORIZED[name], w_bits=w_bits)
+    lowered = lower(mod, target)
     assert rules_used(lowered, "conv2d") == {"Int8Tensorized"}
     x = random_input(mod)
-    out, asm = run(lowered, x)
+    out, asm = run(lowered, x, target)
     np.testing.assert_array_equal(out, reference(x))
-    assert "vpmaddubsw" in asm and "vpmaddwd" in asm
+    assert instruction in asm
 
 
-@needs_avx2
+@pytest.mark.parametrize("target,w_bits,instruction", X86_INT8)
 @pytest.mark.parametrize("m,k,n,batch", [(1, 64, 32, None), (16, 128, 64, None), (5, 36, 24, None), (4, 64, 16, 2)])
-def test_tensorized_matmul_is_exact(m, k, n, batch):
-    mod, reference = matmul_model(m, k, n, batch)
-    lowered = lower(mod)
+def test_tensorized_matmul_is_exact(m, k, n, batch, target, w_bits, instruction):
+    mod, reference = matmul_model(m, k, n, batch, w_bits=w_bits)
+    lowered = lower(mod, target)
     assert rules_used(lowered, "matmul") == {"Int8Tensorized"}
     x = random_input(mod)
-    out, asm = run(lowered, x)
+    out, asm = run(lowered, x, target)
     np.testing.assert_array_equal(out, reference(x))
-    assert "vpmaddubsw" in asm
+    assert instruction in asm
 
 
 @pytest.mark.parametrize("layout, packed", [("NHWC", [4, 3, 3, 4, 8, 4]), ("NCHW", [4, 4, 3, 3, 8, 4])])

@@ -53,6 +53,7 @@ from schedules.int8 import (
     AVX512_DOT_16x4,
     DOT_8x4_AVX2,
     VNNI_DOT_16x4,
+    VNNI_DOT_8x4,
     WEIGHT_BITS_ATTR,
     has_arm_dotprod,
     has_arm_i8mm,
@@ -93,6 +94,7 @@ class DotIntrin:
 AVX2_DOT = DotIntrin(DOT_8x4_AVX2, 8, 16, exact_bits=7)
 AVX512_DOT = DotIntrin(AVX512_DOT_16x4, 16, 32, exact_bits=7)
 VNNI_DOT = DotIntrin(VNNI_DOT_16x4, 16, 32, exact_bits=8)
+VNNI_DOT_YMM = DotIntrin(VNNI_DOT_8x4, 8, 32, exact_bits=8)
 ARM_USDOT = DotIntrin(ARM_USDOT_4x4, 4, 32, exact_bits=8)
 ARM_SDOT = DotIntrin(ARM_SDOT_4x4, 4, 32, exact_bits=8, data_dtype="int8")
 
@@ -100,15 +102,15 @@ ARM_SDOT = DotIntrin(ARM_SDOT_4x4, 4, 32, exact_bits=8, data_dtype="int8")
 def dot_intrins_for(target: Target) -> tuple[DotIntrin, ...]:
     """The int8 dot intrinsics of an LLVM target, widest first (empty: none, e.g. no AVX2).
 
-    A VNNI target gets VNNI only: falling back to the saturating 8-lane AVX2 intrinsic for
-    channel counts that are not a multiple of 16 would be wrong for its 8-bit weights.
+    A VNNI target gets VNNI only, 16 lanes and then 8 (channel counts that are multiples of 8
+    but not 16): the saturating 8-lane AVX2 intrinsic would be wrong for its 8-bit weights.
     """
     if has_arm_i8mm(target):
         return (ARM_USDOT,)
     if has_arm_dotprod(target):
         return (ARM_SDOT,)  # int8 activations (``signed_activations_for``)
     if has_vnni(target):
-        return (VNNI_DOT,)
+        return (VNNI_DOT, VNNI_DOT_YMM)
     if has_avx512bw(target):
         return (AVX512_DOT, AVX2_DOT)
     if has_avx2(target):

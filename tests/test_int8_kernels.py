@@ -17,7 +17,8 @@ from compiler.pipeline import build_pipeline, pipeline_steps
 from schedules.defaults import CPU_RULES, RULE_ATTR, default_schedule_pass, schedule_summary
 from schedules.int8 import WEIGHT_BITS_ATTR, dot_desc, int8_bits, mark_int8_weight_bits, weight_bits_for
 from schedules.rules import ChannelVectorized, SpatialVectorized
-from schedules.rules.int8 import AVX2_DOT, DotIntrin, Int8Tensorized, int8_tile
+from schedules.rules.int8 import (AVX2_DOT, AVX512_DOT, VNNI_DOT, VNNI_DOT_YMM, DotIntrin, Int8Tensorized,
+                                  int8_tile)
 from targets.registry import cpu_flags, resolve_target, with_conv_layout
 
 AVX2_HERE = "avx2" in cpu_flags()
@@ -302,12 +303,21 @@ def test_sixteen_lane_schedule_is_exact():
         np.testing.assert_array_equal(run(lowered, x)[0], reference(x))
 
 
-def test_tile_fits_the_registers():
-    for lane_blocks, rows in [(8, 56), (1, 7), (64, 1), (3, 13), (125, 13), (32, 13), (2, 56)]:
-        vectors, tile_rows = int8_tile(lane_blocks, rows)
+@pytest.mark.parametrize("intrin", [AVX2_DOT, AVX512_DOT, VNNI_DOT, VNNI_DOT_YMM], ids=lambda i: i.name)
+def test_tile_fits_the_registers(intrin):
+    for lane_blocks, rows in [(8, 56), (1, 7), (64, 1), (3, 13), (125, 13), (32, 13), (2, 56), (64, 14), (6, 7)]:
+        vectors, tile_rows = int8_tile(lane_blocks, rows, intrin=intrin)
         assert lane_blocks % vectors == 0 and rows % tile_rows == 0
         # a one-row tile uses each weight vector once: only one is live
-        assert vectors * tile_rows + (vectors if tile_rows > 1 else 1) + 4 <= AVX2_DOT.registers
+        assert vectors * tile_rows + (vectors if tile_rows > 1 else 1) + 4 <= intrin.registers
+
+
+def test_avx512_tiles_take_the_fewest_loads():
+    """32 registers: rows join the channel blocks so each weight vector is reused."""
+    assert int8_tile(64, 14, tasks=14, intrin=VNNI_DOT) == (2, 7)  # ResNet-50 14x14: 9 loads for 14 dots
+    assert int8_tile(32, 56, tasks=56, intrin=VNNI_DOT) == (4, 4)
+    assert int8_tile(6, 7, tasks=7, intrin=VNNI_DOT) == (3, 7)
+    assert int8_tile(64, 1, tasks=1, intrin=VNNI_DOT) == (4, 1)  # a matmul row: channel blocks only
 
 
 def test_tile_is_channel_blocks_on_one_row_unless_tasks_run_short():

@@ -89,12 +89,18 @@ class DotIntrin:
     exact_bits: int  # weights of at most this many bits (sign included) give exact sums
     depth: int = 4  # reduction elements per call
     data_dtype: str = "uint8"  # the activations' type (AArch64 sdot: int8)
+    # register tile (``int8_tile``): "channels" (most channel blocks on one row) or "fewest_loads"
+    tile: str = "channels"
+    tile_vectors: int = 8  # at most this many channel blocks in a tile
+    tile_accumulators: int = 8  # at most this many accumulator registers in a tile
 
 
 AVX2_DOT = DotIntrin(DOT_8x4_AVX2, 8, 16, exact_bits=7)
-AVX512_DOT = DotIntrin(AVX512_DOT_16x4, 16, 32, exact_bits=7)
-VNNI_DOT = DotIntrin(VNNI_DOT_16x4, 16, 32, exact_bits=8)
-VNNI_DOT_YMM = DotIntrin(VNNI_DOT_8x4, 8, 32, exact_bits=8)
+# AVX-512's 32 registers take larger tiles (``int8_tile``); ARM keeps AVX2's (unmeasured there)
+_AVX512_TILE = dict(tile="fewest_loads", tile_vectors=4, tile_accumulators=24)
+AVX512_DOT = DotIntrin(AVX512_DOT_16x4, 16, 32, exact_bits=7, **_AVX512_TILE)
+VNNI_DOT = DotIntrin(VNNI_DOT_16x4, 16, 32, exact_bits=8, **_AVX512_TILE)
+VNNI_DOT_YMM = DotIntrin(VNNI_DOT_8x4, 8, 32, exact_bits=8, **_AVX512_TILE)
 ARM_USDOT = DotIntrin(ARM_USDOT_4x4, 4, 32, exact_bits=8)
 ARM_SDOT = DotIntrin(ARM_SDOT_4x4, 4, 32, exact_bits=8, data_dtype="int8")
 
@@ -198,27 +204,38 @@ def plan(a: _Anchor, intrins: tuple[DotIntrin, ...]) -> Int8Plan | None:
     return None
 
 
-TILE_ACCUMULATORS = 8  # accumulator registers of a tile
-
-
-def int8_tile(lane_blocks: int, rows: int, tasks: int = MIN_PARALLEL) -> tuple[int, int]:
+def int8_tile(lane_blocks: int, rows: int, tasks: int = MIN_PARALLEL, intrin: "DotIntrin | None" = None) -> tuple[int, int]:
     """(vectors, rows) of the accumulator tile: ``vectors`` blocks of ``L`` channels (a divisor
-    of ``lane_blocks``) times ``rows`` data positions (a divisor of ``rows``).
+    of ``lane_blocks``, at most ``intrin.tile_vectors``) times ``rows`` data positions (a divisor
+    of ``rows``), at most ``intrin.tile_accumulators`` accumulators; ``intrin`` defaults to the
+    AVX2 intrinsic.
 
-    As many channel blocks as ``TILE_ACCUMULATORS`` allows, on one row; rows fill the tile only
-    where channels are few. Each weight vector is then used once (one live weight register),
-    each broadcast ``vectors`` times. Fewer channel blocks are taken where the blocks left,
-    times ``tasks`` (the parallel tasks the other output axes give: conv ``n * y``), would be
-    under ``MIN_PARALLEL``: rows would then run in parallel and the tile leave the registers
-    (PP-OCR classifier's 16 -> 40 1x1 conv on 3x96: 0.024 ms with 1 x 8, 0.050 with 5 x 1).
-    Measured here (AVX2, 2 threads, alternating rounds): ResNet-50's five 1x1 shapes with their
-    epilogues 8 x 1 2.40 ms, 4 x 1 2.62, 4 x 2 2.66, 2 x 4 2.94, rows first (1 x 7) 3.19; its
-    four 3x3 shapes 8 x 1 3.65-3.77 ms, 4 x 1 3.58-3.64, 4 x 2 (the earlier loads-per-MAC
-    optimum) 3.80-4.02, 1 x 7 4.20.
+    Fewer channel blocks are taken where the blocks left, times ``tasks`` (the parallel tasks the
+    other output axes give: conv ``n * y``), would be under ``MIN_PARALLEL``: rows would then
+    run in parallel and the tile leave the registers (PP-OCR classifier's 16 -> 40 1x1 conv on
+    3x96: 0.024 ms with 1 x 8, 0.050 with 5 x 1).
+
+    ``tile="channels"`` (AVX2's 16 registers): the most channel blocks on one row, rows only where
+    channels are few; each weight vector is used once. Measured (AVX2, 2 threads, alternating
+    rounds): ResNet-50's five 1x1 shapes with their epilogues 8 x 1 2.40 ms, 4 x 1 2.62, 4 x 2
+    2.66, 2 x 4 2.94, rows first (1 x 7) 3.19; its four 3x3 shapes 8 x 1 3.65-3.77 ms, 4 x 1
+    3.58-3.64, 4 x 2 3.80-4.02, 1 x 7 4.20.
+
+    ``tile="fewest_loads"`` (AVX-512's 32 registers): the tile with the fewest loads per dot
+    product, ``(vectors + rows) / (vectors * rows)`` (more channel blocks on a tie): 7x7 and
+    14x14 maps get 2 x 7 or 3 x 7, not 4 x 1 or 4 x 2. Whole INT8 models on an AVX-512 VNNI CPU
+    (AMD EPYC, 2 threads, alternating rounds, identical outputs): ResNet-50 12.10 ms with the
+    channels tile, 7.43 with 4 blocks x up to 6 rows, 6.26 with fewest loads (4 blocks, 24
+    accumulators), 6.93 with fewest loads up to 8 blocks; SqueezeNet 1.02, 0.95, 0.91, 0.95 ms.
     """
-    vectors = max(n for n in range(1, TILE_ACCUMULATORS + 1)
-                  if lane_blocks % n == 0 and (n == 1 or lane_blocks // n * tasks >= MIN_PARALLEL))
-    return vectors, divisor_at_most(rows, max(1, TILE_ACCUMULATORS // vectors))
+    intrin = intrin or AVX2_DOT
+    blocks = [n for n in range(1, intrin.tile_vectors + 1)
+              if lane_blocks % n == 0 and (n == 1 or lane_blocks // n * tasks >= MIN_PARALLEL)]
+    if intrin.tile == "channels":
+        vectors = max(blocks)
+        return vectors, divisor_at_most(rows, max(1, intrin.tile_accumulators // vectors))
+    tiles = [(v, r) for v in blocks for r in range(1, intrin.tile_accumulators // v + 1) if rows % r == 0]
+    return min(tiles, key=lambda t: ((t[0] + t[1]) / (t[0] * t[1]), -t[0]))
 
 
 def _pack_last(dim: int, ndim: int, factor: int):
@@ -425,7 +442,7 @@ class Int8Tensorized(CPUScheduleRule):
         for v in a.out_vars:
             if not v.same_as(p.lane_var) and (p.row_var is None or not v.same_as(p.row_var)):
                 tasks *= a.extents[v]
-        vectors, tile_rows = int8_tile(a.extents[p.lane_var] // p.intrin.lanes, rows, tasks)
+        vectors, tile_rows = int8_tile(a.extents[p.lane_var] // p.intrin.lanes, rows, tasks, p.intrin)
         try:
             return schedule_int8(a, p, vectors, tile_rows)
         # TVM's tensorize reports a body it cannot match as an InternalError, not a ScheduleError

@@ -209,7 +209,12 @@ def relative_output_error(weight: np.ndarray, dequantized: np.ndarray, layout: s
         rows = _weight_rows(w, layout)
         return rows.reshape(groups, rows.shape[0] // groups, -1).astype(np.float64)
 
+    h = hessian.astype(np.float64)
+
+    def quadratic(a: np.ndarray) -> float:  # sum_g tr(a_g H_g a_gᵀ), through BLAS matmuls
+        return float(np.einsum("gok,gok->", a @ h, a))  # (a 3-operand einsum was unblocked: 180 s on ResNet-50)
+
     w = grouped(weight)
     delta = grouped(dequantized) - w
-    energy = float(np.einsum("gok,gkl,gol->", w, hessian, w))
-    return float(np.sqrt(max(np.einsum("gok,gkl,gol->", delta, hessian, delta), 0.0) / energy)) if energy > 0 else 0.0
+    energy = quadratic(w)
+    return float(np.sqrt(max(quadratic(delta), 0.0) / energy)) if energy > 0 else 0.0

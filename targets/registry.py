@@ -144,8 +144,8 @@ def cpu_flags() -> frozenset[str]:
             for line in f:
                 if line.startswith("flags") or line.startswith("Features"):
                     return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    except OSError:  # no /proc/cpuinfo (not Linux): no flags known, detect_host takes the generic preset
+        return frozenset()
     return frozenset()
 
 

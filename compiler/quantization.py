@@ -28,7 +28,7 @@ import numpy as np
 from compiler.errors import InputError
 from compiler.frontend import ImportedModel
 from compiler.passes.calibrate import CalibrationResult, Histogram, calibrate, first_output, load_calibration
-from compiler.passes.gptq import gptq_quantize_weight, relative_output_error
+from compiler.passes.gptq import gptq_quantize_weight, relative_output_errors
 from compiler.passes.int8_layers import Layer, find_layers
 from compiler.passes.quantize import LayerReport, QuantizationPlan, quantize_weight
 from targets.registry import TargetPreset
@@ -116,8 +116,8 @@ def _gptq_round_layer(layer: Layer, weight: np.ndarray, hessian: np.ndarray, bit
     along = [1] * weight.ndim
     along[layer.weight_axis] = -1
     step = scale.reshape(along)
-    report.output_error = relative_output_error(weight, q * step, layout, hessian)
-    report.nearest_output_error = relative_output_error(weight, nearest * step, layout, hessian)
+    report.output_error, report.nearest_output_error = relative_output_errors(
+        weight, [q * step, nearest * step], layout, hessian)
     if layout is not None:
         q = np.ascontiguousarray(q.transpose([layout.index(c) for c in "OIHW"]))
     return q, scale

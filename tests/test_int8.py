@@ -110,6 +110,9 @@ def test_calibration_sources(tmp_path):
 
 
 def _conv_relu_conv_gemm() -> onnx.ModelProto:
+    """The same weights wherever it is called (its own generator, not the shared one: with that,
+    a test's model depended on the tests that ran before it in the process)."""
+    rng = np.random.default_rng(11)
     return model([
         helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv_a"),
         helper.make_node("Relu", ["c"], ["r"]),
@@ -118,8 +121,8 @@ def _conv_relu_conv_gemm() -> onnx.ModelProto:
         helper.make_node("Flatten", ["r2"], ["f"]),
         helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1, name="fc"),
     ], [("x", [1, 4, 8, 8])], [("y", None)],
-        [const("w", 8, 4, 3, 3), const("b", 8), const("w2", 8, 8, 3, 3), const("b2", 8),
-         const("wg", 10, 128), const("bg", 10)])
+        [const("w", 8, 4, 3, 3, rng=rng), const("b", 8, rng=rng), const("w2", 8, 8, 3, 3, rng=rng),
+         const("b2", 8, rng=rng), const("wg", 10, 128, rng=rng), const("bg", 10, rng=rng)])
 
 
 def _samples(n: int, seed: int = 0, shape=(1, 4, 8, 8)) -> np.ndarray:

@@ -114,10 +114,10 @@ def _check_structure(model: onnx.ModelProto, where: str) -> None:
 
 
 def find_unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, int, list[str]]]:
-    """(op type, count, first node names) for every op TVM's Relax importer lacks."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    """(op type, count, first node names) for every op kiln's importer lacks."""
+    from compiler.importer import supported_ops
 
-    supported = set(_get_convert_map())
+    supported = supported_ops()
     counts: Counter[str] = Counter()
     names: dict[str, list[str]] = defaultdict(list)
     for i, node in enumerate(model.graph.node):
@@ -254,8 +254,8 @@ def prepare_onnx(
         listing = "; ".join(f"{op} ×{n} (e.g. {', '.join(names)})" for op, n, names in unsupported)
         hint = f" Custom domains {unknown_domains} are not supported." if unknown_domains else ""
         raise UnsupportedOperatorError(
-            f"{where}: {sum(n for _, n, _ in unsupported)} nodes use operators TVM's Relax ONNX importer "
-            f"does not support: {listing}.{hint} Replace them (e.g. re-export with other ops) and retry."
+            f"{where}: {sum(n for _, n, _ in unsupported)} nodes use operators kiln cannot import "
+            f"yet: {listing}.{hint} Replace them (e.g. re-export with other ops) and retry."
         )
     specs = resolve_input_specs(proto, input_shapes or {}, where)
     proto = onnx.ModelProto.FromString(proto.SerializeToString())  # never mutate the caller's model
@@ -336,7 +336,7 @@ def import_onnx(
     model: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
 ) -> ImportedModel:
     """Validate and import an ONNX model into Relax (weights bound as constants)."""
-    from tvm.relax.frontend.onnx import from_onnx
+    from compiler.importer import NodeConversionError, from_onnx
 
     proto, specs, digest, name = prepare_onnx(model, input_shapes)
     output_names = [o.name for o in proto.graph.output]
@@ -350,8 +350,9 @@ def import_onnx(
                 renamed,
                 shape_dict={vi.name: list(s.shape) for vi, s in zip(relax_inputs, specs)},
                 dtype_dict={vi.name: s.dtype for vi, s in zip(relax_inputs, specs)},
-                keep_params_in_input=False,
             )
+    except NodeConversionError as err:
+        raise ModelError(f"{name}: cannot import {printable(str(err))}") from err
     except Exception as err:  # TVM's importer raises many types; report them as one user error
         first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
         where = importer_output.getvalue().strip().splitlines()

@@ -207,7 +207,7 @@ def compile_model(
     _linker(preset)
     options = replace(options, target=preset)
     t0 = time.perf_counter()
-    imported = import_onnx(model, options.input_shapes)
+    imported = import_onnx(model, options.input_shapes, preset.tvm_target())
     seconds_import = time.perf_counter() - t0
     if options.conv_layout is not None and options.conv_layout.lower() == "auto":
         report = _build_faster_layout(imported, output, options)

@@ -92,7 +92,7 @@ def _cmd_quantize_report(args: argparse.Namespace) -> int:
     from targets.registry import resolve_target
 
     preset = resolve_target(args.target)
-    imported = import_onnx(args.model, parse_input_shapes(args.input_shape))
+    imported = import_onnx(args.model, parse_input_shapes(args.input_shape), preset.tvm_target())
     result = plan_int8(simplified_module(imported, preset), imported, preset, _int8_options(args))
     print(describe_layers(result))
     if args.json:

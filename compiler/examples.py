@@ -129,6 +129,47 @@ def tiny_cnn(seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def recurrent_stack(cell: str = "LSTM", layers: int = 2, input_size: int = 80, hidden: int = 256,
+                    steps: int = 200, batch: int = 1, bidirectional: bool = True, seed: int = 0) -> onnx.ModelProto:
+    """Stacked ``LSTM``/``GRU``/``RNN`` layers as ``torch.onnx.export`` writes ``nn.LSTM``/``nn.GRU``
+    (``[T, D, B, H]`` outputs transposed and reshaped to ``[T, B, D·H]`` between layers), with
+    seeded weights drawn as PyTorch initializes them (uniform ±1/√hidden), and a linear
+    classifier (40 classes) per step. Input ``features`` [steps, batch, input_size]."""
+    rng = np.random.default_rng(seed)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[cell]
+    dirs = 2 if bidirectional else 1
+    bound = 1.0 / np.sqrt(hidden)
+
+    def uniform(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.uniform(-bound, bound, shape).astype(np.float32), name)
+
+    nodes, inits, x, width = [], [], "features", input_size
+    for layer in range(layers):
+        w, r, b = f"l{layer}_W", f"l{layer}_R", f"l{layer}_B"
+        inits += [uniform(w, dirs, gates * hidden, width), uniform(r, dirs, gates * hidden, hidden),
+                  uniform(b, dirs, 2 * gates * hidden)]
+        extra = {"linear_before_reset": 1} if cell == "GRU" else {}  # what PyTorch's GRU computes
+        nodes += [
+            helper.make_node(cell, [x, w, r, b], [f"l{layer}_y"], hidden_size=hidden, name=f"{cell.lower()}{layer}",
+                             direction="bidirectional" if bidirectional else "forward", **extra),
+            helper.make_node("Transpose", [f"l{layer}_y"], [f"l{layer}_t"], perm=[0, 2, 1, 3]),
+            helper.make_node("Reshape", [f"l{layer}_t", "merge_dirs"], [f"l{layer}_out"]),
+        ]
+        x, width = f"l{layer}_out", dirs * hidden
+    inits += [numpy_helper.from_array(np.array([steps, batch, dirs * hidden], np.int64), "merge_dirs"),
+              numpy_helper.from_array(rng.uniform(-bound, bound, (width, 40)).astype(np.float32), "fc_w"),
+              numpy_helper.from_array(np.zeros(40, np.float32), "fc_b")]
+    nodes += [helper.make_node("MatMul", [x, "fc_w"], ["fc"]), helper.make_node("Add", ["fc", "fc_b"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, f"{cell.lower()}_stack",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [steps, batch, input_size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [steps, batch, 40])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="kiln-example")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def _zoo(arch: str, what: str) -> Example:
     return Example(arch, f"{what} (onnx light zoo, seeded random weights, 1x3x224x224)",
                    lambda seed, a=arch: zoo_model(a, seed))
@@ -138,6 +179,10 @@ EXAMPLES: dict[str, Example] = {
     e.name: e
     for e in [
         Example("tiny", "small CNN for quick tries (conv, BN, pool, residual, gemm, softmax; 1x3x32x32)", tiny_cnn),
+        Example("lstm", "speech-style 2-layer bidirectional LSTM (80 features, hidden 256, 200 steps, "
+                "batch 1, 40-class output per step)", lambda seed: recurrent_stack("LSTM", seed=seed)),
+        Example("gru", "the same stack with GRU layers (PyTorch's linear_before_reset)",
+                lambda seed: recurrent_stack("GRU", seed=seed)),
         _zoo("squeezenet", "SqueezeNet 1.0"),
         _zoo("resnet50", "ResNet-50"),
         _zoo("densenet121", "DenseNet-121"),

@@ -333,9 +333,13 @@ def sanitize_value_names(model: onnx.ModelProto) -> None:
 
 
 def import_onnx(
-    model: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
+    model: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
+    target=None,
 ) -> ImportedModel:
-    """Validate and import an ONNX model into Relax (weights bound as constants)."""
+    """Validate and import an ONNX model into Relax (weights bound as constants).
+
+    ``target`` (a ``tvm.target.Target``), when given, is current during the import: kiln's own
+    converters size their kernels for it (``compiler.converters``)."""
     from compiler.importer import NodeConversionError, from_onnx
 
     proto, specs, digest, name = prepare_onnx(model, input_shapes)
@@ -345,7 +349,7 @@ def import_onnx(
     relax_inputs = _graph_inputs(renamed)  # same order as specs
     importer_output = io.StringIO()  # TVM's importer prints its failures; they become our error message
     try:
-        with contextlib.redirect_stdout(importer_output):
+        with contextlib.redirect_stdout(importer_output), target or contextlib.nullcontext():
             mod = from_onnx(
                 renamed,
                 shape_dict={vi.name: list(s.shape) for vi, s in zip(relax_inputs, specs)},

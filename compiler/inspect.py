@@ -120,7 +120,7 @@ def inspect_passes(path: str | Path, target: str = "host", input_shapes: dict | 
     from targets.registry import resolve_target
 
     preset = resolve_target(target)
-    imported = import_onnx(path, input_shapes or {})
+    imported = import_onnx(path, input_shapes or {}, preset.tvm_target())
     target_obj = preset.tvm_target()
     steps = pipeline_steps(preset)
     last = max(i for i, s in enumerate(steps) if s.name == "FuseTIR")

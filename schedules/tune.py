@@ -371,7 +371,7 @@ def _tune(model, options, preset, threads, work_dir, database) -> TuneReport:
     start = time.monotonic()
     import_tensor_intrinsics()  # ~11 s instead of ~100 s (see schedules/intrinsics.py)
     target = tuning_target(preset, threads)
-    imported = import_onnx(model, options.input_shapes)
+    imported = import_onnx(model, options.input_shapes, preset.tvm_target())
     plan = None
     if options.precision == "int8":
         from compiler.quantization import plan_int8, simplified_module

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
+from tvm.target import Target
 
 from schedules.recurrent import (ACTIVATION_DEFAULTS, ACTIVATIONS, DEFAULT_ACTIVATIONS, GATES, Activation,
                                  RecurrenceSpec, block_for, pack_recurrent_weights, recurrence_kernel)
+from schedules.vector_spec import vector_spec
 
 # How many of activation_alpha / activation_beta each function takes (ONNX Runtime's reading).
 _TAKES = {"Affine": (1, 1), "LeakyRelu": (1, 0), "ThresholdedRelu": (1, 0), "ScaledTanh": (1, 1),
@@ -65,6 +67,10 @@ def _zeros(shape, dtype: str = "float32") -> relax.Expr:
 def convert_recurrent(cell: str, bb: relax.BlockBuilder, inputs, attr: dict) -> relax.Expr:
     """The Relax expression of one ONNX recurrent node (a tuple of its outputs)."""
     gates = GATES[cell]
+    target = Target.current(allow_none=True)
+    if target is not None and target.kind.name != "llvm":
+        raise ValueError(f"{cell} layers compile for CPU targets only (the recurrence kernel has no "
+                         f"{target.kind.name} schedule yet)")
     x, w, r = inputs[0], inputs[1], inputs[2]
     bias = inputs[3] if len(inputs) > 3 else None
     lens = inputs[4] if len(inputs) > 4 else None
@@ -79,8 +85,10 @@ def convert_recurrent(cell: str, bb: relax.BlockBuilder, inputs, attr: dict) -> 
         raise ValueError(f"direction '{direction}' is not forward, reverse or bidirectional")
     dirs = len(reverse)
     layout = int(attr.get("layout", 0))
-    if layout == 1:  # [B, T, I] → [T, B, I]
+    if layout == 1:  # X [B, T, I] → [T, B, I]; initial states [B, D, H] → [D, B, H]
         x = bb.normalize(relax.op.permute_dims(x, (1, 0, 2)))
+        h0 = relax.op.permute_dims(h0, (1, 0, 2)) if h0 is not None else None
+        c0 = relax.op.permute_dims(c0, (1, 0, 2)) if c0 is not None else None
     steps, batch, in_size = _static_shape(x, f"{cell} input X")
     w_dirs, gh, w_in = _static_shape(w, f"{cell} weights W")
     hidden = int(attr.get("hidden_size", gh // gates))
@@ -92,7 +100,8 @@ def convert_recurrent(cell: str, bb: relax.BlockBuilder, inputs, attr: dict) -> 
         cell=cell, steps=steps, batch=batch, hidden=hidden, reverse=reverse,
         activations=parse_activations(cell, attr, dirs), clip=clip,
         input_forget=cell == "LSTM" and bool(attr.get("input_forget", 0)), peepholes=peep is not None,
-        linear_before_reset=lbr, has_lens=lens is not None, block=block_for(hidden))
+        linear_before_reset=lbr, has_lens=lens is not None,
+        block=block_for(hidden, gates, vector_spec(target) if target is not None else None))
 
     # Every step's input projection: [T·B, I] · [I, D·G·H] + the biases that add to it.
     w_all = relax.op.reshape(relax.op.permute_dims(w, (2, 0, 1)), (in_size, dirs * gates * hidden))

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 import compiler
@@ -34,6 +35,8 @@ class CompileOptions:
 
     target: str | TargetPreset = "host"
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # inputs fixed to values at compile time (e.g. {"sr": 16000}): no longer inputs of the library
+    input_values: dict[str, object] = field(default_factory=dict)
     db: str | Path | None = None
     precision: str = "fp32"
     cuda_archs: str | None = None  # e.g. "sm_80,sm_90"; default: the preset's arch
@@ -175,7 +178,9 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         opset=imported.opset,
         tuned_kernels=sum(v == "tuned" for v in schedules.values()),
         default_kernels=sum(v != "tuned" for v in schedules.values()),
-        extra=dict(extra, kernel_schedules=schedules, conv_layout=preset.conv_layout),
+        extra=dict(extra, kernel_schedules=schedules, conv_layout=preset.conv_layout,
+                   **({"input_values": {k: np.asarray(v).tolist() for k, v in options.input_values.items()}}
+                      if options.input_values else {})),
     )
     with tempfile.TemporaryDirectory(prefix="kiln-export-") as tmp:
         meta_cc = Path(tmp) / "kiln_metadata.cc"
@@ -207,7 +212,7 @@ def compile_model(
     _linker(preset)
     options = replace(options, target=preset)
     t0 = time.perf_counter()
-    imported = import_onnx(model, options.input_shapes, preset.tvm_target())
+    imported = import_onnx(model, options.input_shapes, preset.tvm_target(), options.input_values)
     seconds_import = time.perf_counter() - t0
     if options.conv_layout is not None and options.conv_layout.lower() == "auto":
         report = _build_faster_layout(imported, output, options)

@@ -21,12 +21,13 @@ log = logging.getLogger("kiln")
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     from compiler.build import CompileOptions, compile_model
+    from compiler.control_flow import parse_input_values
     from compiler.frontend import parse_input_shapes
 
     if args.calibration and args.precision != "int8":
         raise InputError("--calibration is for --precision int8")
     options = CompileOptions(target=args.target, input_shapes=parse_input_shapes(args.input_shape),
-                             db=args.db, precision=args.precision, cuda_archs=args.cuda_arch,
+                             input_values=parse_input_values(args.input_value), db=args.db, precision=args.precision, cuda_archs=args.cuda_arch,
                              conv_layout=args.layout,
                              int8=_int8_options(args) if args.precision == "int8" else None)
     report = compile_model(args.model, args.output, options)
@@ -192,7 +193,7 @@ def _compare_reference(args, model, inputs, outputs, stats) -> None:
 
     if sha256_bytes(data) != model.metadata.source_sha256:
         print(f"note: {args.reference} is not the file this library was compiled from (sha256 differs)")
-    ref = OnnxRuntimeReference(proto, model.threads)
+    ref = OnnxRuntimeReference(proto, model.threads, model.metadata.extra.get("input_values"))
     diff, rel = max_abs_diff(outputs, ref.run(inputs))
     print(f"onnxruntime agreement: max abs diff {diff:.3g} ({rel:.3g} of output scale)")
     if stats is not None:
@@ -203,6 +204,7 @@ def _compare_reference(args, model, inputs, outputs, stats) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
+    from compiler.control_flow import parse_input_values
     from compiler.frontend import parse_input_shapes
     from schedules.tune import TuneOptions, parse_budget, tune_model
 
@@ -210,7 +212,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         target=args.target, trials=args.trials,
         budget_seconds=parse_budget(args.budget) if args.budget else None, per_task=args.per_task,
         trials_per_iter=args.trials_per_iter, threads=args.threads,
-        input_shapes=parse_input_shapes(args.input_shape), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+        input_shapes=parse_input_shapes(args.input_shape), input_values=parse_input_values(args.input_value),
+        rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
         progress=not args.no_progress, population=args.population, conv_layout=args.layout,
         precision=args.precision, int8=_int8_options(args) if args.precision == "int8" else None,
     )
@@ -329,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the .so to write")
     p.add_argument("--target", default="host", help="preset name (see `kiln targets`) or TVM target JSON")
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help="fix an input's shape")
+    p.add_argument("--input-value", action="append", metavar="NAME=VALUE",
+                   help="fix an input to a value at compile time (e.g. sr=16000); If nodes it decides fold")
     p.add_argument("--db", help="tuning database directory whose records to apply")
     p.add_argument("--layout", choices=["NCHW", "NHWC", "NCHWc", "auto"],
                    help="activation layout of convolutions (default: the target's, see kiln targets; int8 on "
@@ -361,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["NCHW", "NHWC", "NCHWc"],
                    help="activation layout of float convolutions; compile with the same --layout to use the records")
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
+    p.add_argument("--input-value", action="append", metavar="NAME=VALUE", help="as for compile")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on RPC servers registered with this tracker")
     p.add_argument("--rpc-key", help="device key of those RPC servers")
     p.add_argument("--population", type=int, default=512, help="evolutionary search population (smaller: faster batches)")

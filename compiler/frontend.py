@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from compiler.control_flow import fix_input_values
 from compiler.errors import InputError, ModelError, UnsupportedOperatorError
 from compiler.metadata import TensorSpec, sha256_bytes
 from compiler.shape_folding import fold_shape_arithmetic
@@ -239,11 +240,14 @@ def _fix_input_shapes(model: onnx.ModelProto, specs: list[TensorSpec]) -> None:
 
 
 def prepare_onnx(
-    model: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
+    model: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
+    input_values: dict[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, list[TensorSpec], str, str]:
     """Validate, upgrade and shape-fix an ONNX model without touching TVM.
 
-    Returns the prepared model, its input specs, the sha256 of the source bytes and a name.
+    ``input_values`` fixes inputs to constants (they are no longer inputs; ``If`` nodes they
+    decide fold to their branch: ``compiler.control_flow``). Returns the prepared model, its
+    input specs, the sha256 of the source bytes and a name.
     """
     proto, data, name = read_model(model)
     where = name if isinstance(model, onnx.ModelProto) else printable(str(model))
@@ -257,6 +261,7 @@ def prepare_onnx(
             f"{where}: {sum(n for _, n, _ in unsupported)} nodes use operators kiln cannot import "
             f"yet: {listing}.{hint} Replace them (e.g. re-export with other ops) and retry."
         )
+    proto = fix_input_values(proto, input_values or {})
     specs = resolve_input_specs(proto, input_shapes or {}, where)
     proto = onnx.ModelProto.FromString(proto.SerializeToString())  # never mutate the caller's model
     _fix_input_shapes(proto, specs)
@@ -334,7 +339,7 @@ def sanitize_value_names(model: onnx.ModelProto) -> None:
 
 def import_onnx(
     model: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
-    target=None,
+    target=None, input_values: dict[str, np.ndarray] | None = None,
 ) -> ImportedModel:
     """Validate and import an ONNX model into Relax (weights bound as constants).
 
@@ -342,7 +347,7 @@ def import_onnx(
     converters size their kernels for it (``compiler.converters``)."""
     from compiler.importer import NodeConversionError, from_onnx
 
-    proto, specs, digest, name = prepare_onnx(model, input_shapes)
+    proto, specs, digest, name = prepare_onnx(model, input_shapes, input_values)
     output_names = [o.name for o in proto.graph.output]
     renamed = onnx.ModelProto.FromString(proto.SerializeToString())
     sanitize_value_names(renamed)

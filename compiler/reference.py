@@ -11,9 +11,12 @@ from compiler.runtime import LatencyStats, time_calls
 
 
 class OnnxRuntimeReference:
-    """An ONNX Runtime CPU session pinned to ``threads`` intra-op threads."""
+    """An ONNX Runtime CPU session pinned to ``threads`` intra-op threads.
 
-    def __init__(self, model: str | Path | onnx.ModelProto, threads: int):
+    ``fixed``: inputs a kiln library was compiled with as constants (``--input-value``), fed
+    to ONNX Runtime on every run (cast to the model's input types)."""
+
+    def __init__(self, model: str | Path | onnx.ModelProto, threads: int, fixed: dict | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -23,12 +26,18 @@ class OnnxRuntimeReference:
         data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
         self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        dtypes = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+                  "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+        self.fixed = {name: np.asarray(value, dtypes.get(types.get(name), None))
+                      for name, value in (fixed or {}).items()}
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(None, inputs)))
+        return dict(zip(self.output_names, self.session.run(None, {**self.fixed, **inputs})))
 
     def benchmark(self, inputs: dict[str, np.ndarray], runs: int, warmup: int = 3) -> LatencyStats:
-        return time_calls(lambda: self.session.run(None, inputs), runs, warmup)
+        feed = {**self.fixed, **inputs}
+        return time_calls(lambda: self.session.run(None, feed), runs, warmup)
 
 
 def max_abs_diff(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> tuple[float, float]:

@@ -47,8 +47,9 @@ NOT_FOLDABLE = frozenset({
 
 
 def needs_folding(model: onnx.ModelProto) -> bool:
-    """Whether the main graph reads shapes at run time (has ``Shape`` or ``Size`` nodes)."""
-    return any(node.op_type in SHAPE_OPS and node.domain in ONNX_DOMAINS for node in model.graph.node)
+    """Whether the main graph reads shapes at run time (``Shape`` or ``Size`` nodes) or branches
+    (``If``, whose condition may be known at compile time: ``compiler.control_flow``)."""
+    return any(node.op_type in (*SHAPE_OPS, "If") and node.domain in ONNX_DOMAINS for node in model.graph.node)
 
 
 def _known_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -198,14 +199,22 @@ def fold_shape_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     if not needs_folding(model):
         return model
+    from compiler.control_flow import inline_constant_ifs
+
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    total = passes = 0
-    while count := _fold_pass(model):
-        total, passes = total + count, passes + 1
+    total = passes = inlined = 0
+    while True:
+        while count := _fold_pass(model):
+            total, passes = total + count, passes + 1
+            model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=False)
+        count = inline_constant_ifs(model)  # a condition known now takes its branch; fold what it reads
+        if not count:
+            break
+        inlined += count
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=False)
     dropped = _drop_dead(model.graph)
-    log.info("%s: folded %d shape-arithmetic nodes to constants in %d passes, dropped %d unused nodes",
-             model.graph.name or "model", total, passes, dropped)
+    log.info("%s: folded %d shape-arithmetic nodes to constants in %d passes, inlined %d If branches, "
+             "dropped %d unused nodes", model.graph.name or "model", total, passes, inlined, dropped)
     return model
 
 

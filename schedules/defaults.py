@@ -108,7 +108,11 @@ def default_schedule_pass(target: Target | None = None, rules: tuple[ScheduleRul
                 continue
             name = gvar.name_hint
             if _is_scheduled(func):
-                result.tuned.append(name)
+                own = func.attrs.get(RULE_ATTR)  # kernels written scheduled (e.g. schedules.recurrent)
+                if own is not None:
+                    result.by_rule.setdefault(str(own), []).append(name)
+                else:
+                    result.tuned.append(name)
                 continue
             new, rule = schedule_func(func, _target_of(func, target), rules)
             if rule is None:

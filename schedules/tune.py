@@ -44,6 +44,7 @@ class TuneOptions:
     trials_per_iter: int = 16
     threads: int | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    input_values: dict[str, object] = field(default_factory=dict)  # inputs fixed at compile time
     rpc_tracker: str | None = None  # "host:port"
     rpc_key: str | None = None
     precision: str = "fp32"
@@ -371,7 +372,7 @@ def _tune(model, options, preset, threads, work_dir, database) -> TuneReport:
     start = time.monotonic()
     import_tensor_intrinsics()  # ~11 s instead of ~100 s (see schedules/intrinsics.py)
     target = tuning_target(preset, threads)
-    imported = import_onnx(model, options.input_shapes, preset.tvm_target())
+    imported = import_onnx(model, options.input_shapes, preset.tvm_target(), options.input_values)
     plan = None
     if options.precision == "int8":
         from compiler.quantization import plan_int8, simplified_module

@@ -39,6 +39,12 @@ def _reason(err: Exception) -> str:
 class KilnGraphImporter(ONNXGraphImporter):
     """TVM's graph importer, consulting ``CONVERTERS`` first (see the module docstring)."""
 
+    in_function = False  # whether main's function scope was entered (see ``from_onnx``)
+
+    def _construct_nodes(self, graph: onnx.GraphProto) -> None:
+        self.in_function = True
+        super()._construct_nodes(graph)
+
     def _check_for_unsupported_ops(self, graph: onnx.GraphProto) -> None:
         missing = sorted({n.op_type for n in graph.node} - supported_ops())
         if missing:
@@ -67,4 +73,14 @@ def _model_opset(model: onnx.ModelProto) -> int:
 def from_onnx(model: onnx.ModelProto, shape_dict: dict[str, list], dtype_dict: dict[str, str]) -> object:
     """Import a checked ONNX model into a Relax IRModule (weights bound as constants)."""
     importer = KilnGraphImporter(shape_dict, dtype_dict, keep_params_in_input=False)
-    return importer.from_onnx(model.graph, _model_opset(model))
+    try:
+        return importer.from_onnx(model.graph, _model_opset(model))
+    except Exception:
+        if not importer.in_function:
+            raise
+        # A failed import leaves main's binding block and scope open in the C++ builder, which
+        # then prints "BlockBuilder destroyed with remaining blocks!" to stderr when collected:
+        # close both (the error itself goes on to the caller).
+        importer.bb._end_block()
+        importer.bb.end_scope()
+        raise

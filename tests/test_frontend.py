@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -130,3 +131,45 @@ def test_fuzzed_models_end_in_kiln_errors(tmp_path):
     assert done.returncode == 0, summary["bad_cases"]
     assert sum(summary["outcomes"].values()) == 200
     assert any(k.startswith("kiln_error") for k in summary["outcomes"])
+
+
+def _one_node(node, inputs, outputs) -> onnx.ModelProto:
+    from onnx import helper
+
+    model = helper.make_model(helper.make_graph([node], "g", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _converter_failures() -> dict[str, onnx.ModelProto]:
+    """Valid ONNX that TVM's converters refuse (they raise ValueError/AssertionError/TVMError)."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    return {
+        "topk_k_input": _one_node(
+            helper.make_node("TopK", ["x", "k"], ["v", "i"], name="topk_k_input"),
+            [x, helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+            [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, None]),
+             helper.make_tensor_value_info("i", TensorProto.INT64, [1, None])]),
+        "reshape_data_shape": _one_node(
+            helper.make_node("Reshape", ["x", "shp"], ["y"], name="reshape_data_shape"),
+            [x, helper.make_tensor_value_info("shp", TensorProto.INT64, [2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_converter_failures()))
+def test_converter_failure_names_the_node_and_its_op(name, tmp_path):
+    from tests.test_cli import kiln
+
+    model = _converter_failures()[name]
+    op = model.graph.node[0].op_type
+    with pytest.raises(ModelError, match=rf"node '{name}' \({op}\): "):
+        import_onnx(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    done = kiln("compile", str(path), "-o", str(tmp_path / "m.so"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and f"node '{name}' ({op})" in done.stderr

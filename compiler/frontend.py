@@ -228,6 +228,12 @@ def resolve_input_specs(
 
 
 def _fix_input_shapes(model: onnx.ModelProto, specs: list[TensorSpec]) -> None:
+    """Write the static input shapes into ``model``; dimensions of -1 elsewhere (Paddle2ONNX's
+    way of saying "unknown", which ONNX's strict shape inference takes as a size) become unknown."""
+    for vi in [*model.graph.value_info, *model.graph.output]:
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.Clear()
     by_name = {s.name: s for s in specs}
     for vi in model.graph.input:
         spec = by_name.get(vi.name)

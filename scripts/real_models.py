@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,16 +29,7 @@ from compiler.real_models import REAL_MODELS, real_model_path
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import alternating_calls_p50_ms, load
 from compiler.synthetic_speech import synthetic_speech
-
-
-def machine() -> dict:
-    """The CPU model and its SIMD flags: every figure is recorded with the machine it ran on."""
-    info = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").is_file() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    simd = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4")))
-    return {"cpu": name or platform.processor(), "simd_flags": simd, "cores": len(os.sched_getaffinity(0)),
-            "python": platform.python_version()}
+from targets.registry import machine_description
 
 
 def argmax_agreement(ours: dict, ref: dict) -> float | None:
@@ -121,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kiln-real-") as tmp:
         rows = [check(n, args.threads, args.runs, args.rounds, Path(tmp)) for n in args.models]
-    Path(args.out).write_text(json.dumps({"machine": machine(), "threads": args.threads,
+    Path(args.out).write_text(json.dumps({"machine": machine_description(), "threads": args.threads,
                                           "rows": rows}, indent=2))
     print(markdown(rows))
 

@@ -116,14 +116,16 @@ def _check_structure(model: onnx.ModelProto, where: str) -> None:
 
 def find_unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, int, list[str]]]:
     """(op type, count, first node names) for every op kiln's importer lacks."""
+    from compiler.converters import CONTRIB_DOMAIN
     from compiler.importer import supported_ops
 
-    supported = supported_ops()
+    supported = {domain: supported_ops(CONTRIB_DOMAIN if domain == CONTRIB_DOMAIN else "")
+                 for domain in {n.domain for n in model.graph.node} if domain in (*ONNX_DOMAINS, CONTRIB_DOMAIN)}
     counts: Counter[str] = Counter()
     names: dict[str, list[str]] = defaultdict(list)
     for i, node in enumerate(model.graph.node):
         key = node.op_type if node.domain in ONNX_DOMAINS else f"{node.domain}.{node.op_type}"
-        if node.domain in ONNX_DOMAINS and node.op_type in supported:
+        if node.op_type in supported.get(node.domain, ()):
             continue
         key = printable(key)
         counts[key] += 1
@@ -258,8 +260,8 @@ def prepare_onnx(
     proto, data, name = read_model(model)
     where = name if isinstance(model, onnx.ModelProto) else printable(str(model))
     _check_structure(proto, where)
-    unknown_domains = sorted({n.domain for n in proto.graph.node if n.domain not in ONNX_DOMAINS})
     unsupported = find_unsupported_ops(proto)
+    unknown_domains = sorted({op.rpartition(".")[0] for op, _, _ in unsupported if "." in op})
     if unsupported:
         listing = "; ".join(f"{op} ×{n} (e.g. {', '.join(names)})" for op, n, names in unsupported)
         hint = f" Custom domains {unknown_domains} are not supported." if unknown_domains else ""

@@ -15,7 +15,9 @@ import onnx
 from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_convert_map
 
-from compiler.converters import CONVERTERS
+from compiler.converters import CONTRIB_CONVERTERS, CONTRIB_DOMAIN, CONVERTERS
+
+KILN_CONVERTERS = {**CONVERTERS, **CONTRIB_CONVERTERS}  # contrib op names do not clash with ONNX's
 
 
 class NodeConversionError(Exception):
@@ -26,8 +28,10 @@ class NodeConversionError(Exception):
         self.node, self.op, self.reason = node, op, reason
 
 
-def supported_ops() -> set[str]:
-    """ONNX op types (default domain) kiln can import."""
+def supported_ops(domain: str = "") -> set[str]:
+    """Op types of ``domain`` (ONNX's by default, or ``com.microsoft``) kiln can import."""
+    if domain == CONTRIB_DOMAIN:
+        return set(CONTRIB_CONVERTERS)
     return set(_get_convert_map()) | set(CONVERTERS) | {"If", "Constant"}
 
 
@@ -46,16 +50,16 @@ class KilnGraphImporter(ONNXGraphImporter):
         super()._construct_nodes(graph)
 
     def _check_for_unsupported_ops(self, graph: onnx.GraphProto) -> None:
-        missing = sorted({n.op_type for n in graph.node} - supported_ops())
+        missing = sorted({n.op_type for n in graph.node} - supported_ops() - supported_ops(CONTRIB_DOMAIN))
         if missing:
             raise NotImplementedError(f"operators not supported: {', '.join(missing)}")
 
     def _convert_operator(self, op_name: str, inputs, attrs: dict, opset: int) -> relax.Expr:
         node = attrs.get("tvm_custom", {}).get("name", "") or "?"
         try:
-            if op_name not in CONVERTERS:
+            if op_name not in KILN_CONVERTERS:
                 return super()._convert_operator(op_name, inputs, attrs, opset)
-            sym = CONVERTERS[op_name].get_converter(opset)(self.bb, inputs, attrs, [self._nodes, self._params])
+            sym = KILN_CONVERTERS[op_name].get_converter(opset)(self.bb, inputs, attrs, [self._nodes, self._params])
             return self.bb.normalize(sym) if isinstance(sym, relax.Expr) else sym
         except NodeConversionError:
             raise

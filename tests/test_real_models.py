@@ -12,7 +12,7 @@ import pytest
 
 from compiler.build import compile_model
 from compiler.errors import KilnError
-from compiler.real_models import REAL_MODELS, real_model_path
+from compiler.real_models import REAL_MODELS, real_model_path, sample_inputs
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import load
 
@@ -58,12 +58,12 @@ def test_silero_vad_decisions_over_a_stream_match_onnxruntime(tmp_path):
     assert 0 < (ort_p > 0.5).sum() < len(ort_p)  # the stream has both speech and silence
 
 
-@pytest.mark.parametrize("name", ["plate_rec", pytest.param("ddddocr", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name", ["plate_rec", "frspell_derive", pytest.param("ddddocr", marks=pytest.mark.slow),
                                   pytest.param("dfn3_enc", marks=pytest.mark.slow),
                                   pytest.param("dfn3_erb_dec", marks=pytest.mark.slow)])
 def test_real_recurrent_model_matches_onnxruntime(name, tmp_path):
     lib, ref = _compile(name, tmp_path)
-    x = lib.random_inputs(seed=0)
+    x = sample_inputs(REAL_MODELS[name], lib.inputs, seed=0)
     ours, theirs = lib.run(x), ref.run(x)
     assert max_abs_diff(ours, theirs)[1] <= TOLERANCE
     for key, expected in theirs.items():

@@ -110,23 +110,25 @@ def _rename_reads(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
         out.name = local.get(out.name, out.name)
 
 
-def _inline(node: onnx.NodeProto, branch: onnx.GraphProto, taken: set[str]) -> tuple[list, list]:
-    """The nodes and initializers that replace ``node`` (an ``If``) by ``branch``."""
-    prefix = (node.name or node.output[0]) + "/"
-    mapping = {}
-    for name in _defined(branch):
+def _inline_graph(prefix: str, graph: onnx.GraphProto, bindings: dict[str, str], taken: set[str]
+                  ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], list[str]]:
+    """``graph``'s nodes and initializers for the main graph: its formal inputs bound to the values
+    ``bindings`` names, every value it defines renamed under ``prefix`` (unique in ``taken``).
+    Returns (nodes, initializers, the names its outputs have now)."""
+    mapping = dict(bindings)
+    for name in _defined(graph) - set(bindings):
         new, k = prefix + name, 1
         while new in taken:
             new, k = f"{prefix}{name}_{k}", k + 1
         taken.add(new)
         mapping[name] = new
-    branch = onnx.GraphProto.FromString(branch.SerializeToString())
+    graph = onnx.GraphProto.FromString(graph.SerializeToString())
     inits = []
-    for t in branch.initializer:
+    for t in graph.initializer:
         t.name = mapping[t.name]
         inits.append(t)
     nodes = []
-    for inner in branch.node:
+    for inner in graph.node:
         inner.input[:] = [mapping.get(n, n) for n in inner.input]
         inner.output[:] = [mapping.get(n, n) if n else n for n in inner.output]
         inner.name = prefix + inner.name if inner.name else ""
@@ -134,22 +136,27 @@ def _inline(node: onnx.NodeProto, branch: onnx.GraphProto, taken: set[str]) -> t
             for sub in [attr.g] if attr.HasField("g") else attr.graphs:
                 _rename_reads(sub, mapping)
         nodes.append(inner)
-    for out, result in zip(branch.output, node.output):
-        if result:
-            nodes.append(helper.make_node("Identity", [mapping.get(out.name, out.name)], [result],
-                                          name=f"{prefix}{result}_out"))
-    return nodes, inits
+    return nodes, inits, [mapping.get(o.name, o.name) for o in graph.output]
+
+
+def _identity(src: str, dst: str, prefix: str) -> onnx.NodeProto:
+    return helper.make_node("Identity", [src], [dst], name=f"{prefix}{dst}_out")
+
+
+def _taken_names(graph: onnx.GraphProto) -> set[str]:
+    taken = _defined(graph)
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                taken |= _defined(sub)
+    return taken
 
 
 def inline_constant_ifs(model: onnx.ModelProto) -> int:
     """Replace every ``If`` of the main graph whose condition is a constant by its taken branch,
     in place; returns how many were replaced."""
     graph = model.graph
-    taken = _defined(graph)
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
-                taken |= _defined(sub)
+    taken = _taken_names(graph)
     nodes, replaced = [], 0
     for node in graph.node:
         cond = _constant_value(node.input[0], graph) if node.op_type == "If" and node.domain in ONNX_DOMAINS \
@@ -159,7 +166,9 @@ def inline_constant_ifs(model: onnx.ModelProto) -> int:
             continue
         branches = {a.name: a.g for a in node.attribute}
         chosen = "then_branch" if bool(cond.reshape(())) else "else_branch"
-        new_nodes, inits = _inline(node, branches[chosen], taken)
+        prefix = (node.name or node.output[0]) + "/"
+        new_nodes, inits, results = _inline_graph(prefix, branches[chosen], {}, taken)
+        new_nodes += [_identity(src, dst, prefix) for src, dst in zip(results, node.output) if dst]
         log.info("If %s: condition is %s at compile time, inlined its %s (%d nodes)",
                  node.name or node.output[0], bool(cond.reshape(())), chosen, len(new_nodes))
         nodes.extend(new_nodes)
@@ -169,3 +178,159 @@ def inline_constant_ifs(model: onnx.ModelProto) -> int:
         del graph.node[:]
         graph.node.extend(nodes)
     return replaced
+
+
+MAX_UNROLLED_NODES = 50_000  # a Loop/Scan is unrolled only while the graph stays below this
+
+
+def _static_shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape") and all(
+                d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    return shapes
+
+
+def _always_true(body: onnx.GraphProto) -> bool:
+    """Whether a Loop body's condition output is its condition input passed on, or constant true."""
+    cond_in, cond_out = body.input[1].name, body.output[0].name
+    if cond_out == cond_in:
+        return True
+    for node in body.node:
+        if cond_out in node.output:
+            if node.op_type == "Identity" and node.input[0] == cond_in:
+                return True
+            value = _constant_value(cond_out, body)
+            return value is not None and value.size == 1 and bool(value.reshape(()))
+    value = _constant_value(cond_out, body)
+    return value is not None and bool(value.reshape(()))
+
+
+class _Emitter:
+    """Nodes and initializers that replace one Loop/Scan node, with fresh names."""
+
+    def __init__(self, prefix: str, taken: set[str]):
+        self.prefix, self.taken = prefix, taken
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def name(self, hint: str) -> str:
+        new, k = self.prefix + hint, 1
+        while new in self.taken:
+            new, k = f"{self.prefix}{hint}_{k}", k + 1
+        self.taken.add(new)
+        return new
+
+    def const(self, value: np.ndarray, hint: str) -> str:
+        name = self.name(hint)
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], hint: str, **attrs) -> str:
+        out = self.name(hint)
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def body(self, graph: onnx.GraphProto, bindings: dict[str, str], step: int) -> list[str]:
+        nodes, inits, outputs = _inline_graph(f"{self.prefix}{step}/", graph, bindings, self.taken)
+        self.nodes += nodes
+        self.inits += inits
+        return outputs
+
+    def stack(self, parts: list[str], axis: int, out: str) -> None:
+        axes = self.const(np.array([axis], np.int64), "axes")
+        expanded = [self.node("Unsqueeze", [p, axes], "step") for p in parts]
+        self.nodes.append(helper.make_node("Concat", expanded, [out], axis=axis, name=f"{self.prefix}{out}_stack"))
+
+
+def _unroll_loop(node: onnx.NodeProto, graph: onnx.GraphProto, emit: _Emitter) -> bool:
+    body = next(a.g for a in node.attribute if a.name == "body")
+    trips = _constant_value(node.input[0], graph) if node.input and node.input[0] else None
+    cond = _constant_value(node.input[1], graph) if len(node.input) > 1 and node.input[1] else np.array(True)
+    if trips is None or cond is None or not bool(cond.reshape(())) or not _always_true(body):
+        return False
+    steps = int(trips.reshape(()))
+    carried = list(node.input[2:])
+    if steps * max(len(body.node), 1) + len(graph.node) > MAX_UNROLLED_NODES:
+        return False
+    true = emit.const(np.array(True), "cond")
+    scans: list[list[str]] = []
+    for i in range(steps):
+        bindings = {body.input[0].name: emit.const(np.array(i, np.int64), "iter"), body.input[1].name: true}
+        bindings.update({formal.name: actual for formal, actual in zip(body.input[2:], carried)})
+        outputs = emit.body(body, bindings, i)
+        carried = outputs[1:1 + len(carried)]
+        scans.append(outputs[1 + len(carried):])
+    finals, scan_outs = node.output[:len(carried)], node.output[len(carried):]
+    emit.nodes += [_identity(src, dst, emit.prefix) for src, dst in zip(carried, finals) if dst]
+    for k, out in enumerate(scan_outs):
+        if out:
+            if steps == 0:
+                return False  # an empty scan output has no shape to build from here
+            emit.stack([s[k] for s in scans], 0, out)
+    return True
+
+
+def _unroll_scan(node: onnx.NodeProto, graph: onnx.GraphProto, emit: _Emitter) -> bool:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    body, scan_count = attrs["body"], int(attrs["num_scan_inputs"])
+    states, scan_inputs = list(node.input[:len(node.input) - scan_count]), list(node.input[-scan_count:])
+    in_axes = list(attrs.get("scan_input_axes", [0] * scan_count))
+    in_dirs = list(attrs.get("scan_input_directions", [0] * scan_count))
+    shapes = _static_shapes(graph)
+    if any(name not in shapes for name in scan_inputs):
+        return False
+    lengths = {shapes[name][axis] for name, axis in zip(scan_inputs, in_axes)}
+    if len(lengths) != 1:
+        return False
+    steps = lengths.pop()
+    scan_out_count = len(body.output) - len(states)
+    out_axes = list(attrs.get("scan_output_axes", [0] * scan_out_count))
+    out_dirs = list(attrs.get("scan_output_directions", [0] * scan_out_count))
+    if steps == 0 or steps * max(len(body.node), 1) + len(graph.node) > MAX_UNROLLED_NODES:
+        return False
+    scans: list[list[str]] = []
+    for t in range(steps):
+        bindings = {formal.name: actual for formal, actual in zip(body.input, states)}
+        for j, (name, axis, reverse) in enumerate(zip(scan_inputs, in_axes, in_dirs)):
+            index = emit.const(np.array(steps - 1 - t if reverse else t, np.int64), "index")
+            rank = len(shapes[name])
+            sliced = emit.node("Gather", [name, index], "slice", axis=axis % rank)
+            bindings[body.input[len(states) + j].name] = sliced
+        outputs = emit.body(body, bindings, t)
+        states = outputs[:len(states)]
+        scans.append(outputs[len(states):])
+    emit.nodes += [_identity(src, dst, emit.prefix) for src, dst in zip(states, node.output) if dst]
+    for k, out in enumerate(node.output[len(states):]):
+        if out:
+            parts = [s[k] for s in scans]
+            emit.stack(parts[::-1] if out_dirs[k] else parts, out_axes[k] if out_axes[k] >= 0 else out_axes[k] + 1 +
+                       len(shapes.get(parts[0], [])), out)
+    return True
+
+
+UNROLLERS = {"Loop": _unroll_loop, "Scan": _unroll_scan}
+
+
+def unroll_loops(model: onnx.ModelProto) -> int:
+    """Unroll, in place, every ``Loop`` of the main graph whose trip count is a constant and that
+    cannot exit early, and every ``Scan`` whose sequence length is static; returns how many."""
+    graph = model.graph
+    taken = _taken_names(graph)
+    nodes, unrolled = [], 0
+    for node in graph.node:
+        unroll = UNROLLERS.get(node.op_type) if node.domain in ONNX_DOMAINS else None
+        emit = _Emitter((node.name or node.output[0]) + "/", taken)
+        if unroll is None or not unroll(node, graph, emit):
+            nodes.append(node)
+            continue
+        log.info("%s %s: unrolled (%d nodes)", node.op_type, node.name or node.output[0], len(emit.nodes))
+        nodes.extend(emit.nodes)
+        graph.initializer.extend(emit.inits)
+        unrolled += 1
+    if unrolled:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return unrolled

@@ -29,6 +29,8 @@ from compiler.shape_folding import fold_shape_arithmetic
 
 log = logging.getLogger(__name__)
 
+# Unrolled at compile time where their trip count is known (compiler.control_flow); checked after folding.
+UNROLLED = ("Loop", "Scan")
 # The Relax importer's oldest well-covered opset; older models are upgraded first.
 MIN_OPSET = 13
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -125,7 +127,7 @@ def find_unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, int, list[st
     names: dict[str, list[str]] = defaultdict(list)
     for i, node in enumerate(model.graph.node):
         key = node.op_type if node.domain in ONNX_DOMAINS else f"{node.domain}.{node.op_type}"
-        if node.op_type in supported.get(node.domain, ()):
+        if node.op_type in supported.get(node.domain, ()) or (node.domain in ONNX_DOMAINS and node.op_type in UNROLLED):
             continue
         key = printable(key)
         counts[key] += 1
@@ -271,6 +273,7 @@ def prepare_onnx(
         )
     proto = fix_input_values(proto, input_values or {})
     specs = resolve_input_specs(proto, input_shapes or {}, where)
+    # (Loop and Scan pass the check above when unrollable; whether they are is known after folding.)
     proto = onnx.ModelProto.FromString(proto.SerializeToString())  # never mutate the caller's model
     _fix_input_shapes(proto, specs)
     opset = _opset(proto)
@@ -295,7 +298,14 @@ def prepare_onnx(
     except MemoryError:
         raise ModelError(f"{where}: ONNX shape inference ran out of memory (the model's tensors are too large)") from None
     _check_sizes(proto, where)
-    proto = fold_shape_arithmetic(proto)  # only when the graph reads shapes (Shape/Size nodes)
+    proto = fold_shape_arithmetic(proto)  # only when the graph reads shapes or branches
+    left = [n for n in proto.graph.node if n.op_type in UNROLLED and n.domain in ONNX_DOMAINS]
+    if left:
+        names = ", ".join(f"{n.op_type} '{printable(n.name or n.output[0])}'" for n in left[:3])
+        raise UnsupportedOperatorError(
+            f"{where}: {len(left)} loops cannot be unrolled ({names}): kiln compiles a Loop whose trip count is "
+            "known at compile time and that cannot end early, and a Scan over a static length; fix the sizes "
+            "with --input-shape / --input-value, or re-export with the loop unrolled")
     return proto, specs, sha256_bytes(data), name
 
 

@@ -49,7 +49,8 @@ NOT_FOLDABLE = frozenset({
 def needs_folding(model: onnx.ModelProto) -> bool:
     """Whether the main graph reads shapes at run time (``Shape`` or ``Size`` nodes) or branches
     (``If``, whose condition may be known at compile time: ``compiler.control_flow``)."""
-    return any(node.op_type in (*SHAPE_OPS, "If") and node.domain in ONNX_DOMAINS for node in model.graph.node)
+    return any(node.op_type in (*SHAPE_OPS, "If", "Loop", "Scan") and node.domain in ONNX_DOMAINS
+               for node in model.graph.node)
 
 
 def _known_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -199,7 +200,7 @@ def fold_shape_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     if not needs_folding(model):
         return model
-    from compiler.control_flow import inline_constant_ifs
+    from compiler.control_flow import inline_constant_ifs, unroll_loops
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     total = passes = inlined = 0
@@ -207,14 +208,15 @@ def fold_shape_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
         while count := _fold_pass(model):
             total, passes = total + count, passes + 1
             model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=False)
-        count = inline_constant_ifs(model)  # a condition known now takes its branch; fold what it reads
+        # a condition known now takes its branch, a loop with a known trip count unrolls; fold again
+        count = inline_constant_ifs(model) + unroll_loops(model)
         if not count:
             break
         inlined += count
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=False)
     dropped = _drop_dead(model.graph)
-    log.info("%s: folded %d shape-arithmetic nodes to constants in %d passes, inlined %d If branches, "
-             "dropped %d unused nodes", model.graph.name or "model", total, passes, inlined, dropped)
+    log.info("%s: folded %d shape-arithmetic nodes to constants in %d passes, inlined/unrolled %d If, "
+             "Loop and Scan nodes, dropped %d unused nodes", model.graph.name or "model", total, passes, inlined, dropped)
     return model
 
 

@@ -90,3 +90,23 @@ def test_input_value_must_fit_the_input():
         prepare_onnx(graphs.rate_if(), input_values={"sr": np.array(16000.5)})
     with pytest.raises(InputError, match="has shape"):
         prepare_onnx(graphs.rate_if(), input_values={"sr": np.array([16000, 8000])})
+
+
+@pytest.mark.parametrize("make", [lambda: graphs.counting_loop(5), lambda: graphs.counting_loop(1),
+                                  lambda: graphs.running_scan(6), lambda: graphs.running_scan(4, reverse=True)],
+                         ids=["loop5", "loop1", "scan", "scan_reverse"])
+def test_loops_with_known_trip_counts_unroll_and_match_onnxruntime(make, tmp_path):
+    model = make()
+    prepared = prepare_onnx(model)[0]
+    assert not {"Loop", "Scan"} & {n.op_type for n in prepared.graph.node}
+    compile_model(model, tmp_path / "m.so", target="host")
+    lib = load(tmp_path / "m.so", threads=2)
+    x = lib.random_inputs(seed=2)
+    assert max_abs_diff(lib.run(x), OnnxRuntimeReference(model, 2).run(x))[1] <= 1e-6
+
+
+def test_loop_that_can_end_early_is_refused_by_name():
+    from compiler.errors import UnsupportedOperatorError
+
+    with pytest.raises(UnsupportedOperatorError, match=r"Loop 'counter'.*cannot end early"):
+        prepare_onnx(graphs.counting_loop(5, early_exit=True))

@@ -94,7 +94,8 @@ def test_models_without_shape_nodes_are_returned_untouched():
 
 
 def test_weights_qdq_and_subgraph_reads_are_kept():
-    """Weight-sized constant math and DequantizeLinear stay; a value read only inside If stays."""
+    """Weight-sized constant math and DequantizeLinear stay; a value read only inside If stays
+    (an If on a run-time input: one on a constant would fold to its branch)."""
     big = int(np.sqrt(MAX_FOLDED_ELEMENTS)) + 1
     nodes = [
         helper.make_node("Shape", ["x"], ["s"]),
@@ -111,16 +112,19 @@ def test_weights_qdq_and_subgraph_reads_are_kept():
                                                        [helper.make_tensor_value_info("o2", TensorProto.FLOAT, None)])),
     ]
     inits = [_const("w", np.ones((big, big)), np.float32), _const("b_q", np.ones(big), np.int8),
-             _const("b_scale", 0.5, np.float32), _const("cond", True, np.bool_)]
-    graph = helper.make_graph(nodes, "kept", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, big])],
+             _const("b_scale", 0.5, np.float32)]
+    graph = helper.make_graph(nodes, "kept", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, big]),
+                                              helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, big])], inits)
     model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     folded = fold_shape_arithmetic(model)
     ops = [n.op_type for n in folded.graph.node]
     assert ops == ["Constant", "Reshape", "Transpose", "DequantizeLinear", "MatMul", "Add", "Relu", "If"]
     x = np.random.default_rng(0).standard_normal((2, big)).astype(np.float32)
-    want = OnnxRuntimeReference(model, 1).run({"x": x})["out"]
-    assert np.array_equal(OnnxRuntimeReference(folded, 1).run({"x": x})["out"], want)
+    for cond in (True, False):
+        feed = {"x": x, "cond": np.array(cond)}
+        want = OnnxRuntimeReference(model, 1).run(feed)["out"]
+        assert np.array_equal(OnnxRuntimeReference(folded, 1).run(feed)["out"], want)
 
 
 def test_freeze_input_shapes_checks_names_and_ranks():

@@ -118,6 +118,30 @@ def kernel_schedules(mod, device: str) -> dict[str, str]:
     return sources
 
 
+def _symbolic_twins(imported: ImportedModel, preset: TargetPreset, options: CompileOptions) -> dict | None:
+    """For a model with symbolic input sizes: its kernels built for one static size (each
+    symbolic axis near the middle of its range, rounded up to a multiple of 16 where the range
+    allows, at least 2), whose default schedules the symbolic kernels replay
+    (``schedules.defaults``). None for static models."""
+    symbolic = [s for s in imported.inputs if s.ranges]
+    if not symbolic:
+        return None
+    if options.precision != "fp32" or preset.device != "cpu" or options.db is not None:
+        raise KilnError("symbolic input sizes (--input-shape with ? or LOW..HIGH) are supported for float32 CPU "
+                        "builds without tuning records; fix the sizes for this build")
+    from compiler.pipeline import schedule_twins
+
+    sizes = {}
+    for spec in imported.inputs:
+        shape = list(spec.example_shape())
+        for axis, low, high in spec.ranges:  # a multiple of 16 where the range allows: even tiles
+            rounded = -(-shape[axis] // 16) * 16
+            shape[axis] = max(2, rounded if high < 0 or rounded <= high else shape[axis])
+        sizes[spec.name] = tuple(shape)
+    twin = import_onnx(imported.onnx_model, sizes, preset.tvm_target())
+    return schedule_twins(preset, twin.mod, options.precision, fusion=False)
+
+
 def build_imported(imported: ImportedModel, output: str | Path, options: CompileOptions) -> CompileReport:
     """Build an already imported model; see ``compile_model``."""
     import tvm
@@ -146,6 +170,9 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         target = preset.tvm_target()
     except Exception as err:  # TVM's own error types for a bad target
         raise TargetError(f"TVM refused target '{preset.name}': {str(err).splitlines()[0]}") from None
+    twins = _symbolic_twins(imported, preset, options)
+    # kiln's own fusion rewrites need static shapes: a symbolic build and its twin go without them
+    fusion = options.fusion and twins is None
     int8 = None
     if options.precision == "int8":
         if options.int8 is None:
@@ -156,9 +183,12 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
                          "layers_int8": int8.quantized, "layers_fp32": sorted(int8.plan.keep_fp32),
                          "weight_bits": int8.plan.weight_bits, "requantize": int8.plan.requantize,
                          "weight_rounding": int8.plan.weight_rounding}
-    with tvm.transform.PassContext(opt_level=3), device_compile:
+    # Symbolic sizes: a split of a run-time extent leaves a bound check in the inner loop;
+    # TVM's loop partitioning peels it into a tail so the main body stays vectorized.
+    config = {"s_tir.LoopPartition": {"partition_const_loop": True}} if twins else {}
+    with tvm.transform.PassContext(opt_level=3, config=config), device_compile:
         lowered = build_pipeline(preset, options.db, options.precision, int8.plan if int8 else None,
-                                 fusion=options.fusion)(imported.mod)
+                                 fusion=fusion, twins=twins)(imported.mod)
         schedules = kernel_schedules(lowered, preset.device)
         kernels = len(schedules)
         int8_kernels = int8_layer_kernels(lowered)

@@ -67,14 +67,32 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """``["data:1x3x224x224", ...]`` → ``{"data": (1, 3, 224, 224)}``."""
-    shapes: dict[str, tuple[int, ...]] = {}
+# One dimension of --input-shape: a size, "?" (any size) or a range "32..2048" (a symbolic axis).
+_DIM = r"(\d+|\?|\d+\.\.\d+)"
+Dim = int | tuple[int, int]  # a size, or a symbolic axis as (low, high); high -1: unbounded
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[Dim, ...]]:
+    """``["data:1x3x224x224", "x:1x3x48x32..2048", "b:?x8"]`` → ``{"data": (1, 3, 224, 224),
+    "x": (1, 3, 48, (32, 2048)), "b": ((1, -1), 8)}``."""
+    shapes: dict[str, tuple[Dim, ...]] = {}
     for spec in specs or []:
         name, sep, dims = spec.rpartition(":")
-        if not sep or not name or not re.fullmatch(r"\d+(x\d+)*", dims):
-            raise InputError(f"--input-shape '{spec}' is not NAME:DxDxD (e.g. data:1x3x224x224)")
-        shapes[name] = tuple(int(d) for d in dims.split("x"))
+        if not sep or not name or not re.fullmatch(rf"{_DIM}(x{_DIM})*", dims):
+            raise InputError(f"--input-shape '{spec}' is not NAME:DxDxD with sizes, ? or LOW..HIGH "
+                             "(e.g. data:1x3x224x224, x:1x3x48x32..2048, x:?x3x224x224)")
+        parsed: list[Dim] = []
+        for d in dims.split("x"):
+            if d == "?":
+                parsed.append((1, -1))
+            elif ".." in d:
+                low, high = (int(v) for v in d.split(".."))
+                if not 1 <= low <= high:
+                    raise InputError(f"--input-shape '{spec}': range {d} must have 1 <= LOW <= HIGH")
+                parsed.append((low, high))
+            else:
+                parsed.append(int(d))
+        shapes[name] = tuple(parsed)
     return shapes
 
 
@@ -192,9 +210,10 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def resolve_input_specs(
-    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], where: str
+    model: onnx.ModelProto, shapes: dict[str, tuple], where: str
 ) -> list[TensorSpec]:
-    """Static specs for the graph inputs; ``shapes`` fixes dynamic (or any) dims."""
+    """Specs for the graph inputs; ``shapes`` fixes dynamic (or any) dims, or makes them
+    symbolic with a range (``parse_input_shapes``)."""
     inputs = _graph_inputs(model)
     known = [i.name for i in inputs]
     for name in shapes:
@@ -220,15 +239,31 @@ def resolve_input_specs(
                     f"({printable('x'.join(map(str, dims)))})"
                 )
             dims = list(fixed)
-        dynamic = [d for d in dims if not isinstance(d, int) or d <= 0]
+        ranges = tuple((axis, d[0], d[1]) for axis, d in enumerate(dims) if isinstance(d, tuple))
+        dims = [-1 if isinstance(d, tuple) else d for d in dims]
+        dynamic = [d for axis, d in enumerate(dims) if (not isinstance(d, int) or d <= 0)
+                   and axis not in {r[0] for r in ranges}]
         if dynamic:
             example = "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in dims)
             raise InputError(
                 f"input '{shown}' has dynamic dimensions {dims}; fix them with "
                 f"--input-shape {shown}:{example.replace('N', '1')} (replace the 1s with your sizes)"
             )
-        specs.append(TensorSpec(vi.name, tuple(int(d) for d in dims), dtype))
+        specs.append(TensorSpec(vi.name, tuple(int(d) for d in dims), dtype, ranges))
     return specs
+
+
+def symbol_names(model: onnx.ModelProto, specs: list[TensorSpec]) -> dict[tuple[str, int], str]:
+    """The name of each symbolic axis: the model's own dim_param there (so inputs sharing a
+    ``batch`` axis share one symbol), else ``<input>_<axis>``."""
+    by_name = {vi.name: vi for vi in model.graph.input}
+    names = {}
+    for spec in specs:
+        dims = by_name[spec.name].type.tensor_type.shape.dim
+        for axis, _, _ in spec.ranges:
+            param = dims[axis].dim_param if axis < len(dims) and dims[axis].dim_param else ""
+            names[(spec.name, axis)] = re.sub(r"\W", "_", param or f"{spec.name}_{axis}")
+    return names
 
 
 def _fix_input_shapes(model: onnx.ModelProto, specs: list[TensorSpec]) -> None:
@@ -239,14 +274,18 @@ def _fix_input_shapes(model: onnx.ModelProto, specs: list[TensorSpec]) -> None:
             if dim.HasField("dim_value") and dim.dim_value < 0:
                 dim.Clear()
     by_name = {s.name: s for s in specs}
+    symbols = symbol_names(model, specs)
     for vi in model.graph.input:
         spec = by_name.get(vi.name)
         if spec is None:
             continue
         shape = vi.type.tensor_type.shape
         del shape.dim[:]
-        for d in spec.shape:
-            shape.dim.add().dim_value = d
+        for axis, d in enumerate(spec.shape):
+            if (spec.name, axis) in symbols:
+                shape.dim.add().dim_param = symbols[(spec.name, axis)]
+            else:
+                shape.dim.add().dim_value = d
 
 
 def prepare_onnx(
@@ -370,12 +409,13 @@ def import_onnx(
     renamed = onnx.ModelProto.FromString(proto.SerializeToString())
     sanitize_value_names(renamed)
     relax_inputs = _graph_inputs(renamed)  # same order as specs
+    shape_dict, bounds = _relax_shapes(proto, specs, relax_inputs)
     importer_output = io.StringIO()  # TVM's importer prints its failures; they become our error message
     try:
         with contextlib.redirect_stdout(importer_output), target or contextlib.nullcontext():
             mod = from_onnx(
                 renamed,
-                shape_dict={vi.name: list(s.shape) for vi, s in zip(relax_inputs, specs)},
+                shape_dict=shape_dict,
                 dtype_dict={vi.name: s.dtype for vi, s in zip(relax_inputs, specs)},
             )
     except NodeConversionError as err:
@@ -385,4 +425,30 @@ def import_onnx(
         where = importer_output.getvalue().strip().splitlines()
         detail = f" ({where[0][:200]})" if where else ""
         raise ModelError(f"{name}: TVM's ONNX importer failed: {first}{detail}") from err
+    if bounds:  # lets memory planning size buffers for the largest input (TVM's attribute)
+        mod["main"] = mod["main"].with_attr("tir_var_upper_bound", bounds)
     return ImportedModel(mod, specs, _output_specs(mod, output_names), _opset(proto), digest, name, proto)
+
+
+def _relax_shapes(model: onnx.ModelProto, specs: list[TensorSpec], relax_inputs) -> tuple[dict, dict]:
+    """Input shapes for TVM's importer (a TIR variable per symbolic axis, shared by name) and the
+    upper bounds of the bounded ones."""
+    from tvm import tirx
+
+    symbols = symbol_names(model, specs)
+    variables: dict[str, object] = {}
+    bounds: dict[str, int] = {}
+    shape_dict = {}
+    for vi, spec in zip(relax_inputs, specs):
+        highs = {axis: high for axis, _, high in spec.ranges}
+        dims = []
+        for axis, d in enumerate(spec.shape):
+            name = symbols.get((spec.name, axis))
+            if name is None:
+                dims.append(d)
+                continue
+            dims.append(variables.setdefault(name, tirx.Var(name, "int64")))
+            if highs[axis] >= 0:
+                bounds[name] = max(bounds.get(name, 0), highs[axis])
+        shape_dict[vi.name] = dims
+    return shape_dict, bounds

@@ -23,14 +23,48 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, static shape and dtype of one model input or output."""
+    """Name, shape and dtype of one model input or output.
+
+    A dimension of -1 is only known at run time. For inputs compiled with a symbolic axis
+    (``--input-shape x:1x3x48x32..2048``), ``ranges`` holds ``(axis, low, high)`` per such axis
+    (``high`` -1: no upper bound)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
+    ranges: tuple[tuple[int, int, int], ...] = ()
+
+    def _dim(self, axis: int) -> str:
+        for a, low, high in self.ranges:
+            if a == axis:
+                return f"({low}..{high if high >= 0 else ''})"
+        return "?" if self.shape[axis] < 0 else str(self.shape[axis])
 
     def describe(self) -> str:
-        return f"{self.name}: {self.dtype}[{'x'.join(map(str, self.shape))}]"
+        return f"{self.name}: {self.dtype}[{'x'.join(self._dim(i) for i in range(len(self.shape)))}]"
+
+    def mismatch(self, shape: tuple[int, ...]) -> str | None:
+        """Why an input of ``shape`` does not fit this spec (None when it does)."""
+        if len(shape) != len(self.shape):
+            return f"rank {len(shape)}, expected rank {len(self.shape)}"
+        bounds = {a: (low, high) for a, low, high in self.ranges}
+        for axis, (got, want) in enumerate(zip(shape, self.shape)):
+            if axis in bounds:
+                low, high = bounds[axis]
+                if got < low or (high >= 0 and got > high):
+                    return (f"axis {axis} is {got}; this library accepts {low}..{high if high >= 0 else ''} "
+                            f"there")
+            elif got != want:
+                return f"axis {axis} is {got}, expected {want}"
+        return None
+
+    def example_shape(self) -> tuple[int, ...]:
+        """A concrete shape this spec accepts: symbolic axes at the geometric middle of their
+        range (the low end when unbounded)."""
+        shape = list(self.shape)
+        for axis, low, high in self.ranges:
+            shape[axis] = low if high < 0 else max(low, min(high, round((low * high) ** 0.5)))
+        return tuple(shape)
 
 
 @dataclass
@@ -59,9 +93,13 @@ class LibraryMetadata:
     @classmethod
     def from_json(cls, text: str) -> "LibraryMetadata":
         data = json.loads(text)
-        data["inputs"] = [TensorSpec(d["name"], tuple(d["shape"]), d["dtype"]) for d in data["inputs"]]
-        data["outputs"] = [TensorSpec(d["name"], tuple(d["shape"]), d["dtype"]) for d in data["outputs"]]
+        data["inputs"] = [_spec(d) for d in data["inputs"]]
+        data["outputs"] = [_spec(d) for d in data["outputs"]]
         return cls(**data)
+
+
+def _spec(d: dict) -> TensorSpec:
+    return TensorSpec(d["name"], tuple(d["shape"]), d["dtype"], tuple(tuple(r) for r in d.get("ranges", ())))
 
 
 def metadata_source(meta: LibraryMetadata) -> str:

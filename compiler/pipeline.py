@@ -134,8 +134,12 @@ def legalize_map(preset: TargetPreset) -> dict:
     return legalize
 
 
-def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: bool = True) -> list[Step]:
-    """Legalize, fuse, schedule (tuning records first, then defaults) and lower for the VM."""
+def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: bool = True,
+                   twins: dict | None = None) -> list[Step]:
+    """Legalize, fuse, schedule (tuning records first, then defaults) and lower for the VM.
+
+    ``twins``: for a module with symbolic sizes, its kernels built for one static size
+    (``schedule_twins``), whose default schedules the symbolic kernels replay."""
     target = preset.tvm_target()
     backend = _backend(preset.kind)
     steps = [
@@ -166,7 +170,7 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
         steps.append(Step("MarkInt8WeightBits", "int8 kernels whose weights exceed 7 bits avoid AVX2's saturating "
                           "vpmaddubsw", mark_int8_weight_bits))
         steps.append(Step("kiln default CPU schedules", "parallel, vectorized, tiled kernels for everything not tuned",
-                          lambda: default_schedule_pass(target)))
+                          lambda: default_schedule_pass(target, twins=twins)))
         steps += [
             Step("SplitLayoutRewritePreproc", "weight packing (marked by the default rules) becomes its own kernel",
                  relax.transform.SplitLayoutRewritePreproc),
@@ -188,7 +192,7 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
 
 
 def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
-                   plan=None, fusion: bool = True) -> list[Step]:
+                   plan=None, fusion: bool = True, twins: dict | None = None) -> list[Step]:
     """The ordered steps for ``preset`` (optionally applying tuning records from ``db``).
 
     ``precision="fp16"`` computes in float16 with float32 accumulation (TVM's
@@ -201,7 +205,7 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     # Layout before precision: INT8 is inserted into the NHWC graph, so int8 kernels exchange
     # NHWC tensors (4 consecutive channels contiguous: what the dot-product intrinsics read).
     return (simplify_steps(weight_bits, fusion, channel_multiple_for(target)) + layout_steps(preset)
-            + prequantized_steps(preset) + precision_steps(precision, plan) + lowering_steps(preset, db, fusion))
+            + prequantized_steps(preset) + precision_steps(precision, plan) + lowering_steps(preset, db, fusion, twins))
 
 
 def layout_steps(preset: TargetPreset) -> list[Step]:
@@ -247,9 +251,10 @@ def _as_one_pass(preset: TargetPreset, steps: list[Step], name: str) -> tvm.tran
     return _pipeline
 
 
-def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32", plan=None) -> tvm.transform.Pass:
+def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32", plan=None,
+                          fusion: bool = True) -> tvm.transform.Pass:
     """The steps before scheduling: what MetaSchedule extracts its tuning tasks from."""
-    steps = pipeline_steps(preset, None, precision, plan)
+    steps = pipeline_steps(preset, None, precision, plan, fusion)
     last = max(i for i, step in enumerate(steps) if step.name in ("FuseTIR", "AttachAttrLayoutFreeBuffers",
                                                                   "AttachAttrLayoutFreeBuffersInPlace"))
     extract = Step("InPlaceCallsAsCallTIR", "extract_tasks sees call_tir only: show in-place kernels too",
@@ -258,9 +263,21 @@ def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32", plan=No
 
 
 def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
-                   plan=None, fusion: bool = True) -> tvm.transform.Pass:
+                   plan=None, fusion: bool = True, twins: dict | None = None) -> tvm.transform.Pass:
     """The whole pipeline as one pass, run under the target."""
-    return _as_one_pass(preset, pipeline_steps(preset, db, precision, plan, fusion), "kiln_pipeline")
+    return _as_one_pass(preset, pipeline_steps(preset, db, precision, plan, fusion, twins), "kiln_pipeline")
+
+
+def schedule_twins(preset: TargetPreset, static_mod: tvm.IRModule, precision: str = "fp32",
+                   fusion: bool = True) -> dict:
+    """The kernels of ``static_mod`` (the model imported for one static size) as the scheduling
+    step sees them: name → PrimFunc, for ``lowering_steps(twins=...)``. Build the symbolic
+    module with the same ``fusion``: kernels pair up by name."""
+    from tvm import tirx
+
+    with tvm.transform.PassContext(opt_level=3):
+        mod = tuning_input_pipeline(preset, precision, fusion=fusion)(static_mod)
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
 def simplify_pipeline(preset: TargetPreset) -> tvm.transform.Pass:

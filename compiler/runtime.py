@@ -218,10 +218,11 @@ class CompiledModel:
                     f"input '{spec.name}': dtype {arr.dtype}, expected {spec.dtype} "
                     f"(convert with .astype(np.{spec.dtype}))"
                 )
-            if tuple(arr.shape) != tuple(spec.shape):
+            problem = spec.mismatch(tuple(arr.shape))
+            if problem is not None:
                 raise InputError(
-                    f"input '{spec.name}': shape {'x'.join(map(str, arr.shape)) or 'scalar'}, "
-                    f"expected {'x'.join(map(str, spec.shape))} ({spec.describe()})"
+                    f"input '{spec.name}': shape {'x'.join(map(str, arr.shape)) or 'scalar'} ({problem}); "
+                    f"expected {spec.describe()}"
                 )
             arrays.append(np.ascontiguousarray(arr))
         return arrays
@@ -250,13 +251,13 @@ class CompiledModel:
         rng = np.random.default_rng(seed)
         out = {}
         for spec in self.metadata.inputs:
-            dtype = np.dtype(spec.dtype)
+            dtype, shape = np.dtype(spec.dtype), spec.example_shape()
             if fill == "zeros":
-                out[spec.name] = np.zeros(spec.shape, dtype)
+                out[spec.name] = np.zeros(shape, dtype)
             elif dtype.kind == "f":
-                out[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+                out[spec.name] = rng.standard_normal(shape).astype(dtype)
             else:
-                out[spec.name] = rng.integers(0, 10, spec.shape).astype(dtype)
+                out[spec.name] = rng.integers(0, 10, shape).astype(dtype)
         return out
 
     def timed_call(self, inputs=None) -> Callable[[], object]:

@@ -7,6 +7,13 @@ which runs before) is left alone: tuning records win. Every other function goes 
 marked scheduled with the rule's name in the ``kiln.default_schedule`` attribute.
 Functions no rule accepts stay as they are (naive, serial loops, still correct).
 
+Symbolic sizes (a library for a range of input sizes): kiln's rules decide tiles from static
+extents and decline symbolic ones. ``default_schedule_pass(twins=...)`` takes the same
+module built for one representative static size; a symbolic function whose twin (same name)
+a rule schedules gets that schedule's trace replayed on it. Splits the rules make with a
+``None`` factor (the outer loop) carry over to a symbolic extent, adding a bound check; a
+trace that does not replay (``ScheduleError``) leaves the function to the naive loops.
+
 The vector width comes from the target (``schedules.vector_spec``), so the same rules
 produce AVX2, AVX-512 and NEON code.
 """
@@ -73,30 +80,62 @@ def _target_of(func: tirx.PrimFunc, target: Target | None) -> Target:
     return own or target or Target.current(allow_none=False)
 
 
-def schedule_func(func: tirx.PrimFunc, target: Target, rules: tuple[ScheduleRule, ...] = CPU_RULES
-                  ) -> tuple[tirx.PrimFunc, str | None]:
-    """Schedule one PrimFunc with the first accepting rule; returns (function, rule name or None)."""
+def rule_schedule(func: tirx.PrimFunc, target: Target, rules: tuple[ScheduleRule, ...] = CPU_RULES
+                  ) -> tuple[s_tir.Schedule | None, str | None]:
+    """The schedule of the first rule that accepts ``func``, and the rule's name (None, None if none)."""
     for rule in rules:
         if not rule.is_target_available(target):
             continue
         sch = rule.apply(func, target, False)
         if sch is None:
             continue
-        if not isinstance(sch, s_tir.Schedule):
-            sch = sch[0]
-        name = type(rule).__name__
-        return sch.mod["main"].with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, name), name
-    return func, None
+        return (sch if isinstance(sch, s_tir.Schedule) else sch[0]), type(rule).__name__
+    return None, None
+
+
+def schedule_func(func: tirx.PrimFunc, target: Target, rules: tuple[ScheduleRule, ...] = CPU_RULES
+                  ) -> tuple[tirx.PrimFunc, str | None]:
+    """Schedule one PrimFunc with the first accepting rule; returns (function, rule name or None)."""
+    sch, name = rule_schedule(func, target, rules)
+    if sch is None:
+        return func, None
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, name), name
+
+
+def has_symbolic_shape(func: tirx.PrimFunc) -> bool:
+    """Whether a parameter's shape depends on a run-time size."""
+    return any(not isinstance(d, tirx.IntImm) for p in func.params if getattr(p, "shape", None) is not None
+               for d in p.shape)
+
+
+def replay_twin(func: tirx.PrimFunc, twin: tirx.PrimFunc, target: Target,
+                rules: tuple[ScheduleRule, ...] = CPU_RULES) -> tuple[tirx.PrimFunc, str | None]:
+    """``func`` (symbolic sizes) scheduled as a rule schedules its static ``twin`` (module doc)."""
+    from tvm.s_tir.schedule import ScheduleError
+
+    sch, name = rule_schedule(twin, target, rules)
+    if sch is None:
+        return func, None
+    symbolic = s_tir.Schedule(func)
+    try:
+        sch.trace.apply_to_schedule(symbolic, remove_postproc=False)
+    except (ScheduleError, tvm.TVMError) as err:  # the decisions need static extents: naive loops
+        log.debug("%s: %s's schedule does not replay on symbolic sizes (%s)", name, name,
+                  str(err).strip().splitlines()[-1][:200])
+        return func, None
+    replayed = f"{name} (replayed)"
+    return symbolic.mod["main"].with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, replayed), replayed
 
 
 def default_schedule_pass(target: Target | None = None, rules: tuple[ScheduleRule, ...] = CPU_RULES,
-                          stats: ScheduleStats | None = None) -> tvm.transform.Pass:
+                          stats: ScheduleStats | None = None, twins: dict | None = None) -> tvm.transform.Pass:
     """A module pass giving every unscheduled PrimFunc a CPU default schedule.
 
     Expects legalized and fused TIR (after ``FuseTIR``; ``MetaScheduleApplyDatabase`` may
     have run). Guarantees: tuned functions unchanged; each other function either scheduled
     by a rule (and marked ``tirx.is_scheduled``) or left untouched. ``stats``, when given,
-    is filled in; a one-line summary is logged at INFO either way.
+    is filled in; a one-line summary is logged at INFO either way. ``twins``: function name →
+    the same function for a static size (see the module doc).
     """
 
     @tvm.transform.module_pass(opt_level=0, name="KilnDefaultCPUSchedule")
@@ -114,7 +153,11 @@ def default_schedule_pass(target: Target | None = None, rules: tuple[ScheduleRul
                 else:
                     result.tuned.append(name)
                 continue
-            new, rule = schedule_func(func, _target_of(func, target), rules)
+            twin = (twins or {}).get(name)
+            if twin is not None and has_symbolic_shape(func) and not has_symbolic_shape(twin):
+                new, rule = replay_twin(func, twin, _target_of(func, target), rules)
+            else:
+                new, rule = schedule_func(func, _target_of(func, target), rules)
             if rule is None:
                 result.declined.append(name)
                 continue

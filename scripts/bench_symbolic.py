@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Variable-length inputs: one library for a range of sizes against libraries compiled for
+each exact size, and ONNX Runtime.
+
+Cases: SqueezeNet with a symbolic batch (``?x3x224x224`` … here ``1..8``) and the small CNN
+with a symbolic width (``1x3x32x16..128``). For each size (a middle one and the largest, plus
+the smallest): compare with ONNX Runtime, compile the exact-size library, time the symbolic
+library, the exact one and ONNX Runtime in alternating rounds at the same thread count.
+Writes JSON, prints a table.
+
+    python scripts/bench_symbolic.py --threads 2 --out scripts/results/bench_symbolic.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from compiler.build import compile_model
+from compiler.examples import example_model
+from compiler.frontend import parse_input_shapes
+from compiler.reference import OnnxRuntimeReference, max_abs_diff
+from compiler.runtime import alternating_calls_p50_ms, load
+from targets.registry import machine_description
+
+CASES = {  # name: (example, --input-shape dims, symbolic axis, sizes timed)
+    "squeezenet_batch": ("squeezenet", "1..8x3x224x224", 0, [1, 3, 8]),
+    "tiny_width": ("tiny", "1x3x32x16..128", 3, [16, 45, 128]),
+}
+
+
+def dynamic_onnx(name: str, dims: str) -> onnx.ModelProto:
+    """The example with its symbolic axes (and its outputs) marked dynamic, for ONNX Runtime."""
+    model = example_model(name)
+    for axis, d in enumerate(dims.split("x")):
+        if not d.isdigit():
+            dim = model.graph.input[0].type.tensor_type.shape.dim[axis]
+            dim.Clear()
+            dim.dim_param = f"d{axis}"
+    for out in model.graph.output:
+        for dim in out.type.tensor_type.shape.dim:
+            dim.Clear()
+    return model
+
+
+def bench(case: str, threads: int, runs: int, rounds: int, workdir: Path) -> list[dict]:
+    name, dims, axis, sizes = CASES[case]
+    model = dynamic_onnx(name, dims)
+    inp = model.graph.input[0].name
+    t0 = time.perf_counter()
+    compile_model(model, workdir / "sym.so", target="host", input_shapes=parse_input_shapes([f"{inp}:{dims}"]))
+    compile_s = time.perf_counter() - t0
+    lib, ref = load(workdir / "sym.so", threads=threads), OnnxRuntimeReference(model, threads)
+    rows = []
+    for size in sizes:
+        shape = list(lib.inputs[0].example_shape())
+        shape[axis] = size
+        x = {inp: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        _, rel = max_abs_diff(lib.run(x), ref.run(x))
+        exact_path = workdir / f"exact_{size}.so"
+        compile_model(model, exact_path, target="host", input_shapes={inp: tuple(shape)})
+        exact = load(exact_path, threads=threads)
+        p50 = alternating_calls_p50_ms({"symbolic": lib.timed_call(x), "exact": exact.timed_call(x),
+                                        "onnxruntime": lambda: ref.run(x)}, rounds=rounds, runs=runs)
+        row = {"case": case, "input_shape": dims, "size": size, "symbolic_compile_s": round(compile_s, 1),
+               "max_rel_diff": rel, **{f"{k}_p50_ms": round(v, 3) for k, v in p50.items()},
+               "symbolic_vs_exact": round(p50["symbolic"] / p50["exact"], 2),
+               "symbolic_vs_onnxruntime": round(p50["symbolic"] / p50["onnxruntime"], 2)}
+        print(f"{case} @ {size}: {row}", file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default="bench_symbolic.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kiln-sym-") as tmp:
+        rows = [r for c in args.cases for r in bench(c, args.threads, args.runs, args.rounds, Path(tmp))]
+    Path(args.out).write_text(json.dumps({"machine": machine_description(), "threads": args.threads, "rows": rows},
+                                         indent=2))
+    print("| case | --input-shape | size | symbolic (ms) | exact size (ms) | ORT (ms) | symbolic / exact | max rel diff |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['case']} | `{r['input_shape']}` | {r['size']} | {r['symbolic_p50_ms']:.2f} | {r['exact_p50_ms']:.2f} | "
+              f"{r['onnxruntime_p50_ms']:.2f} | {r['symbolic_vs_exact']:.2f}x | {r['max_rel_diff']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()

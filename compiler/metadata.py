@@ -40,8 +40,12 @@ class TensorSpec:
                 return f"({low}..{high if high >= 0 else ''})"
         return "?" if self.shape[axis] < 0 else str(self.shape[axis])
 
+    def dims(self) -> str:
+        """The shape as kiln prints it: ``1x3x48x(32..2048)`` (``?`` for a size known at run time)."""
+        return "x".join(self._dim(i) for i in range(len(self.shape)))
+
     def describe(self) -> str:
-        return f"{self.name}: {self.dtype}[{'x'.join(self._dim(i) for i in range(len(self.shape)))}]"
+        return f"{self.name}: {self.dtype}[{self.dims()}]"
 
     def mismatch(self, shape: tuple[int, ...]) -> str | None:
         """Why an input of ``shape`` does not fit this spec (None when it does)."""

@@ -221,8 +221,8 @@ class CompiledModel:
             problem = spec.mismatch(tuple(arr.shape))
             if problem is not None:
                 raise InputError(
-                    f"input '{spec.name}': shape {'x'.join(map(str, arr.shape)) or 'scalar'} ({problem}); "
-                    f"expected {spec.describe()}"
+                    f"input '{spec.name}': shape {'x'.join(map(str, arr.shape)) or 'scalar'}, expected "
+                    f"{spec.dims()} ({problem}; {spec.describe()})"
                 )
             arrays.append(np.ascontiguousarray(arr))
         return arrays

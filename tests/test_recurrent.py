@@ -95,14 +95,19 @@ def test_one_thread_and_two_give_the_same_result(tmp_path):
         np.testing.assert_array_equal(one[k], two[k])
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_stacked_layers_as_pytorch_exports_them(cell, tmp_path):
-    model = recurrent_stack(cell, layers=2, input_size=12, hidden=32, steps=20)
+def relative_error_vs_onnxruntime(model, tmp_path) -> float:
+    """Compile ``model`` (ModelProto or path), run it on seeded inputs beside ONNX Runtime."""
     lib = tmp_path / "m.so"
     compile_model(model, lib, target="host")
     m = load(lib, threads=2)
     x = m.random_inputs(seed=0)
-    assert max_abs_diff(m.run(x), OnnxRuntimeReference(model, 2).run(x))[1] <= TOLERANCE
+    return max_abs_diff(m.run(x), OnnxRuntimeReference(model, 2).run(x))[1]
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_stacked_layers_as_pytorch_exports_them(cell, tmp_path):
+    model = recurrent_stack(cell, layers=2, input_size=12, hidden=32, steps=20)
+    assert relative_error_vs_onnxruntime(model, tmp_path) <= TOLERANCE
 
 
 def test_torch_lstm_and_gru_exports(tmp_path):
@@ -123,11 +128,7 @@ def test_torch_lstm_and_gru_exports(tmp_path):
     path = tmp_path / "net.onnx"
     torch.onnx.export(Net().eval(), (torch.randn(9, 1, 10),), str(path), input_names=["x"],
                       output_names=["z", "h"], dynamo=False)
-    lib = tmp_path / "net.so"
-    compile_model(path, lib, target="host")
-    m = load(lib, threads=2)
-    x = m.random_inputs(seed=0)
-    assert max_abs_diff(m.run(x), OnnxRuntimeReference(path, 2).run(x))[1] <= TOLERANCE
+    assert relative_error_vs_onnxruntime(path, tmp_path) <= TOLERANCE
 
 
 def test_unknown_activation_is_a_one_line_error_naming_the_node(tmp_path):

@@ -141,10 +141,9 @@ def window_sums_of(weight: np.ndarray, size: list[int], conv: dict) -> np.ndarra
 
 
 def _scaled(acc, a_scale, b_scale, bias=None) -> relax.Expr:
+    """int32 ``acc`` back to float: times ``a_scale · b_scale`` (per tensor or per column), plus ``bias``."""
     op = relax.op
-    b_scale_value = _value(b_scale)
     out = op.multiply(op.astype(acc, "float32"), op.multiply(a_scale, b_scale))
-    del b_scale_value
     return out if bias is None else op.add(out, bias)
 
 

@@ -4,8 +4,9 @@ each exact size, and ONNX Runtime.
 
 Cases: SqueezeNet with a symbolic batch (``?x3x224x224`` … here ``1..8``) and the small CNN
 with a symbolic width (``1x3x32x16..128``). For each size (a middle one and the largest, plus
-the smallest): compare with ONNX Runtime, compile the exact-size library, time the symbolic
-library, the exact one and ONNX Runtime in alternating rounds at the same thread count.
+the smallest): compare with ONNX Runtime, compile the exact-size library (with and without
+kiln's fusion rewrites, which symbolic builds skip), time them, the symbolic library and ONNX
+Runtime in alternating rounds at the same thread count.
 Writes JSON, prints a table.
 
     python scripts/bench_symbolic.py --threads 2 --out scripts/results/bench_symbolic.json
@@ -67,11 +68,17 @@ def bench(case: str, threads: int, runs: int, rounds: int, workdir: Path) -> lis
         exact_path = workdir / f"exact_{size}.so"
         compile_model(model, exact_path, target="host", input_shapes={inp: tuple(shape)})
         exact = load(exact_path, threads=threads)
+        # the same without kiln's fusion rewrites, which symbolic builds skip: where the gap comes from
+        compile_model(model, workdir / f"exact_nofusion_{size}.so", target="host", input_shapes={inp: tuple(shape)},
+                      fusion=False)
+        exact_nofusion = load(workdir / f"exact_nofusion_{size}.so", threads=threads)
         p50 = alternating_calls_p50_ms({"symbolic": lib.timed_call(x), "exact": exact.timed_call(x),
+                                        "exact_nofusion": exact_nofusion.timed_call(x),
                                         "onnxruntime": lambda: ref.run(x)}, rounds=rounds, runs=runs)
         row = {"case": case, "input_shape": dims, "size": size, "symbolic_compile_s": round(compile_s, 1),
                "max_rel_diff": rel, **{f"{k}_p50_ms": round(v, 3) for k, v in p50.items()},
                "symbolic_vs_exact": round(p50["symbolic"] / p50["exact"], 2),
+               "symbolic_vs_exact_nofusion": round(p50["symbolic"] / p50["exact_nofusion"], 2),
                "symbolic_vs_onnxruntime": round(p50["symbolic"] / p50["onnxruntime"], 2)}
         print(f"{case} @ {size}: {row}", file=sys.stderr)
         rows.append(row)
@@ -90,11 +97,13 @@ def main() -> None:
         rows = [r for c in args.cases for r in bench(c, args.threads, args.runs, args.rounds, Path(tmp))]
     Path(args.out).write_text(json.dumps({"machine": machine_description(), "threads": args.threads, "rows": rows},
                                          indent=2))
-    print("| case | --input-shape | size | symbolic (ms) | exact size (ms) | ORT (ms) | symbolic / exact | max rel diff |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| case | --input-shape | size | symbolic (ms) | exact size (ms) | exact, no kiln fusion (ms) | ORT (ms) | "
+          "symbolic / exact | symbolic / exact without fusion | max rel diff |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['case']} | `{r['input_shape']}` | {r['size']} | {r['symbolic_p50_ms']:.2f} | {r['exact_p50_ms']:.2f} | "
-              f"{r['onnxruntime_p50_ms']:.2f} | {r['symbolic_vs_exact']:.2f}x | {r['max_rel_diff']:.1e} |")
+              f"{r['exact_nofusion_p50_ms']:.2f} | {r['onnxruntime_p50_ms']:.2f} | {r['symbolic_vs_exact']:.2f}x | "
+              f"{r['symbolic_vs_exact_nofusion']:.2f}x | {r['max_rel_diff']:.1e} |")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ Inputs, in order (all float32 but ``lens``):
 * ``rp`` [D, H/block, H, G, block]: the recurrent weights ``R`` packed so that one block's
   gates for one hidden input are contiguous (``pack_recurrent_weights``);
 * ``peep`` [D, 3, H] (LSTM peepholes), ``rbh`` [D, H] (GRU candidate recurrent bias),
-  ``h0`` [D, B, H], ``c0`` [D, B, H] (LSTM), ``lens`` [B] int32. An input the layer does
-  not use is a 1-element placeholder.
+  ``h0`` [D, B, H], ``c0`` [D, B, H] (LSTM), ``lens`` [B] int32, ``rscale`` [D, H/block, G,
+  block] (the scale of each column of int8 ``rp``: ``weight_dtype="int8"``). An input the
+  layer does not use is a 1-element placeholder.
 
 Outputs ``y`` [T, D, B, H], ``yh`` [D, B, H], ``yc`` [D, B, H] (a 1-element placeholder
 unless LSTM), as ONNX defines them: steps past a sequence's length give zeros in ``y`` and
@@ -66,6 +67,9 @@ class RecurrenceSpec:
     linear_before_reset: bool = False  # GRU
     has_lens: bool = False
     block: int = 16  # hidden units per task (the vectorized axis)
+    # "int8": ``rp`` holds int8 weights and ``rscale`` their per-column float scale; each step
+    # reads a quarter of the bytes (a layer's R fits in L2), the sums run in float32
+    weight_dtype: str = "float32"
 
     @property
     def gates(self) -> int:
@@ -151,9 +155,13 @@ def recurrence_kernel(spec: RecurrenceSpec) -> tirx.PrimFunc:
                                                 spec.gates, spec.block)
     if hidden % block:
         raise ValueError(f"block {block} does not divide hidden size {hidden}")
+    quantized = spec.weight_dtype == "int8"
     blocks = hidden // block
     lstm, gru = spec.cell == "LSTM", spec.cell == "GRU"
     two_phase = gru and not spec.linear_before_reset
+    if quantized and two_phase:
+        raise ValueError("int8 recurrent weights are supported for LSTM, RNN and GRU with linear_before_reset")
+    rscale_shape = (dirs, hidden // block, gates, block) if quantized else (1,)
     peep_shape = (dirs, 3, hidden) if spec.peepholes else (1,)
     rbh_shape = (dirs, hidden) if gru and spec.linear_before_reset else (1,)
     cell_shape = (dirs, batch, hidden) if lstm else (1,)
@@ -204,10 +212,10 @@ def recurrence_kernel(spec: RecurrenceSpec) -> tirx.PrimFunc:
     # each gate's value is stored back into its accumulator row instead.
     @T.prim_func(private=True, s_tir=True)
     def recurrence(xw: T.Buffer((steps, batch, dirs, gates * hidden), f32),
-                   rp: T.Buffer((dirs, blocks, hidden, gates, block), f32),
+                   rp: T.Buffer((dirs, blocks, hidden, gates, block), spec.weight_dtype),
                    peep: T.Buffer(peep_shape, f32), rbh: T.Buffer(rbh_shape, f32),
                    h0: T.Buffer((dirs, batch, hidden), f32), c0: T.Buffer(cell_shape, f32),
-                   lens: T.Buffer((batch,), "int32"),
+                   lens: T.Buffer((batch,), "int32"), rscale: T.Buffer(rscale_shape, f32),
                    y: T.Buffer((steps, dirs, batch, hidden), f32), yh: T.Buffer((dirs, batch, hidden), f32),
                    yc: T.Buffer(cell_shape, f32)):
         T.func_attr({"tirx.noalias": True})
@@ -232,17 +240,30 @@ def recurrence_kernel(spec: RecurrenceSpec) -> tirx.PrimFunc:
                                 tt = T.Select(reverse(task // blocks), n - 1 - t, t)
                                 cur = t % 2
                                 if t < n:
-                                    for g in T.unroll(from_xw):
-                                        for j in T.vectorized(block):
-                                            acc[g, j] = xw[tt, b, task // blocks, g * hidden + unit(task, j)]
-                                    if gru and spec.linear_before_reset:
-                                        for j in T.vectorized(block):
-                                            acc[2, j] = T.float32(0)
+                                    if quantized:  # the int8 products are summed first, then scaled
+                                        for g in T.unroll(gates):
+                                            for j in T.vectorized(block):
+                                                acc[g, j] = T.float32(0)
+                                    else:
+                                        for g in T.unroll(from_xw):
+                                            for j in T.vectorized(block):
+                                                acc[g, j] = xw[tt, b, task // blocks, g * hidden + unit(task, j)]
+                                        if gru and spec.linear_before_reset:
+                                            for j in T.vectorized(block):
+                                                acc[2, j] = T.float32(0)
                                     for k in range(hidden):
                                         for g in T.unroll(2 if two_phase else gates):
                                             for j in T.vectorized(block):
-                                                acc[g, j] = acc[g, j] + hbuf[cur, task // blocks, b, k] * rp[
-                                                    task // blocks, task % blocks, k, g, j]
+                                                acc[g, j] = acc[g, j] + hbuf[cur, task // blocks, b, k] * T.Cast(
+                                                    f32, rp[task // blocks, task % blocks, k, g, j])
+                                    if quantized:
+                                        for g in T.unroll(from_xw):
+                                            for j in T.vectorized(block):
+                                                acc[g, j] = rscale[task // blocks, task % blocks, g, j] * acc[g, j] + xw[
+                                                    tt, b, task // blocks, g * hidden + unit(task, j)]
+                                        if gru:  # the candidate gate's recurrent part stays apart
+                                            for j in T.vectorized(block):
+                                                acc[2, j] = rscale[task // blocks, task % blocks, 2, j] * acc[2, j]
                                     if lstm:  # rows: i, o, f, c
                                         for j in T.vectorized(block):
                                             acc[0, j] = act(task // blocks, 0, acc[0, j] + peephole(

@@ -116,3 +116,39 @@ def test_unknown_contrib_op_is_named(tmp_path):
     model.graph.node[1].op_type = "QOrderedMatMul"
     with pytest.raises(UnsupportedOperatorError, match=r"com\.microsoft\.QOrderedMatMul"):
         prepare_onnx(model)
+
+
+def _dequantized_float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with each DynamicQuantizeLSTM replaced by a float LSTM holding its dequantized weights."""
+    twin = onnx.ModelProto.FromString(model.SerializeToString())
+    inits = {t.name: numpy_helper.to_array(t) for t in twin.graph.initializer}
+    for node in twin.graph.node:
+        if node.op_type != "DynamicQuantizeLSTM":
+            continue
+        names = list(node.input)
+        for slot, (q, s, z) in ((1, (names[1], names[8], names[9])), (2, (names[2], names[10], names[11]))):
+            scale = inits[s].reshape(inits[s].shape[0], 1, -1)
+            value = (inits[q].astype(np.float32) - inits[z].reshape(scale.shape)) * scale
+            name = f"{q}_dequantized"
+            twin.graph.initializer.append(numpy_helper.from_array(value.transpose(0, 2, 1).copy(), name))
+            names[slot] = name
+        node.op_type, node.domain = "LSTM", ""
+        node.ClearField("input")
+        node.input.extend(names[:8])
+    return twin
+
+
+def test_dynamic_quantize_lstm_reads_int8_recurrent_weights_exactly(tmp_path):
+    """The recurrence reads R as int8 (a quarter of the bytes per step) and equals a float LSTM
+    with the dequantized weights: the scale moves out of the sum, nothing is rounded."""
+    from compiler.frontend import import_onnx
+    from tvm import tirx
+
+    model = _quantized(recurrent_stack("LSTM", layers=2, input_size=16, hidden=32, steps=12), tmp_path,
+                       op_types_to_quantize=["LSTM"])
+    kernels = [f for gv, f in import_onnx(model).mod.functions_items()
+               if isinstance(f, tirx.PrimFunc) and "recurrence" in gv.name_hint]
+    assert kernels and all(str(k.params[1].dtype) == "int8" for k in kernels)
+    lib, ours, _ = _compare(model, tmp_path)
+    twin = OnnxRuntimeReference(_dequantized_float_twin(model), 2).run(lib.random_inputs(seed=0))
+    assert max_abs_diff(ours, twin)[1] <= 1e-5

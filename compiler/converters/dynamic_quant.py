@@ -197,6 +197,18 @@ def _dequantized_gates(q, scale, zero) -> relax.Expr:
     return op.permute_dims(op.multiply(centred, op.reshape(scale, shape)), (0, 2, 1))
 
 
+def _int8_rows(q, scale, zero) -> tuple[relax.Expr, relax.Expr] | None:
+    """R [D, H, 4H] int8 with zero point 0 → (int8 [D, 4H, H], float32 scale per row [D, 4H]);
+    None when it has a non-zero (or run-time) zero point or is not int8."""
+    zero_value = _value(zero)
+    if str(q.ty.dtype) != "int8" or zero_value is None or np.any(zero_value != 0):
+        return None
+    op = relax.op
+    d, _, gh = (int(v) for v in q.ty.shape.values)
+    per_row = op.broadcast_to(op.reshape(scale, (d, 1) if len(scale.ty.shape.values) == 1 else (d, gh)), (d, gh))
+    return op.permute_dims(q, (0, 2, 1)), per_row
+
+
 class DynamicQuantizeLSTM(OnnxOpConverter):
     """com.microsoft: X, W, R, B, sequence_lens, initial_h, initial_c, P, W_scale, W_zero_point,
     R_scale, R_zero_point; W [D, in, 4H] and R [D, H, 4H] int8 (see the module docstring)."""
@@ -204,5 +216,7 @@ class DynamicQuantizeLSTM(OnnxOpConverter):
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
         w = bb.normalize(_dequantized_gates(inputs[1], inputs[8], inputs[9]))
-        r = bb.normalize(_dequantized_gates(inputs[2], inputs[10], inputs[11]))
-        return convert_recurrent("LSTM", bb, [inputs[0], w, r, *inputs[3:8]], attr)
+        int8_r = _int8_rows(inputs[2], inputs[10], inputs[11])
+        r = inputs[2] if int8_r else bb.normalize(_dequantized_gates(inputs[2], inputs[10], inputs[11]))
+        return convert_recurrent("LSTM", bb, [inputs[0], w, r, *inputs[3:8]], attr,
+                                 int8_r=tuple(bb.normalize(e) for e in int8_r) if int8_r else None)

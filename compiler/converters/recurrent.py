@@ -64,8 +64,12 @@ def _zeros(shape, dtype: str = "float32") -> relax.Expr:
     return relax.op.zeros(relax.ShapeExpr(list(shape)), dtype)
 
 
-def convert_recurrent(cell: str, bb: relax.BlockBuilder, inputs, attr: dict) -> relax.Expr:
-    """The Relax expression of one ONNX recurrent node (a tuple of its outputs)."""
+def convert_recurrent(cell: str, bb: relax.BlockBuilder, inputs, attr: dict,
+                      int8_r: tuple[relax.Expr, relax.Expr] | None = None) -> relax.Expr:
+    """The Relax expression of one ONNX recurrent node (a tuple of its outputs).
+
+    ``int8_r``: the recurrent weights as (int8 [D, G·H, H], float32 scale per row [D, G·H]);
+    the kernel then reads int8 weights (``RecurrenceSpec.weight_dtype``), ``inputs[2]`` unused."""
     gates = GATES[cell]
     target = Target.current(allow_none=True)
     if target is not None and target.kind.name != "llvm":
@@ -100,7 +104,7 @@ def convert_recurrent(cell: str, bb: relax.BlockBuilder, inputs, attr: dict) -> 
         cell=cell, steps=steps, batch=batch, hidden=hidden, reverse=reverse,
         activations=parse_activations(cell, attr, dirs), clip=clip,
         input_forget=cell == "LSTM" and bool(attr.get("input_forget", 0)), peepholes=peep is not None,
-        linear_before_reset=lbr, has_lens=lens is not None,
+        linear_before_reset=lbr, has_lens=lens is not None, weight_dtype="int8" if int8_r else "float32",
         block=block_for(hidden, gates, vector_spec(target) if target is not None else None))
 
     # Every step's input projection: [T·B, I] · [I, D·G·H] + the biases that add to it.
@@ -121,6 +125,11 @@ def convert_recurrent(cell: str, bb: relax.BlockBuilder, inputs, attr: dict) -> 
     xw = relax.op.reshape(xw, (steps, batch, dirs, gates * hidden))
 
     cell_shape = (dirs, batch, hidden) if cell == "LSTM" else (1,)
+    rscale = _zeros((1,))
+    if int8_r is not None:
+        r, scale = int8_r
+        blocks = hidden // spec.block  # scale per row of R → [D, H/block, G, block], as the kernel reads it
+        rscale = relax.op.permute_dims(relax.op.reshape(scale, (dirs, gates, blocks, spec.block)), (0, 2, 1, 3))
     args = [
         xw,
         pack_recurrent_weights(r, cell, spec.block),
@@ -129,6 +138,7 @@ def convert_recurrent(cell: str, bb: relax.BlockBuilder, inputs, attr: dict) -> 
         h0 if h0 is not None else _zeros((dirs, batch, hidden)),
         (c0 if c0 is not None else _zeros(cell_shape)) if cell == "LSTM" else _zeros((1,)),
         relax.op.astype(lens, "int32") if lens is not None else _zeros((batch,), "int32"),
+        rscale,
     ]
     kernel = bb.add_func(recurrence_kernel(spec), f"{cell.lower()}_recurrence")
     out = bb.emit(relax.call_tir(kernel, [bb.normalize(a) for a in args], [

@@ -10,9 +10,10 @@ corrections in int32; results equal ONNX Runtime's integers.
 * ``DynamicQuantizeLinear``, ``MatMulInteger``, ``ConvInteger`` (2-D; ONNX domain);
 * ``MatMulIntegerToFloat``, ``DynamicQuantizeMatMul`` (com.microsoft): the same product, scaled
   back to float (plus bias);
-* ``DynamicQuantizeLSTM`` (com.microsoft): the LSTM runs in float32 with its int8 weights
-  dequantized at compile time (kiln's recurrence kernel is float; ONNX Runtime quantizes the
-  activations of every step, so the two differ by that quantization noise).
+* ``DynamicQuantizeLSTM`` (com.microsoft): the input projection with ``W`` dequantized at
+  compile time; the recurrence kernel reads ``R`` as int8 and sums in float32, each row's scale
+  applied after the sum (exactly a float LSTM with the dequantized weights; ONNX Runtime also
+  quantizes every step's hidden state, so the two differ by that quantization noise).
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def _symbolic_twins(imported: ImportedModel, preset: TargetPreset, options: Comp
             shape[axis] = max(2, rounded if high < 0 or rounded <= high else shape[axis])
         sizes[spec.name] = tuple(shape)
     twin = import_onnx(imported.onnx_model, sizes, preset.tvm_target())
-    return schedule_twins(preset, twin.mod, options.precision, fusion=False)
+    return schedule_twins(preset, twin.mod, options.precision, fusion=options.fusion)
 
 
 def build_imported(imported: ImportedModel, output: str | Path, options: CompileOptions) -> CompileReport:
@@ -171,8 +171,6 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     except Exception as err:  # TVM's own error types for a bad target
         raise TargetError(f"TVM refused target '{preset.name}': {str(err).splitlines()[0]}") from None
     twins = _symbolic_twins(imported, preset, options)
-    # kiln's own fusion rewrites need static shapes: a symbolic build and its twin go without them
-    fusion = options.fusion and twins is None
     int8 = None
     if options.precision == "int8":
         if options.int8 is None:
@@ -188,7 +186,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     config = {"s_tir.LoopPartition": {"partition_const_loop": True}} if twins else {}
     with tvm.transform.PassContext(opt_level=3, config=config), device_compile:
         lowered = build_pipeline(preset, options.db, options.precision, int8.plan if int8 else None,
-                                 fusion=fusion, twins=twins)(imported.mod)
+                                 fusion=options.fusion, twins=twins)(imported.mod)
         schedules = kernel_schedules(lowered, preset.device)
         kernels = len(schedules)
         int8_kernels = int8_layer_kernels(lowered)

@@ -125,35 +125,38 @@ def precision_steps(precision: str, plan=None, probe: bool = False) -> list[Step
     return []
 
 
-def legalize_map(preset: TargetPreset) -> dict:
+def legalize_map(preset: TargetPreset, symbolic: bool = False) -> dict:
     """kiln's own ``LegalizeOps`` entries: blocked-channel convs, and on CPUs a softmax over the
-    last axis whose passes vectorize (``compiler.passes.row_softmax``)."""
+    last axis whose passes vectorize (``compiler.passes.row_softmax``; static shapes only, so not
+    for a ``symbolic`` build and its twin)."""
     legalize = blocked_conv.legalize_map()
-    if preset.device == "cpu" and preset.kind == "llvm":
+    if preset.device == "cpu" and preset.kind == "llvm" and not symbolic:
         legalize["relax.nn.softmax"] = legalize_softmax(vector_spec(preset.tvm_target()).lanes())
     return legalize
 
 
 def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: bool = True,
-                   twins: dict | None = None) -> list[Step]:
+                   twins: dict | None = None, symbolic: bool = False) -> list[Step]:
     """Legalize, fuse, schedule (tuning records first, then defaults) and lower for the VM.
 
     ``twins``: for a module with symbolic sizes, its kernels built for one static size
-    (``schedule_twins``), whose default schedules the symbolic kernels replay."""
+    (``schedule_twins``), whose default schedules the symbolic kernels replay. ``symbolic``
+    (such a module, and its twin): the steps that need static shapes are left out (in-place
+    concatenation, kiln's row softmax), so both build the same kernels."""
     target = preset.tvm_target()
     backend = _backend(preset.kind)
     steps = [
         *[Step(p.info.name, "target library dispatch (sort, scan, sampling)", lambda p=p: p)
           for p in backend.library_dispatch_passes(target)],
         Step("LegalizeOps", "lower every Relax operator to a TIR kernel (blocked-channel convs and, on CPUs, "
-             "last-axis softmax by kiln's own)", lambda: relax.transform.LegalizeOps(legalize_map(preset))),
+             "last-axis softmax by kiln's own)", lambda: relax.transform.LegalizeOps(legalize_map(preset, symbolic))),
         Step("AnnotateTIROpPattern", "label kernels (injective, reduction, …) for fusion",
              relax.transform.AnnotateTIROpPattern),
         Step("FoldConstant", "fold kernels whose inputs are all constants", relax.transform.FoldConstant),
         Step("FuseOps", "group producer/consumer kernels (conv + bias + relu, …)", relax.transform.FuseOps),
         *([Step("WriteConcatInPlace", "producers write into the concatenated buffer: no concat kernels "
                 "(Inception, SqueezeNet, DenseNet)", lambda: write_concat_in_place)]
-          if fusion and preset.device == "cpu" else []),
+          if fusion and preset.device == "cpu" and not symbolic else []),
         Step("FuseTIR", "merge each group into one TIR kernel", relax.transform.FuseTIR),
     ]
     if preset.device == "cpu":
@@ -192,7 +195,7 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
 
 
 def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
-                   plan=None, fusion: bool = True, twins: dict | None = None) -> list[Step]:
+                   plan=None, fusion: bool = True, twins: dict | None = None, symbolic: bool = False) -> list[Step]:
     """The ordered steps for ``preset`` (optionally applying tuning records from ``db``).
 
     ``precision="fp16"`` computes in float16 with float32 accumulation (TVM's
@@ -205,7 +208,8 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     # Layout before precision: INT8 is inserted into the NHWC graph, so int8 kernels exchange
     # NHWC tensors (4 consecutive channels contiguous: what the dot-product intrinsics read).
     return (simplify_steps(weight_bits, fusion, channel_multiple_for(target)) + layout_steps(preset)
-            + prequantized_steps(preset) + precision_steps(precision, plan) + lowering_steps(preset, db, fusion, twins))
+            + prequantized_steps(preset) + precision_steps(precision, plan)
+            + lowering_steps(preset, db, fusion, twins, symbolic))
 
 
 def layout_steps(preset: TargetPreset) -> list[Step]:
@@ -252,9 +256,9 @@ def _as_one_pass(preset: TargetPreset, steps: list[Step], name: str) -> tvm.tran
 
 
 def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32", plan=None,
-                          fusion: bool = True) -> tvm.transform.Pass:
+                          fusion: bool = True, symbolic: bool = False) -> tvm.transform.Pass:
     """The steps before scheduling: what MetaSchedule extracts its tuning tasks from."""
-    steps = pipeline_steps(preset, None, precision, plan, fusion)
+    steps = pipeline_steps(preset, None, precision, plan, fusion, symbolic=symbolic)
     last = max(i for i, step in enumerate(steps) if step.name in ("FuseTIR", "AttachAttrLayoutFreeBuffers",
                                                                   "AttachAttrLayoutFreeBuffersInPlace"))
     extract = Step("InPlaceCallsAsCallTIR", "extract_tasks sees call_tir only: show in-place kernels too",
@@ -264,19 +268,21 @@ def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32", plan=No
 
 def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
                    plan=None, fusion: bool = True, twins: dict | None = None) -> tvm.transform.Pass:
-    """The whole pipeline as one pass, run under the target."""
-    return _as_one_pass(preset, pipeline_steps(preset, db, precision, plan, fusion, twins), "kiln_pipeline")
+    """The whole pipeline as one pass, run under the target (``twins``: a symbolic build)."""
+    return _as_one_pass(preset, pipeline_steps(preset, db, precision, plan, fusion, twins, symbolic=twins is not None),
+                        "kiln_pipeline")
 
 
 def schedule_twins(preset: TargetPreset, static_mod: tvm.IRModule, precision: str = "fp32",
                    fusion: bool = True) -> dict:
     """The kernels of ``static_mod`` (the model imported for one static size) as the scheduling
-    step sees them: name → PrimFunc, for ``lowering_steps(twins=...)``. Build the symbolic
-    module with the same ``fusion``: kernels pair up by name."""
+    step sees them, built with the symbolic build's steps (``symbolic=True``): name → PrimFunc,
+    for ``lowering_steps(twins=...)``. Build the symbolic module with the same ``fusion``:
+    kernels pair up by name."""
     from tvm import tirx
 
     with tvm.transform.PassContext(opt_level=3):
-        mod = tuning_input_pipeline(preset, precision, fusion=fusion)(static_mod)
+        mod = tuning_input_pipeline(preset, precision, fusion=fusion, symbolic=True)(static_mod)
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Fuzz kiln's frontend with mutated ONNX models; every case must end in a kiln error or a clean import.
 
-Mutations of the built-in ``tiny`` model: byte flips, truncation, huge or mismatched
-dimensions, missing initializers, cycles, unknown domains and operators, wrong
-attribute types, duplicated outputs. Cases run in a worker subprocess (one per
+Mutations of three base models: the built-in ``tiny`` CNN, a small stacked LSTM/GRU
+(kiln's own recurrent converter) and a model with an ``If`` on its input's sum. Byte
+flips, truncation, huge or mismatched dimensions, missing initializers, cycles, unknown
+domains and operators, wrong attribute types, duplicated outputs, and random values for
+the recurrent attributes (direction, hidden_size, activations, layout, clip). Cases run in a worker subprocess (one per
 batch, restarted after a crash) so a segfault or hang inside TVM is recorded as an
 outcome instead of killing the run; each case has a time limit.
 
@@ -36,7 +38,7 @@ def mutate(base: bytes, rng: random.Random) -> bytes:
     import onnx
 
     kind = rng.choice(["flip", "truncate", "dims", "drop_init", "cycle", "domain", "attr", "dup_output",
-                       "input_shape", "unknown_op"])
+                       "input_shape", "unknown_op", "recurrent_attr"])
     if kind == "flip":
         data = bytearray(base)
         for _ in range(rng.randint(1, 8)):
@@ -70,7 +72,39 @@ def mutate(base: bytes, rng: random.Random) -> bytes:
         del dims[rng.randrange(len(dims))]
     elif kind == "unknown_op":
         rng.choice(graph.node).op_type = rng.choice(["NoSuchOp", "QLinearConv", "Loop", ""])
+    elif kind == "recurrent_attr":
+        from onnx import helper
+
+        node = rng.choice([n for n in graph.node if n.op_type in ("LSTM", "GRU", "RNN")] or list(graph.node))
+        name, value = rng.choice([("direction", rng.choice(["backward", "", "bidirectional", "reverse"])),
+                                  ("hidden_size", rng.choice([0, 1, 3, -5, 2**20])),
+                                  ("activations", rng.choice([["Gelu"], ["Relu"], ["Sigmoid"] * 7, []])),
+                                  ("layout", rng.choice([1, 2, -1])), ("clip", rng.choice([0.0, -1.0, 1e30])),
+                                  ("linear_before_reset", rng.choice([1, 7])), ("input_forget", 1)])
+        for a in [a for a in node.attribute if a.name == name]:
+            node.attribute.remove(a)
+        if value != []:
+            node.attribute.append(helper.make_attribute(name, value))
     return model.SerializeToString()
+
+
+def _branchy_model():
+    """``out = sum(x) > 0 ? x + x : -x``: an ``If`` that depends on data (kept as a Relax If)."""
+    from onnx import TensorProto, helper
+
+    def branch(name: str, node) -> object:
+        return helper.make_graph([node], name, [], [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT,
+                                                                                  [1, 8])])
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Sign", ["s"], ["sign"]), helper.make_node("Cast", ["sign"], ["cond"], to=TensorProto.BOOL),
+             helper.make_node("If", ["cond"], ["out"], then_branch=branch("then", helper.make_node("Add", ["x", "x"], ["t"])),
+                              else_branch=branch("else", helper.make_node("Neg", ["x"], ["e"])))]
+    graph = helper.make_graph(nodes, "branchy", [x], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
 
 
 def worker(case_dir: Path, start: int, results: Path) -> None:
@@ -96,15 +130,18 @@ def worker(case_dir: Path, start: int, results: Path) -> None:
 
 
 def run(cases: int, seed: int, timeout: float) -> dict:
-    from compiler.examples import example_model
+    from compiler.examples import example_model, recurrent_stack
 
     rng = random.Random(seed)
-    base = example_model("tiny").SerializeToString()
+    bases = [example_model("tiny").SerializeToString(),
+             recurrent_stack("LSTM", layers=2, input_size=6, hidden=8, steps=5).SerializeToString(),
+             recurrent_stack("GRU", layers=1, input_size=6, hidden=8, steps=5).SerializeToString(),
+             _branchy_model().SerializeToString()]
     with tempfile.TemporaryDirectory(prefix="kiln-fuzz-") as tmp:
         case_dir, results = Path(tmp) / "cases", Path(tmp) / "results.jsonl"
         case_dir.mkdir()
         for i in range(cases):
-            (case_dir / f"{i:06d}.onnx").write_bytes(mutate(base, rng))
+            (case_dir / f"{i:06d}.onnx").write_bytes(mutate(rng.choice(bases), rng))
         outcomes: dict[str, str] = {}
         names = sorted(p.name for p in case_dir.glob("*.onnx"))
         start_time = time.monotonic()

@@ -156,7 +156,8 @@ def recurrent_stack(cell: str = "LSTM", layers: int = 2, input_size: int = 80, h
             helper.make_node("Reshape", [f"l{layer}_t", "merge_dirs"], [f"l{layer}_out"]),
         ]
         x, width = f"l{layer}_out", dirs * hidden
-    inits += [numpy_helper.from_array(np.array([steps, batch, dirs * hidden], np.int64), "merge_dirs"),
+    # [0, 0, D·H]: time and batch copied from the input, so the model also takes other lengths
+    inits += [numpy_helper.from_array(np.array([0, 0, dirs * hidden], np.int64), "merge_dirs"),
               numpy_helper.from_array(rng.uniform(-bound, bound, (width, 40)).astype(np.float32), "fc_w"),
               numpy_helper.from_array(np.zeros(40, np.float32), "fc_b")]
     nodes += [helper.make_node("MatMul", [x, "fc_w"], ["fc"]), helper.make_node("Add", ["fc", "fc_b"], ["logits"])]

@@ -56,7 +56,7 @@ class RecurrenceSpec:
     """Everything that shapes one recurrence kernel."""
 
     cell: str  # "LSTM", "GRU" or "RNN"
-    steps: int
+    steps: int | tirx.PrimExpr  # a TIR variable when the sequence length is known at run time
     batch: int
     hidden: int
     reverse: tuple[bool, ...]  # per direction: runs from the last step to the first
@@ -196,7 +196,10 @@ def recurrence_kernel(spec: RecurrenceSpec) -> tirx.PrimFunc:
         return tirx.const(1.0, f32) - i_gate if spec.input_forget else act(d, 0, pre)
 
     def length(lens, b):
-        return lens[b] if spec.has_lens else tirx.const(steps, "int32")
+        if isinstance(steps, int):
+            return lens[b] if spec.has_lens else tirx.const(steps, "int32")
+        # a sequence length known at run time: int64, as Relax's shape variables are
+        return tirx.Cast("int64", lens[b]) if spec.has_lens else steps
 
     # Bidirectional: one thread per direction runs the whole time loop (the directions never
     # meet, so no step needs a barrier); otherwise each step's blocks are spread over the threads

@@ -70,3 +70,22 @@ def test_symbolic_sizes_with_int8_are_refused_clearly(tmp_path):
         compile_model(_dynamic_tiny((0,)), tmp_path / "m.so", target="host", precision="int8",
                       input_shapes=parse_input_shapes(["data:?x3x32x32"]),
                       int8=Int8Options(calibration=np.zeros((2, 1, 3, 32, 32), np.float32)))
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_recurrent_model_with_a_symbolic_sequence_length(cell, tmp_path):
+    """One library for 4..64 steps: the recurrence loops to the run-time length."""
+    from compiler.examples import recurrent_stack
+
+    model = recurrent_stack(cell, layers=2, input_size=12, hidden=32, steps=20)
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        dim = vi.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_param = "T"
+    compile_model(model, tmp_path / "m.so", target="host", input_shapes=parse_input_shapes(["features:4..64x1x12"]))
+    lib, ref = load(tmp_path / "m.so", threads=2), OnnxRuntimeReference(model, 2)
+    for steps in (4, 23, 64):
+        x = {"features": np.random.default_rng(steps).standard_normal((steps, 1, 12)).astype(np.float32)}
+        ours = lib.run(x)
+        assert ours["logits"].shape == (steps, 1, 40)
+        assert max_abs_diff(ours, ref.run(x))[1] <= 1e-5

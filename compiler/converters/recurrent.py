@@ -52,12 +52,15 @@ def parse_activations(cell: str, attr: dict, directions: int) -> tuple[tuple[Act
     return tuple(tuple(acts[d * per_dir:(d + 1) * per_dir]) for d in range(directions))
 
 
-def _static_shape(expr: relax.Expr, what: str) -> list[int]:
+def _static_shape(expr: relax.Expr, what: str, symbolic_first: bool = False) -> list:
+    """The dimensions of ``expr`` as ints; with ``symbolic_first`` the first may be a TIR expression
+    (a sequence length known at run time)."""
     shape = getattr(expr.ty, "shape", None)
     values = getattr(shape, "values", None)
-    if values is None or not all(hasattr(v, "value") for v in values):
-        raise ValueError(f"{what} needs a static shape (fix the input sizes with --input-shape)")
-    return [int(v.value) for v in values]
+    if values is None or not all(hasattr(v, "value") for v in values[1 if symbolic_first else 0:]):
+        raise ValueError(f"{what} needs a static shape{' apart from its sequence length' if symbolic_first else ''} "
+                         "(fix the input sizes with --input-shape)")
+    return [int(v.value) if hasattr(v, "value") else v for v in values]
 
 
 def _zeros(shape, dtype: str = "float32") -> relax.Expr:
@@ -93,7 +96,7 @@ def convert_recurrent(cell: str, bb: relax.BlockBuilder, inputs, attr: dict,
         x = bb.normalize(relax.op.permute_dims(x, (1, 0, 2)))
         h0 = relax.op.permute_dims(h0, (1, 0, 2)) if h0 is not None else None
         c0 = relax.op.permute_dims(c0, (1, 0, 2)) if c0 is not None else None
-    steps, batch, in_size = _static_shape(x, f"{cell} input X")
+    steps, batch, in_size = _static_shape(x, f"{cell} input X", symbolic_first=True)
     w_dirs, gh, w_in = _static_shape(w, f"{cell} weights W")
     hidden = int(attr.get("hidden_size", gh // gates))
     if (w_dirs, gh, w_in) != (dirs, gates * hidden, in_size):

@@ -2,8 +2,9 @@
 """Variable-length inputs: one library for a range of sizes against libraries compiled for
 each exact size, and ONNX Runtime.
 
-Cases: SqueezeNet with a symbolic batch (``?x3x224x224`` … here ``1..8``) and the small CNN
-with a symbolic width (``1x3x32x16..128``). For each size (a middle one and the largest, plus
+Cases: SqueezeNet with a symbolic batch (``?x3x224x224`` … here ``1..8``), the small CNN
+with a symbolic width (``1x3x32x16..128``) and the 2-layer bidirectional LSTM speech stack
+with a symbolic number of steps (``16..400x1x80``). For each size (a middle one and the largest, plus
 the smallest): compare with ONNX Runtime, compile the exact-size library (with and without
 kiln's fusion rewrites, which symbolic builds skip), time them, the symbolic library and ONNX
 Runtime in alternating rounds at the same thread count.
@@ -34,6 +35,7 @@ from targets.registry import machine_description
 CASES = {  # name: (example, --input-shape dims, symbolic axis, sizes timed)
     "squeezenet_batch": ("squeezenet", "1..8x3x224x224", 0, [1, 3, 8]),
     "tiny_width": ("tiny", "1x3x32x16..128", 3, [16, 45, 128]),
+    "lstm_steps": ("lstm", "16..400x1x80", 0, [16, 80, 400]),
 }
 
 

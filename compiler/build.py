@@ -181,10 +181,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
                          "layers_int8": int8.quantized, "layers_fp32": sorted(int8.plan.keep_fp32),
                          "weight_bits": int8.plan.weight_bits, "requantize": int8.plan.requantize,
                          "weight_rounding": int8.plan.weight_rounding}
-    # Symbolic sizes: a split of a run-time extent leaves a bound check in the inner loop;
-    # TVM's loop partitioning peels it into a tail so the main body stays vectorized.
-    config = {"s_tir.LoopPartition": {"partition_const_loop": True}} if twins else {}
-    with tvm.transform.PassContext(opt_level=3, config=config), device_compile:
+    with tvm.transform.PassContext(opt_level=3), device_compile:
         lowered = build_pipeline(preset, options.db, options.precision, int8.plan if int8 else None,
                                  fusion=options.fusion, twins=twins)(imported.mod)
         schedules = kernel_schedules(lowered, preset.device)

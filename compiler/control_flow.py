@@ -78,17 +78,30 @@ def fix_input_values(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> o
     return model
 
 
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The tensor a ``Constant`` node holds; None for string and sparse constants."""
+    if len(node.attribute) != 1:
+        return None
+    attr = node.attribute[0]
+    value = helper.get_attribute_value(attr)
+    if attr.name == "value":
+        array = numpy_helper.to_array(value)
+        return None if array.dtype == object else array
+    if attr.name in ("value_float", "value_floats"):
+        return np.array(value, np.float32)
+    if attr.name in ("value_int", "value_ints"):
+        return np.array(value, np.int64)
+    return None
+
+
 def _constant_value(name: str, graph: onnx.GraphProto) -> np.ndarray | None:
+    """The value ``name`` holds in ``graph`` when it is an initializer or a ``Constant`` node's output."""
     for t in graph.initializer:
         if t.name == name:
             return numpy_helper.to_array(t)
     for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name and node.attribute:
-            attr = node.attribute[0]
-            if attr.name == "value":
-                return numpy_helper.to_array(attr.t)
-            if attr.name in ("value_int", "value_float"):
-                return np.array(helper.get_attribute_value(attr))
+        if node.op_type == "Constant" and node.domain in ONNX_DOMAINS and node.output[0] == name:
+            return constant_node_value(node)
     return None
 
 
@@ -196,16 +209,12 @@ def _static_shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
 def _always_true(body: onnx.GraphProto) -> bool:
     """Whether a Loop body's condition output is its condition input passed on, or constant true."""
     cond_in, cond_out = body.input[1].name, body.output[0].name
-    if cond_out == cond_in:
+    producer = next((node for node in body.node if cond_out in node.output), None)
+    if cond_out == cond_in or (producer is not None and producer.op_type == "Identity"
+                               and producer.input[0] == cond_in):
         return True
-    for node in body.node:
-        if cond_out in node.output:
-            if node.op_type == "Identity" and node.input[0] == cond_in:
-                return True
-            value = _constant_value(cond_out, body)
-            return value is not None and value.size == 1 and bool(value.reshape(()))
     value = _constant_value(cond_out, body)
-    return value is not None and bool(value.reshape(()))
+    return value is not None and value.size == 1 and bool(value.reshape(()))
 
 
 class _Emitter:
@@ -253,8 +262,11 @@ def _unroll_loop(node: onnx.NodeProto, graph: onnx.GraphProto, emit: _Emitter) -
         return False
     steps = int(trips.reshape(()))
     carried = list(node.input[2:])
+    finals, scan_outs = node.output[:len(carried)], node.output[len(carried):]
     if steps * max(len(body.node), 1) + len(graph.node) > MAX_UNROLLED_NODES:
         return False
+    if steps == 0 and any(scan_outs):
+        return False  # an empty scan output has no shape to build from here
     true = emit.const(np.array(True), "cond")
     scans: list[list[str]] = []
     for i in range(steps):
@@ -263,12 +275,9 @@ def _unroll_loop(node: onnx.NodeProto, graph: onnx.GraphProto, emit: _Emitter) -
         outputs = emit.body(body, bindings, i)
         carried = outputs[1:1 + len(carried)]
         scans.append(outputs[1 + len(carried):])
-    finals, scan_outs = node.output[:len(carried)], node.output[len(carried):]
     emit.nodes += [_identity(src, dst, emit.prefix) for src, dst in zip(carried, finals) if dst]
     for k, out in enumerate(scan_outs):
         if out:
-            if steps == 0:
-                return False  # an empty scan output has no shape to build from here
             emit.stack([s[k] for s in scans], 0, out)
     return True
 

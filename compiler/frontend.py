@@ -139,7 +139,7 @@ def find_unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, int, list[st
     from compiler.converters import CONTRIB_DOMAIN
     from compiler.importer import supported_ops
 
-    supported = {domain: supported_ops(CONTRIB_DOMAIN if domain == CONTRIB_DOMAIN else "")
+    supported = {domain: supported_ops(domain)
                  for domain in {n.domain for n in model.graph.node} if domain in (*ONNX_DOMAINS, CONTRIB_DOMAIN)}
     counts: Counter[str] = Counter()
     names: dict[str, list[str]] = defaultdict(list)

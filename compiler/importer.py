@@ -29,7 +29,7 @@ class NodeConversionError(Exception):
 
 
 def supported_ops(domain: str = "") -> set[str]:
-    """Op types of ``domain`` (ONNX's by default, or ``com.microsoft``) kiln can import."""
+    """Op types of ``domain`` (ONNX's, "" or "ai.onnx", by default; or ``com.microsoft``) kiln can import."""
     if domain == CONTRIB_DOMAIN:
         return set(CONTRIB_CONVERTERS)
     return set(_get_convert_map()) | set(CONVERTERS) | {"If", "Constant"}

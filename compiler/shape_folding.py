@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from compiler.control_flow import constant_node_value, inline_constant_ifs, unroll_loops
 from compiler.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -66,28 +67,12 @@ def _known_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
-    """The tensor a ``Constant`` node holds; None for string and sparse constants."""
-    if len(node.attribute) != 1:
-        return None
-    attr = node.attribute[0]
-    value = helper.get_attribute_value(attr)
-    if attr.name == "value":
-        array = numpy_helper.to_array(value)
-        return None if array.dtype == object else array
-    if attr.name in ("value_float", "value_floats"):
-        return np.array(value, np.float32)
-    if attr.name in ("value_int", "value_ints"):
-        return np.array(value, np.int64)
-    return None
-
-
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     """Initializers and ``Constant`` node outputs of ``graph``, by name."""
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in ONNX_DOMAINS:
-            value = _constant_node_value(node)
+            value = constant_node_value(node)
             if value is not None:
                 values[node.output[0]] = value
     return values
@@ -200,8 +185,6 @@ def fold_shape_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     if not needs_folding(model):
         return model
-    from compiler.control_flow import inline_constant_ifs, unroll_loops
-
     model = onnx.ModelProto.FromString(model.SerializeToString())
     total = passes = inlined = 0
     while True:

@@ -120,8 +120,7 @@ def replay_twin(func: tirx.PrimFunc, twin: tirx.PrimFunc, target: Target,
     try:
         sch.trace.apply_to_schedule(symbolic, remove_postproc=False)
     except (ScheduleError, tvm.TVMError) as err:  # the decisions need static extents: naive loops
-        log.debug("%s: %s's schedule does not replay on symbolic sizes (%s)", name, name,
-                  str(err).strip().splitlines()[-1][:200])
+        log.debug("%s's schedule does not replay on symbolic sizes (%s)", name, str(err).strip().splitlines()[-1][:200])
         return func, None
     replayed = f"{name} (replayed)"
     return symbolic.mod["main"].with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, replayed), replayed

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from compiler.build import compile_model
 from compiler.examples import LIGHT_ZOO_BENCH, example_model
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import alternating_calls_p50_ms, load
-from targets.registry import resolve_target
+from targets.registry import machine_description, resolve_target
 
 
 def bench_model(name: str, threads: int, runs: int, rounds: int, db: str | None, workdir: Path,
@@ -87,8 +86,7 @@ def main() -> None:
                 for n in args.models]
     geomean = float(np.exp(np.mean(np.log([r["ratio"] for r in rows]))))
     result = {
-        "machine": {"cpu": _cpu_name(), "cores": len(__import__("os").sched_getaffinity(0)),
-                    "python": platform.python_version()},
+        "machine": machine_description(),
         "threads": args.threads,
         "db": args.db,
         "layout": args.layout,
@@ -97,16 +95,6 @@ def main() -> None:
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(markdown(rows, geomean))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

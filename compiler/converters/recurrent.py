@@ -139,7 +139,7 @@ def convert_recurrent(cell: str, bb: relax.BlockBuilder, inputs, attr: dict,
         relax.op.reshape(peep, (dirs, 3, hidden)) if peep is not None else _zeros((1,)),
         rbh,
         h0 if h0 is not None else _zeros((dirs, batch, hidden)),
-        (c0 if c0 is not None else _zeros(cell_shape)) if cell == "LSTM" else _zeros((1,)),
+        c0 if c0 is not None else _zeros(cell_shape),
         relax.op.astype(lens, "int32") if lens is not None else _zeros((batch,), "int32"),
         rscale,
     ]

@@ -180,13 +180,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stats = model.benchmark(args.bench, inputs)
         print(f"kiln         {stats.describe()}")
     if args.reference:
-        _compare_reference(args, model, inputs, outputs, stats if args.bench else None)
+        return _compare_reference(args, model, inputs, outputs, stats if args.bench else None)
     return 0
 
 
-def _compare_reference(args, model, inputs, outputs, stats) -> None:
+def _compare_reference(args, model, inputs, outputs, stats) -> int:
+    """Print the agreement with ONNX Runtime; 1 when the outputs disagree in kind (NaN, shape, names)."""
     from compiler.frontend import read_model
-    from compiler.reference import OnnxRuntimeReference, max_abs_diff
+    from compiler.reference import OnnxRuntimeReference, compare_outputs
 
     proto, data, _ = read_model(args.reference)
     from compiler.metadata import sha256_bytes
@@ -194,13 +195,18 @@ def _compare_reference(args, model, inputs, outputs, stats) -> None:
     if sha256_bytes(data) != model.metadata.source_sha256:
         print(f"note: {args.reference} is not the file this library was compiled from (sha256 differs)")
     ref = OnnxRuntimeReference(proto, model.threads, model.metadata.extra.get("input_values"))
-    diff, rel = max_abs_diff(outputs, ref.run(inputs))
-    print(f"onnxruntime agreement: max abs diff {diff:.3g} ({rel:.3g} of output scale)")
+    comparison = compare_outputs(outputs, ref.run(inputs))
+    for problem in comparison.problems:
+        print(f"onnxruntime MISMATCH: {problem}")
+    if comparison.ok:
+        print(f"onnxruntime agreement: max abs diff {comparison.max_abs:.3g} "
+              f"({comparison.max_rel:.3g} of output scale)")
     if stats is not None:
         ref_stats = ref.benchmark(inputs, args.bench)
         print(f"onnxruntime  {ref_stats.describe()}")
         print(f"kiln / onnxruntime latency (p50): {stats.p50_ms / ref_stats.p50_ms:.2f}x "
               f"(same process, {model.threads} threads)")
+    return 0 if comparison.ok else 1
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:

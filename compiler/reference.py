@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +41,60 @@ class OnnxRuntimeReference:
         return time_calls(lambda: self.session.run(None, feed), runs, warmup)
 
 
-def max_abs_diff(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> tuple[float, float]:
-    """(max abs difference, that difference relative to the reference's largest magnitude) over all outputs."""
+@dataclass(frozen=True)
+class Comparison:
+    """How kiln's outputs differ from the reference's.
+
+    ``problems`` lists what makes the outputs disagree regardless of tolerance: an output
+    missing on either side, a shape that differs, or a NaN/inf where the reference has a
+    finite value (or a different non-finite value). ``max_abs``/``max_rel`` are over the
+    positions where both sides are finite, and infinite when there is any problem, so that a
+    ``max_rel <= tolerance`` check can never pass a broken output."""
+
+    max_abs: float
+    max_rel: float
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def compare_outputs(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> Comparison:
+    """Compare every reference output with kiln's output of the same name (see ``Comparison``)."""
+    problems = [f"output {name!r} is missing from kiln's outputs" for name in ref if name not in ours]
+    problems += [f"kiln has an output {name!r} that the reference does not" for name in ours if name not in ref]
     worst_abs, worst_rel = 0.0, 0.0
     for name, expected in ref.items():
-        got = ours[name].reshape(expected.shape)
-        diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if expected.size else 0.0
-        scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-        worst_abs = max(worst_abs, diff)
-        worst_rel = max(worst_rel, diff / scale if scale > 0 else diff)
-    return worst_abs, worst_rel
+        if name not in ours:
+            continue
+        got, expected = np.asarray(ours[name]), np.asarray(expected)
+        if got.shape != expected.shape:
+            problems.append(f"output {name!r} has shape {list(got.shape)}, the reference {list(expected.shape)}")
+            continue
+        got64, exp64 = got.astype(np.float64), expected.astype(np.float64)
+        both_finite = np.isfinite(got64) & np.isfinite(exp64)
+        # Non-finite positions must match exactly: NaN where the reference has NaN, the same inf.
+        same_special = (np.isnan(got64) & np.isnan(exp64)) | (np.isinf(got64) & (got64 == exp64))
+        bad = ~(both_finite | same_special)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            problems.append(f"output {name!r} has {int(bad.sum())} value(s) that are NaN/inf on one side only "
+                            f"(first at {list(where)}: kiln {got64[where]}, reference {exp64[where]})")
+            continue
+        if both_finite.any():
+            got64, exp64 = got64[both_finite], exp64[both_finite]
+            diff = float(np.max(np.abs(got64 - exp64)))
+            scale = float(np.max(np.abs(exp64)))
+            worst_abs = max(worst_abs, diff)
+            worst_rel = max(worst_rel, diff / scale if scale > 0 else diff)
+    if problems:
+        return Comparison(float("inf"), float("inf"), tuple(problems))
+    return Comparison(worst_abs, worst_rel)
+
+
+def max_abs_diff(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(max abs difference, that difference relative to the reference's largest magnitude) over
+    all outputs; both infinite on any problem ``compare_outputs`` finds (NaN, shape, missing)."""
+    result = compare_outputs(ours, ref)
+    return result.max_abs, result.max_rel

@@ -33,18 +33,25 @@ def test_a_build_that_kills_its_process_is_reported(monkeypatch):
     assert "died" in builder.build_in_child(None, "/nonexistent/x.tar", timeout=30)
 
 
-def test_children_build_in_parallel_and_each_keeps_its_own_result(monkeypatch):
+def test_children_build_in_parallel_and_each_keeps_its_own_result(monkeypatch, tmp_path):
+    """Each child logs when it starts and ends; with 2 workers two builds overlap, never three."""
+    import os
+
     def compile_one(build_input, _path):
-        time.sleep(1.0)
+        (tmp_path / f"{os.getpid()}.start").write_text(str(time.monotonic()))
+        time.sleep(0.5)
+        (tmp_path / f"{os.getpid()}.end").write_text(str(time.monotonic()))
         if build_input == "bad":
             raise RuntimeError("bad candidate")
 
     monkeypatch.setattr(builder, "_compile_to", compile_one)
-    start = time.monotonic()
     errors = builder.build_in_children(["ok", "bad", "ok", "bad"], ["/x"] * 4, timeout=30, workers=2)
-    elapsed = time.monotonic() - start
     assert errors == [None, "RuntimeError: bad candidate", None, "RuntimeError: bad candidate"]
-    assert elapsed < 3.5  # two at a time: about 2 s, not 4
+    spans = [(float(start.read_text()), float(start.with_suffix(".end").read_text()))
+             for start in tmp_path.glob("*.start")]
+    assert len(spans) == 4
+    running = [sum(s <= t < e for s, e in spans) for t, _ in spans]  # builds running as each one starts
+    assert max(running) == 2
 
 
 def test_a_timeout_in_one_child_leaves_the_others_alone(monkeypatch):

@@ -118,6 +118,24 @@ def kernel_schedules(mod, device: str) -> dict[str, str]:
     return sources
 
 
+def kernel_flops(mod) -> dict[str, float]:
+    """Floating-point (or integer multiply-add) operations per call of each TIR kernel, TVM's
+    estimate on the scheduled kernel. Only for static shapes: the estimate counts a symbolic
+    extent as 1."""
+    import tvm
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    flops = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        try:
+            flops[gvar.name_hint] = float(estimate_tir_flops(tvm.IRModule({"main": func})))
+        except tvm.TVMError:  # a loop TVM cannot count
+            continue
+    return flops
+
+
 def _symbolic_twins(imported: ImportedModel, preset: TargetPreset, options: CompileOptions) -> dict | None:
     """For a model with symbolic input sizes: its kernels built for one static size (each
     symbolic axis near the middle of its range, rounded up to a multiple of 16 where the range
@@ -185,6 +203,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         lowered = build_pipeline(preset, options.db, options.precision, int8.plan if int8 else None,
                                  fusion=options.fusion, twins=twins)(imported.mod)
         schedules = kernel_schedules(lowered, preset.device)
+        flops = kernel_flops(lowered) if twins is None else {}
         kernels = len(schedules)
         int8_kernels = int8_layer_kernels(lowered)
         executable = tvm.compile(lowered, target, relax_pipeline=None)
@@ -203,7 +222,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         opset=imported.opset,
         tuned_kernels=sum(v == "tuned" for v in schedules.values()),
         default_kernels=sum(v != "tuned" for v in schedules.values()),
-        extra=dict(extra, kernel_schedules=schedules, conv_layout=preset.conv_layout,
+        extra=dict(extra, kernel_schedules=schedules, kernel_flops=flops, conv_layout=preset.conv_layout,
                    **({"input_values": {k: np.asarray(v).tolist() for k, v in options.input_values.items()}}
                       if options.input_values else {})),
     )

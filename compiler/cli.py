@@ -209,6 +209,27 @@ def _compare_reference(args, model, inputs, outputs, stats) -> int:
     return 0 if comparison.ok else 1
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from compiler.frontend import read_model
+    from compiler.profile import format_profile, profile_library
+    from compiler.runtime import load
+
+    model = load(args.library, threads=args.threads)
+    if model.metadata.device != "cpu":
+        raise KilnError(f"kiln profile times CPU libraries; {args.library} targets {model.metadata.device}")
+    if args.repeat < 1 or args.runs < 1:
+        raise InputError("--repeat and --runs must be at least 1")
+    if args.reference:
+        read_model(args.reference)  # a clear error for a missing or malformed file, before the slow part
+    profile = profile_library(model, _load_inputs(args, model), repeat=args.repeat, runs=args.runs,
+                              reference=args.reference)
+    print(format_profile(profile, top=args.top))
+    if args.json:
+        Path(args.json).write_text(json.dumps(profile.to_json(), indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from compiler.control_flow import parse_input_values
     from compiler.frontend import parse_input_shapes
@@ -398,6 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="MODEL.onnx", help="compare with ONNX Runtime on the same inputs")
     p.add_argument("--threads", type=int, help="CPU threads (default: this machine's cores)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("profile", help="time every kernel of a library on this machine (beside ONNX Runtime's nodes)")
+    p.add_argument("library")
+    p.add_argument("--inputs", help=".npz keyed by input name (default: seeded random inputs)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: this machine's cores)")
+    p.add_argument("--repeat", type=int, default=5, help="timings per kernel call; the median is kept")
+    p.add_argument("--runs", type=int, default=30, help="end-to-end runs (and ONNX Runtime profiled runs)")
+    p.add_argument("--reference", metavar="MODEL.onnx", help="profile ONNX Runtime on the same model and inputs")
+    p.add_argument("--top", type=int, default=25, metavar="N", help="kernels to list (the rest are summed)")
+    p.add_argument("--json", metavar="FILE", help="also write the whole profile as JSON")
+    p.set_defaults(func=_cmd_profile, fill="random")
 
     p = sub.add_parser("inspect", help="show what a library or ONNX model holds")
     p.add_argument("path")

@@ -266,14 +266,25 @@ def symbol_names(model: onnx.ModelProto, specs: list[TensorSpec]) -> dict[tuple[
     return names
 
 
+def _declared_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
+    """An input's declared shape, -1 for each dimension that is not a fixed size."""
+    return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim)
+
+
 def _fix_input_shapes(model: onnx.ModelProto, specs: list[TensorSpec]) -> None:
     """Write the static input shapes into ``model``; dimensions of -1 elsewhere (Paddle2ONNX's
-    way of saying "unknown", which ONNX's strict shape inference takes as a size) become unknown."""
+    way of saying "unknown", which ONNX's strict shape inference takes as a size) become unknown.
+    When an input's size differs from the size the model declares, the shapes the model declares
+    for intermediate values and outputs were computed for the old size: they are dropped and
+    inferred again (a batch-1 model compiled for ``?x3x224x224``)."""
+    by_name = {s.name: s for s in specs}
+    resized = any(_declared_shape(vi) != by_name[vi.name].shape for vi in model.graph.input if vi.name in by_name)
+    if resized:
+        del model.graph.value_info[:]
     for vi in [*model.graph.value_info, *model.graph.output]:
         for dim in vi.type.tensor_type.shape.dim:
-            if dim.HasField("dim_value") and dim.dim_value < 0:
+            if resized or (dim.HasField("dim_value") and dim.dim_value < 0):
                 dim.Clear()
-    by_name = {s.name: s for s in specs}
     symbols = symbol_names(model, specs)
     for vi in model.graph.input:
         spec = by_name.get(vi.name)

@@ -177,6 +177,7 @@ class CompiledModel:
             lib = _load_module_fresh(tvm, path)
         except Exception as err:  # TVM reports load failures as its own error types
             raise LibraryError(f"{path}: TVM could not load the library: {str(err).strip().splitlines()[-1]}") from None
+        self._executable = lib  # its import holds the kernels (``compiler.profile`` times them one by one)
         self._vm = tvm.runtime.vm.VirtualMachine(lib, self.device)
         self._main = self._vm["main"]
         self._lock = threading.Lock()

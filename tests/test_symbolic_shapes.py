@@ -89,3 +89,15 @@ def test_recurrent_model_with_a_symbolic_sequence_length(cell, tmp_path):
         ours = lib.run(x)
         assert ours["logits"].shape == (steps, 1, 40)
         assert max_abs_diff(ours, ref.run(x))[1] <= 1e-5
+
+
+def test_a_model_that_declares_batch_1_compiles_for_a_batch_range(tmp_path):
+    """tiny declares its output as [1, 10]: those declared shapes are re-inferred for the new batch."""
+    model = example_model("tiny")
+    compile_model(model, tmp_path / "m.so", target="host", input_shapes=parse_input_shapes(["data:1..8x3x32x32"]))
+    m = load(tmp_path / "m.so", threads=2)
+    assert m.outputs[0].shape == (-1, 10)
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    ours = m.run(x)["prob"]
+    one_by_one = np.concatenate([OnnxRuntimeReference(model, 2).run({"data": x[i:i + 1]})["prob"] for i in range(5)])
+    assert ours.shape == (5, 10) and np.abs(ours - one_by_one).max() <= 1e-5

@@ -1,0 +1,330 @@
+"""``kiln profile``: where a compiled library spends its time, kernel by kernel.
+
+One run of the library goes through the Relax VM with an instrument hook. Before each kernel
+call the hook times that kernel alone, on the very arguments the VM is about to pass (real
+shapes, real data, the library's thread count), with TVM's ``time_evaluator``: the median of
+``repeat`` timings, each at least ``min_repeat_ms`` long. The VM's own calls (allocation,
+shape checks, reshapes as views) are not kernels; what the kernels do not account for of the
+end-to-end median is reported as ``other_ms``.
+
+With an ONNX model as reference, ONNX Runtime's per-node profile of the same model, same
+thread count, sits beside it, both grouped by operator class (convolution, matmul, pooling,
+…), so a class where kiln loses shows up as one line.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from compiler.errors import InputError
+from compiler.runtime import CompiledModel
+
+# Operator classes, tried in order: the first whose keyword a kernel name contains wins.
+# Kernel names come from TVM's fusion ("fused_conv2d_add_relu"), ONNX Runtime's from op types.
+KERNEL_CLASSES = [
+    ("recurrent", ("recurrence", "lstm", "gru", "rnn")),
+    ("conv", ("conv",)),
+    ("matmul", ("matmul", "dense", "gemm", "batch_matmul")),
+    ("pool", ("pool", "mean")),
+    ("softmax", ("softmax",)),
+    ("normalization", ("norm",)),
+    ("data movement", ("concat", "split", "transpose", "reshape", "layout_transform", "pad", "take", "gather",
+                       "strided_slice", "squeeze", "flatten", "copy", "shuffle", "resize", "image")),
+]
+ORT_CLASSES = {
+    "recurrent": {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"},
+    "conv": {"Conv", "FusedConv", "QLinearConv", "ConvInteger", "NhwcFusedConv", "ConvTranspose"},
+    "matmul": {"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "MatMulInteger", "QLinearMatMul",
+               "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm"},
+    "pool": {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "QLinearAveragePool",
+             "QLinearGlobalAveragePool", "ReduceMean"},
+    "softmax": {"Softmax", "LogSoftmax"},
+    "normalization": {"BatchNormalization", "LayerNormalization", "InstanceNormalization",
+                      "SimplifiedLayerNormalization", "SkipLayerNormalization"},
+    "data movement": {"Concat", "Split", "Transpose", "Reshape", "Flatten", "Pad", "Gather", "Slice", "Squeeze",
+                      "Unsqueeze", "ReorderInput", "ReorderOutput", "Resize", "Expand", "Tile", "Identity",
+                      "DepthToSpace", "SpaceToDepth"},
+}
+OTHER = "elementwise and other"
+
+
+def kernel_class(kernel_name: str) -> str:
+    """The operator class of a kiln kernel, from its name."""
+    name = kernel_name.lower()
+    for cls, keywords in KERNEL_CLASSES:
+        if any(k in name for k in keywords):
+            return cls
+    return OTHER
+
+
+def ort_class(op_type: str) -> str:
+    """The operator class of an ONNX Runtime node, from its op type."""
+    for cls, ops in ORT_CLASSES.items():
+        if op_type in ops:
+            return cls
+    return OTHER
+
+
+@dataclass
+class KernelTime:
+    """One kernel of the library: its time per call alone, and over all its calls in one run."""
+
+    name: str
+    op_class: str
+    calls: int
+    ms_per_call: float
+    total_ms: float
+    share: float  # of the end-to-end median
+    schedule: str  # "default:<rule>", "tuned", "naive", or "" when the library does not say
+    flops: float | None  # per call, TVM's estimate on the scheduled kernel; None when unknown
+    arguments: list[str] = field(default_factory=list)  # "float32[1x64x56x56]" per argument
+
+    @property
+    def gflops_per_s(self) -> float | None:
+        return self.flops / self.ms_per_call / 1e6 if self.flops and self.ms_per_call > 0 else None
+
+
+@dataclass
+class ClassTime:
+    """One operator class: kiln's kernels and ONNX Runtime's nodes of that class."""
+
+    op_class: str
+    kiln_ms: float
+    kiln_kernels: int
+    ort_ms: float | None = None
+    ort_nodes: int | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        return self.kiln_ms / self.ort_ms if self.ort_ms and self.kiln_kernels else None
+
+
+@dataclass
+class OrtProfile:
+    """ONNX Runtime's own per-node profile: median over runs of each node's kernel time."""
+
+    end_to_end_ms: float  # median of its "model_run" events (profiling on)
+    end_to_end_unprofiled_ms: float  # p50 of a session without profiling, same inputs and threads
+    nodes: list[dict]  # {"name", "op_type", "op_class", "ms"}, slowest first
+
+    @property
+    def node_sum_ms(self) -> float:
+        return sum(n["ms"] for n in self.nodes)
+
+
+@dataclass
+class Profile:
+    """Where a library spends its time (see the module docstring)."""
+
+    library: str
+    threads: int
+    end_to_end_ms: float
+    kernels: list[KernelTime]  # slowest first
+    repeat: int
+    machine: str = ""
+    reference: OrtProfile | None = None
+
+    @property
+    def kernel_sum_ms(self) -> float:
+        return sum(k.total_ms for k in self.kernels)
+
+    @property
+    def other_ms(self) -> float:
+        """End-to-end time the kernels do not account for: the VM's calls between kernels
+        (allocation, shape checks, views) and cache effects of running kernels in sequence."""
+        return self.end_to_end_ms - self.kernel_sum_ms
+
+    def classes(self) -> list[ClassTime]:
+        """kiln's kernels and (with a reference) ONNX Runtime's nodes per operator class, slowest first."""
+        rows: dict[str, ClassTime] = {}
+        for k in self.kernels:
+            row = rows.setdefault(k.op_class, ClassTime(k.op_class, 0.0, 0))
+            row.kiln_ms += k.total_ms
+            row.kiln_kernels += k.calls
+        if self.reference is not None:
+            for node in self.reference.nodes:
+                row = rows.setdefault(node["op_class"], ClassTime(node["op_class"], 0.0, 0))
+                row.ort_ms = (row.ort_ms or 0.0) + node["ms"]
+                row.ort_nodes = (row.ort_nodes or 0) + 1
+        return sorted(rows.values(), key=lambda r: -max(r.kiln_ms, r.ort_ms or 0.0))
+
+    def to_json(self) -> dict:
+        data = {
+            "library": self.library, "threads": self.threads, "machine": self.machine, "repeat": self.repeat,
+            "end_to_end_ms": self.end_to_end_ms, "kernel_sum_ms": self.kernel_sum_ms, "other_ms": self.other_ms,
+            "kernels": [dict(asdict(k), gflops_per_s=k.gflops_per_s) for k in self.kernels],
+            "classes": [dict(asdict(c), ratio=c.ratio) for c in self.classes()],
+        }
+        if self.reference is not None:
+            data["onnxruntime"] = {"end_to_end_ms": self.reference.end_to_end_ms,
+                                   "end_to_end_unprofiled_ms": self.reference.end_to_end_unprofiled_ms,
+                                   "node_sum_ms": self.reference.node_sum_ms, "nodes": self.reference.nodes}
+        return data
+
+
+def _describe_argument(value) -> str:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{value.dtype}[{'x'.join(str(int(d)) for d in value.shape)}]"
+    return type(value).__name__
+
+
+def time_kernels(model: CompiledModel, inputs: dict[str, np.ndarray], repeat: int = 5,
+                 min_repeat_ms: int = 5) -> dict[str, tuple[list[float], list[str]]]:
+    """Each kernel call of one run, timed alone: name → (ms of each call, argument descriptions).
+
+    Runs the library once through the VM with an instrument hook; before each call of a kernel
+    (any function of the library's kernel module, not a ``vm.builtin``) the hook times it on
+    the arguments the VM is about to pass."""
+    kernels = model._executable.imports[0]
+    evaluators: dict[str, object] = {}
+    timed: dict[str, tuple[list[float], list[str]]] = {}
+
+    def instrument(_func, symbol, before_run, _ret, *args):
+        if before_run and kernels.implements_function(symbol):
+            if symbol not in evaluators:
+                evaluators[symbol] = kernels.time_evaluator(symbol, model.device, number=1, repeat=repeat,
+                                                            min_repeat_ms=min_repeat_ms)
+            seconds = evaluators[symbol](*args).results
+            entry = timed.setdefault(symbol, ([], [_describe_argument(a) for a in args]))
+            entry[0].append(float(np.median(seconds)) * 1e3)
+        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+    tensors = model._to_device(model._ordered_arrays(inputs))
+    with model._lock:
+        model._vm.set_instrument(instrument)
+        try:
+            model._main(*tensors)
+        finally:
+            model._vm.set_instrument(None)
+    return timed
+
+
+def profile_library(model: CompiledModel, inputs: dict[str, np.ndarray] | None = None, repeat: int = 5,
+                    runs: int = 30, reference: str | Path | None = None) -> Profile:
+    """Profile ``model`` (see the module docstring); ``reference``: the ONNX model to profile
+    with ONNX Runtime beside it."""
+    from targets.registry import machine_description
+
+    inputs = inputs if inputs is not None else model.random_inputs(seed=0)
+    end_to_end = model.benchmark(runs, inputs).p50_ms
+    timed = time_kernels(model, inputs, repeat)
+    schedules = model.metadata.extra.get("kernel_schedules", {})
+    flops = model.metadata.extra.get("kernel_flops", {})
+    kernels = []
+    for name, (times, arguments) in timed.items():
+        total = float(sum(times))
+        kernels.append(KernelTime(name=name, op_class=kernel_class(name), calls=len(times),
+                                  ms_per_call=total / len(times), total_ms=total, share=total / end_to_end,
+                                  schedule=schedules.get(name, ""), flops=flops.get(name), arguments=arguments))
+    kernels.sort(key=lambda k: -k.total_ms)
+    ort = None
+    if reference is not None:
+        ort = profile_onnxruntime(reference, inputs, model.threads, runs,
+                                  fixed=model.metadata.extra.get("input_values"))
+    return Profile(library=str(model.path), threads=model.threads, end_to_end_ms=end_to_end, kernels=kernels,
+                   repeat=repeat, machine=machine_description(), reference=ort)
+
+
+def profile_onnxruntime(model, inputs: dict[str, np.ndarray], threads: int, runs: int,
+                        fixed: dict | None = None, warmup: int = 3) -> OrtProfile:
+    """ONNX Runtime's per-node profile (``SessionOptions.enable_profiling``) of ``model`` (a path
+    or a ModelProto) over ``runs`` runs after ``warmup`` untimed ones: each node's median kernel time, and the median ``model_run``."""
+    import onnxruntime as ort
+
+    from compiler.reference import OnnxRuntimeReference
+
+    feed = {**OnnxRuntimeReference(model, threads, fixed).fixed, **inputs}
+    with tempfile.TemporaryDirectory(prefix="kiln-ort-profile-") as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        data = model.SerializeToString() if hasattr(model, "SerializeToString") else Path(model).read_bytes()
+        session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        try:
+            for _ in range(warmup + runs):
+                session.run(None, feed)
+        except Exception as err:  # onnxruntime's own error types: a model that does not accept these inputs
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise InputError(f"ONNX Runtime could not run the reference model on these inputs: {first}") from None
+        events = json.loads(Path(session.end_profiling()).read_text())
+    plain = OnnxRuntimeReference(model, threads, fixed).benchmark(inputs, runs, warmup).p50_ms
+    return parse_ort_trace(events, skip_runs=warmup, unprofiled_ms=plain)
+
+
+def parse_ort_trace(events: list[dict], skip_runs: int, unprofiled_ms: float) -> OrtProfile:
+    """An ``OrtProfile`` from ONNX Runtime's trace events, leaving out the first ``skip_runs`` runs."""
+    run_events = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                        key=lambda e: e["ts"])
+    if len(run_events) <= skip_runs:
+        raise ValueError(f"the ONNX Runtime trace has {len(run_events)} runs; expected more than {skip_runs}")
+    measured = run_events[skip_runs:]
+    start = measured[0]["ts"]
+    per_node: dict[str, list[float]] = defaultdict(list)
+    op_types: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < start:
+            continue
+        node = e["name"][: -len("_kernel_time")]
+        per_node[node].append(e["dur"] / 1e3)
+        op_types[node] = e.get("args", {}).get("op_name", "")
+    nodes = [{"name": n, "op_type": op_types[n], "op_class": ort_class(op_types[n]),
+              # a node that ran k times per model run (inside a loop) counts k times
+              "ms": float(np.median(t)) * len(t) / len(measured)}
+             for n, t in per_node.items()]
+    nodes.sort(key=lambda n: -n["ms"])
+    return OrtProfile(end_to_end_ms=float(np.median([e["dur"] for e in measured])) / 1e3,
+                      end_to_end_unprofiled_ms=unprofiled_ms, nodes=nodes)
+
+
+def format_profile(profile: Profile, top: int | None = None) -> str:
+    """The profile as text: kernels slowest first, then the operator classes (beside ONNX Runtime's)."""
+    lines = [f"{profile.library}: {profile.threads} threads, end-to-end p50 {profile.end_to_end_ms:.3f} ms; "
+             f"each kernel timed alone, median of {profile.repeat}",
+             "",
+             f"{'kernel':<48} {'calls':>5} {'ms/call':>9} {'total ms':>9} {'share':>6} {'GFLOP/s':>8}  schedule"]
+    shown = profile.kernels if top is None else profile.kernels[:top]
+    for k in shown:
+        rate = f"{k.gflops_per_s:8.1f}" if k.gflops_per_s is not None else f"{'-':>8}"
+        lines.append(f"{k.name[:48]:<48} {k.calls:>5} {k.ms_per_call:>9.3f} {k.total_ms:>9.3f} "
+                     f"{k.share:>6.1%} {rate}  {k.schedule or '-'}")
+    hidden = profile.kernels[len(shown):]
+    if hidden:
+        ms = sum(k.total_ms for k in hidden)
+        lines.append(f"{f'({len(hidden)} more kernels)':<48} {sum(k.calls for k in hidden):>5} {'':>9} {ms:>9.3f} "
+                     f"{ms / profile.end_to_end_ms:>6.1%}")
+    lines += [f"{'kernels, sum':<48} {sum(k.calls for k in profile.kernels):>5} {'':>9} "
+              f"{profile.kernel_sum_ms:>9.3f} {profile.kernel_sum_ms / profile.end_to_end_ms:>6.1%}",
+              f"{'other (VM calls between kernels, cache effects)':<48} {'':>5} {'':>9} {profile.other_ms:>9.3f} "
+              f"{profile.other_ms / profile.end_to_end_ms:>6.1%}",
+              ""]
+    ort = profile.reference
+    header = f"{'operator class':<24} {'kiln ms':>9} {'kernels':>7}"
+    if ort is not None:
+        header += f" {'ORT ms':>9} {'nodes':>6} {'kiln/ORT':>8}"
+    lines.append(header)
+    for c in profile.classes():
+        line = f"{c.op_class:<24} {c.kiln_ms:>9.3f} {c.kiln_kernels:>7}"
+        if ort is not None:
+            line += (f" {c.ort_ms:>9.3f} {c.ort_nodes:>6}" if c.ort_ms is not None else f" {'-':>9} {'-':>6}")
+            line += f" {c.ratio:>7.2f}x" if c.ratio is not None else f" {'-':>8}"
+        lines.append(line)
+    if ort is not None:
+        lines += [f"{'all kernels / nodes':<24} {profile.kernel_sum_ms:>9.3f} {sum(k.calls for k in profile.kernels):>7}"
+                  f" {ort.node_sum_ms:>9.3f} {len(ort.nodes):>6} {profile.kernel_sum_ms / ort.node_sum_ms:>7.2f}x",
+                  f"{'end to end':<24} {profile.end_to_end_ms:>9.3f} {'':>7} {ort.end_to_end_unprofiled_ms:>9.3f} "
+                  f"{'':>6} {profile.end_to_end_ms / ort.end_to_end_unprofiled_ms:>7.2f}x",
+                  f"(ONNX Runtime's node times come from its profiler, which adds its own overhead: "
+                  f"{ort.end_to_end_ms:.3f} ms per run with profiling on, {ort.end_to_end_unprofiled_ms:.3f} ms off)"]
+        if any(n["op_class"] == "recurrent" for n in ort.nodes):
+            lines.append("(an ONNX LSTM/GRU/RNN node includes its input projection, which kiln runs as a separate "
+                         "matmul kernel: compare recurrent + matmul together)")
+    return "\n".join(lines)

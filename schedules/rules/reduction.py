@@ -23,7 +23,7 @@ unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import tvm
 from tvm import s_tir, tirx
@@ -442,6 +442,16 @@ def weight_rank(a: _Anchor, region: tirx.BufferRegion) -> tuple:
     return (not _plain_indices(region), len(set(a.out_vars) & used), a.out_dims[-1] not in used)
 
 
+def narrowest_fitting(spec: VectorSpec, channels: int) -> VectorSpec | None:
+    """``spec``, or the same registers used at half (a quarter) of their width, whichever is the
+    widest whose float32 lanes divide ``channels``; None below 4 lanes. ShuffleNet's 24 and 60
+    channels on AVX-512: 8 and 4 lanes, instead of the spatial rule's strided gathers (its
+    3->24 stride-2 stem conv: 1.87 ms at 16 lanes declined, see docs/profile.md)."""
+    while spec.lanes() > 4 and channels % spec.lanes():
+        spec = replace(spec, vector_bits=spec.vector_bits // 2)
+    return spec if channels % spec.lanes() == 0 else None
+
+
 class ChannelVectorized(CPUScheduleRule):
     """conv2d (NCHW) and matmul-like kernels: vectorize the weight-only output axis.
 
@@ -469,11 +479,11 @@ class ChannelVectorized(CPUScheduleRule):
         only_d = [v for v in a.out_vars if v in d_vars and v not in w_vars]
         if not plain[w] or not only_w or not only_d or not (spatial & w_vars) - d_vars:
             return None
-        spec = self.spec(target)
         v, r = only_w[-1], only_d[-1]
-        base = spec.lanes()
-        if a.extents[v] % base != 0:
+        spec = narrowest_fitting(self.spec(target), a.extents[v])
+        if spec is None:
             return None
+        base = spec.lanes()
         windowed = is_windowed(a, reads[d][1])
         # Blocked channels (NCHWc: [fo, .., fi], fi one vector): the tile takes several fo blocks.
         blocks_var = only_w[-2] if len(only_w) >= 2 and a.extents[v] == base else None

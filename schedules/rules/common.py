@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import SBlockInfo, collect_vars_used_in_prim_expr
 from tvm.s_tir.dlight.base import ScheduleRule
@@ -206,23 +208,33 @@ def schedule_injective_nest(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
         if row_loops > 1:
             sch.unroll(loops[-1])  # a short innermost axis (e.g. 4 channels)
         return
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    extent = int_extent(sch.get(fused).extent)
-    if extent is None:
+    extents = [int_extent(sch.get(loop).extent) for loop in loops]
+    if any(e is None for e in extents):
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         if parallel:
             sch.parallel(fused)
         return
+    extent = math.prod(extents)
     if all(v is not None for v in verdicts.values()):
         vec = next((w for w in widths if verdicts[w]), 1)
     else:  # not analysable: vectorize as before
         vec = lanes if extent % lanes == 0 else divisor_at_most(extent, lanes)
-    if vec >= 4 and extent // vec >= 1:
-        outer, inner = sch.split(fused, [None, vec])
-        sch.vectorize(inner)
-        if parallel and extent // vec > 1:
-            sch.parallel(outer)
-    elif parallel and extent > 1:
-        sch.parallel(fused)
+    if vec < 4:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        if parallel and extent > 1:
+            sch.parallel(fused)
+        return
+    # Vectors within the fewest innermost loops whose extent they divide: the outer indices (the
+    # channel of a [1, C, 1, 1] scale) are then the same for every lane, and LLVM loads such a
+    # value once per vector instead of gathering it lane by lane (DenseNet's BN + ReLU over
+    # 224x56x56, AVX-512, 2 threads: 0.59 -> 0.042 ms).
+    k = next((k for k in range(1, len(loops) + 1) if math.prod(extents[-k:]) % vec == 0), len(loops))
+    inner = sch.fuse(*loops[-k:]) if k > 1 else loops[-1]
+    rest, lanes_loop = sch.split(inner, [None, vec])
+    sch.vectorize(lanes_loop)
+    outer = sch.fuse(*loops[:-k], rest) if k < len(loops) else rest
+    if parallel and extent // vec > 1:
+        sch.parallel(outer)
 
 
 def _row_loops(sch: s_tir.Schedule, loops: list) -> int:

@@ -27,6 +27,7 @@ from compiler.passes.int8_conv_layout import int8_conv_layout
 from compiler.passes.quantized_lookup import quantized_lookup
 from compiler.passes.row_softmax import legalize_softmax
 from compiler.passes.pad_output_channels import pad_output_channels
+from compiler.passes.power_as_roots import power_as_roots
 from compiler.passes.prepack_in_place import attach_layout_free_buffers_in_place, split_layout_rewrite_in_place
 from compiler.passes.scalar_constants import scalar_constants
 from schedules.defaults import default_schedule_pass
@@ -89,6 +90,8 @@ def simplify_steps(weight_bits: int = 8, fusion: bool = True, channel_multiple: 
            Step("DropDropout", "inference Dropout is the identity (no copy; SqueezeNet's last concat can go)",
                 lambda: drop_dropout)] if fusion else []),
         Step("FoldConstant", "compute weight-only expressions at compile time", relax.transform.FoldConstant),
+        *([Step("PowerAsRoots", "x ** 0.75 (LRN) and other constant powers as vector square roots and products, "
+                "not a scalar powf per element", lambda: power_as_roots)] if fusion else []),
         *([Step("PadOutputChannels", "a conv/matmul with an odd output-channel count gets zero channels, "
                 "so the vectorized kernels take it (PP-OCR recognizer's 6625 classes, its 60-channel convs)",
                 lambda: pad_output_channels)] if fusion else []),

@@ -277,7 +277,7 @@ def alternating_p50_ms(models: Mapping[str, CompiledModel], inputs, rounds: int 
     return alternating_calls_p50_ms({name: model.timed_call(inputs) for name, model in models.items()}, rounds, runs)
 
 
-PAUSE_S = 0.05  # between runners: the previous runner's worker threads stop spinning
+PAUSE_S = 0.3  # between runners: TVM's pool spins about 0.2 s after a call (measured), ORT's less
 
 
 def alternating_calls_p50_ms(calls: Mapping[str, Callable[[], object]], rounds: int = 3,

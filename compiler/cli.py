@@ -217,12 +217,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     model = load(args.library, threads=args.threads)
     if model.metadata.device != "cpu":
         raise KilnError(f"kiln profile times CPU libraries; {args.library} targets {model.metadata.device}")
-    if args.repeat < 1 or args.runs < 1:
-        raise InputError("--repeat and --runs must be at least 1")
+    if args.repeat < 1 or args.runs < 1 or args.rounds < 1:
+        raise InputError("--repeat, --runs and --rounds must be at least 1")
     if args.reference:
         read_model(args.reference)  # a clear error for a missing or malformed file, before the slow part
     profile = profile_library(model, _load_inputs(args, model), repeat=args.repeat, runs=args.runs,
-                              reference=args.reference)
+                              reference=args.reference, rounds=args.rounds)
     print(format_profile(profile, top=args.top))
     if args.json:
         Path(args.json).write_text(json.dumps(profile.to_json(), indent=1) + "\n")
@@ -425,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", help=".npz keyed by input name (default: seeded random inputs)")
     p.add_argument("--threads", type=int, help="CPU threads (default: this machine's cores)")
     p.add_argument("--repeat", type=int, default=5, help="timings per kernel call; the median is kept")
-    p.add_argument("--runs", type=int, default=30, help="end-to-end runs (and ONNX Runtime profiled runs)")
+    p.add_argument("--runs", type=int, default=30, help="end-to-end runs per round (and ONNX Runtime profiled runs)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of end-to-end and per-kernel timing; medians kept")
     p.add_argument("--reference", metavar="MODEL.onnx", help="profile ONNX Runtime on the same model and inputs")
     p.add_argument("--top", type=int, default=25, metavar="N", help="kernels to list (the rest are summed)")
     p.add_argument("--json", metavar="FILE", help="also write the whole profile as JSON")

@@ -130,6 +130,7 @@ class Profile:
     end_to_end_ms: float
     kernels: list[KernelTime]  # slowest first
     repeat: int
+    rounds: int = 1
     machine: str = ""
     reference: OrtProfile | None = None
 
@@ -160,6 +161,7 @@ class Profile:
     def to_json(self) -> dict:
         data = {
             "library": self.library, "threads": self.threads, "machine": self.machine, "repeat": self.repeat,
+            "rounds": self.rounds,
             "end_to_end_ms": self.end_to_end_ms, "kernel_sum_ms": self.kernel_sum_ms, "other_ms": self.other_ms,
             "kernels": [dict(asdict(k), gflops_per_s=k.gflops_per_s) for k in self.kernels],
             "classes": [dict(asdict(c), ratio=c.ratio) for c in self.classes()],
@@ -209,19 +211,24 @@ def time_kernels(model: CompiledModel, inputs: dict[str, np.ndarray], repeat: in
 
 
 def profile_library(model: CompiledModel, inputs: dict[str, np.ndarray] | None = None, repeat: int = 5,
-                    runs: int = 30, reference: str | Path | None = None) -> Profile:
+                    runs: int = 30, reference: str | Path | None = None, rounds: int = 3) -> Profile:
     """Profile ``model`` (see the module docstring); ``reference``: the ONNX model to profile
-    with ONNX Runtime beside it."""
+    with ONNX Runtime beside it.
+
+    ``rounds`` rounds each time the whole library (``runs`` calls) and then every kernel call;
+    the end-to-end time is the median of the rounds' p50s and each kernel call's time the median
+    over the rounds, so a slow moment of a shared machine spoils one round, not the profile."""
     from targets.registry import machine_description
 
     inputs = inputs if inputs is not None else model.random_inputs(seed=0)
-    # end to end: half the runs before the kernels are timed, half after, so a slow moment of a
-    # shared machine weighs on both sides of the comparison alike
     call = model.timed_call(inputs)
-    before = time_calls(call, (runs + 1) // 2)
-    timed = time_kernels(model, inputs, repeat)
-    after = time_calls(call, (runs + 1) // 2)
-    end_to_end = float(np.median([before.p50_ms, after.p50_ms]))
+    block_p50s, per_round = [], []
+    for _ in range(max(rounds, 1)):
+        block_p50s.append(time_calls(call, runs).p50_ms)
+        per_round.append(time_kernels(model, inputs, repeat))
+    end_to_end = float(np.median(block_p50s))
+    timed = {name: ([float(np.median(samples)) for samples in zip(*(r[name][0] for r in per_round))], arguments)
+             for name, (_, arguments) in per_round[0].items()}
     schedules = model.metadata.extra.get("kernel_schedules", {})
     flops = model.metadata.extra.get("kernel_flops", {})
     kernels = []
@@ -236,7 +243,7 @@ def profile_library(model: CompiledModel, inputs: dict[str, np.ndarray] | None =
         ort = profile_onnxruntime(reference, inputs, model.threads, runs,
                                   fixed=model.metadata.extra.get("input_values"))
     return Profile(library=str(model.path), threads=model.threads, end_to_end_ms=end_to_end, kernels=kernels,
-                   repeat=repeat, machine=machine_description(), reference=ort)
+                   repeat=repeat, rounds=max(rounds, 1), machine=machine_description(), reference=ort)
 
 
 def profile_onnxruntime(model, inputs: dict[str, np.ndarray], threads: int, runs: int,
@@ -296,7 +303,7 @@ def parse_ort_trace(events: list[dict], skip_runs: int, unprofiled_ms: float) ->
 def format_profile(profile: Profile, top: int | None = None) -> str:
     """The profile as text: kernels slowest first, then the operator classes (beside ONNX Runtime's)."""
     lines = [f"{profile.library}: {profile.threads} threads, end-to-end p50 {profile.end_to_end_ms:.3f} ms; "
-             f"each kernel timed alone, median of {profile.repeat}",
+             f"each kernel timed alone (median of {profile.repeat}, then of {profile.rounds} rounds)",
              "",
              f"{'kernel':<48} {'calls':>5} {'ms/call':>9} {'total ms':>9} {'share':>6} {'GFLOP/s':>8}  schedule"]
     shown = profile.kernels if top is None else profile.kernels[:top]

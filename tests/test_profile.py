@@ -48,7 +48,7 @@ def _twice_the_same_block() -> onnx.ModelProto:
 
 def test_a_kernel_called_twice_counts_both_calls(tmp_path):
     compile_model(_twice_the_same_block(), tmp_path / "m.so", target="host")
-    profile = profile_library(load(tmp_path / "m.so", threads=1), repeat=2, runs=3)
+    profile = profile_library(load(tmp_path / "m.so", threads=1), repeat=2, runs=3, rounds=2)
     convs = [k for k in profile.kernels if k.op_class == "conv"]
     assert len(convs) == 1 and convs[0].calls == 2
     assert convs[0].total_ms == pytest.approx(2 * convs[0].ms_per_call)
@@ -72,7 +72,7 @@ def test_cli_profile_writes_json_with_the_onnxruntime_side(tiny_lib, tiny_onnx, 
 
 
 def test_cli_profile_refuses_bad_arguments_clearly(tiny_lib, tmp_path):
-    for args, message in [(["--repeat", "0"], "--repeat and --runs must be at least 1"),
+    for args, message in [(["--repeat", "0"], "--repeat, --runs and --rounds must be at least 1"),
                           (["--reference", str(tmp_path / "missing.onnx")], "no such file")]:
         done = subprocess.run([sys.executable, "-m", "compiler", "profile", str(tiny_lib), *args],
                               capture_output=True, text=True, timeout=300)

@@ -8,7 +8,17 @@ Python API::
     outs = m.run({"data": x})
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# TVM sizes each calling thread's CPU pool once, at its first parallel kernel, from
+# TVM_NUM_THREADS (default: half the cores, one thread on a 2-vCPU machine). A compile runs
+# kernels (constant folding) before any library is loaded, so the pool must start with every
+# core; ``compiler.runtime.configure_threads`` then chooses how many a library uses.
+_os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0)) if hasattr(_os, "sched_getaffinity")
+                                              else (_os.cpu_count() or 1)))
+_os.environ.setdefault("TVM_BIND_THREADS", "0")  # no pinning: shared machines, no affinity warnings
 
 
 def __getattr__(name: str):

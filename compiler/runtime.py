@@ -122,16 +122,21 @@ def _cuda_problem() -> str | None:
 
 
 def configure_threads(threads: int | None) -> int:
-    """Fix TVM's CPU thread pool size; returns the count actually in use.
+    """Set how many threads TVM's CPU pool uses for this (calling) thread; returns the count in use.
 
-    TVM reads ``TVM_NUM_THREADS`` once, when its pool starts, and defaults to half the
-    cores (one thread on a 2-vCPU machine), so the count must be set before first use.
+    TVM reads ``TVM_NUM_THREADS`` once, when a thread's pool starts (``compiler`` sets it to the
+    core count at import, before anything can start one); ``runtime.config_threadpool`` then
+    chooses how many of the pool's workers run, up to its size. A pool another program started
+    smaller than ``threads`` stays smaller: the returned count says so.
     """
     import tvm
 
-    wanted = threads or len(os.sched_getaffinity(0))
-    os.environ["TVM_NUM_THREADS"] = str(wanted)
-    os.environ.setdefault("TVM_BIND_THREADS", "0")  # no pinning: shared machines, no affinity warnings
+    cores = len(os.sched_getaffinity(0))
+    wanted = threads or cores
+    os.environ["TVM_NUM_THREADS"] = str(max(wanted, cores))  # the pool's size, if it has not started
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    big_cores = 1  # TVM's ThreadGroup::kBig; with TVM_BIND_THREADS=0 no thread is pinned
+    tvm.get_global_func("runtime.config_threadpool")(big_cores, wanted)
     return int(tvm.runtime.num_threads())
 
 

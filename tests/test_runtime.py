@@ -200,3 +200,19 @@ def test_a_library_rebuilt_to_the_same_path_loads_the_new_code(tmp_path):
     np.testing.assert_array_equal(first.run(x)["y"], 2.0 * x)
     np.testing.assert_array_equal(second.run(x)["y"], 3.0 * x)
     np.testing.assert_array_equal(load(path).run(x)["y"], 3.0 * x)
+
+
+def test_thread_count_follows_each_load_even_after_the_pool_started(tiny_lib):
+    """TVM sizes a thread's pool once; a 1-thread library run first must not cap a later 2-thread
+    load (it did: every later library ran on one thread, benchmarks included)."""
+    import subprocess
+    import sys
+
+    code = ("from compiler.runtime import load\n"
+            f"a = load({str(tiny_lib)!r}, threads=1); a.run(a.random_inputs())\n"
+            f"b = load({str(tiny_lib)!r}, threads=2); b.run(b.random_inputs())\n"
+            f"c = load({str(tiny_lib)!r}, threads=1)\n"
+            "print(a.threads, b.threads, c.threads)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "2", "1"]

@@ -34,7 +34,7 @@ KERNEL_CLASSES = [
     ("matmul", ("matmul", "dense", "gemm")),
     ("pool", ("pool",)),
     ("softmax", ("softmax",)),
-    ("normalization", ("norm", "power", "rsqrt", "mean", "variance")),
+    ("normalization", ("norm", "power", "sqrt", "mean", "variance")),  # sqrt: LRN after PowerAsRoots
 ]
 DATA_MOVEMENT_OPS = {"concatenate", "concat", "split", "transpose", "reshape", "layout", "transform", "pad", "take",
                      "gather", "strided", "slice", "squeeze", "expand", "dims", "flatten", "copy", "resize", "image",

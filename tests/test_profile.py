@@ -108,6 +108,7 @@ def test_onnxruntime_trace_skips_warm_up_runs_and_counts_loop_iterations():
     ("concatenate3", "Concat", "data movement"),
     ("fused_reshape_transpose_reshape1", "Transpose", "data movement"),
     ("fused_squeeze1_multiply3_add4_power1_divide11", "LRN", "normalization"),
+    ("fused_squeeze_multiply1_add1_sqrt_sqrt1_multiply2_divide1", "LRN", "normalization"),
     ("fused_add_relu", "Add", "elementwise and other"),
 ])
 def test_kernels_and_onnx_nodes_fall_in_the_same_class(kernel, op_type, cls):

@@ -147,12 +147,9 @@ def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
 def _load_inputs(args: argparse.Namespace, model) -> dict[str, np.ndarray]:
     if not args.inputs:
         return model.random_inputs(seed=0, fill=args.fill)
-    path = Path(args.inputs)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
-        raise InputError(f"--inputs {path}: not a readable .npz file ({err})") from None
+    from compiler.array_files import read_npz
+
+    return read_npz(args.inputs, "--inputs")
 
 
 def _print_top(outputs: dict[str, np.ndarray], n: int) -> None:

@@ -57,11 +57,14 @@ class ImportedModel:
     onnx_model: onnx.ModelProto  # the validated, shape-fixed model (for reference runs)
 
 
-def printable(text: str) -> str:
+def printable(text: str | bytes) -> str:
     """``text`` safe inside a one-line message: line breaks and other control characters escaped.
 
-    Names come from the model file (tensor, node, operator, graph names) and may hold anything.
+    Names come from the model file (tensor, node, operator, graph names) and may hold anything,
+    even bytes that are not UTF-8 (protobuf then hands back ``bytes``).
     """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

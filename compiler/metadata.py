@@ -145,20 +145,28 @@ def _elf_section(data: bytes, wanted: str) -> bytes | None:
     return None
 
 
-def read_metadata(path: str | Path) -> LibraryMetadata:
-    """The metadata of a kiln library, read from the file without loading it."""
+def read_metadata(path: str | Path, verify: bool = True) -> LibraryMetadata:
+    """The metadata of a kiln library, read from the file without loading it.
+
+    ``verify``: check the seal first (``verify_library``), so that a truncated or modified file
+    is refused as such before anything in it is parsed."""
     path = Path(path)
     if not path.is_file():
         raise LibraryError(f"{path}: no such library file")
-    blob = _elf_section(path.read_bytes(), SECTION)
+    data = path.read_bytes()
+    if verify:
+        verify_library(path, data)
+    try:
+        blob = _elf_section(data, SECTION)
+    except (struct.error, IndexError, ValueError) as err:
+        raise LibraryError(f"{path}: the library's ELF headers are damaged ({err}); recompile it") from None
     if blob is None:
         raise LibraryError(f"{path}: not a kiln library (no {SECTION} section); compile it with `kiln compile`")
-    text = blob.split(b"\0", 1)[0].decode("utf-8")
     try:
-        meta = LibraryMetadata.from_json(text)
-    except (ValueError, TypeError, KeyError) as err:
-        raise LibraryError(f"{path}: kiln metadata is unreadable ({err}); recompile the model") from None
-    if meta.format_version > FORMAT_VERSION:
+        meta = LibraryMetadata.from_json(blob.split(b"\0", 1)[0].decode("utf-8"))
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:  # UnicodeDecodeError is a ValueError
+        raise LibraryError(f"{path}: kiln metadata is unreadable ({type(err).__name__}); recompile the model") from None
+    if not isinstance(meta.format_version, int) or meta.format_version > FORMAT_VERSION:
         raise LibraryError(
             f"{path}: built by a newer kiln (metadata format {meta.format_version}); upgrade kiln to load it"
         )
@@ -181,7 +189,7 @@ def verify_library(path: str | Path, data: bytes | None = None) -> None:
     """Refuse a library whose bytes changed after ``kiln compile`` sealed it."""
     data = Path(path).read_bytes() if data is None else data
     body, seal = data[:-SEAL_SIZE], data[-SEAL_SIZE:]
-    if not seal.startswith(SEAL_MAGIC):
+    if len(data) <= SEAL_SIZE or not seal.startswith(SEAL_MAGIC):
         raise LibraryError(f"{path}: the library has no kiln seal: it was modified after compilation "
                            "(e.g. stripped or truncated) or not made by this kiln; recompile it")
     if hashlib.sha256(body).digest() != seal[len(SEAL_MAGIC):]:

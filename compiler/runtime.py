@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from compiler.errors import DeviceError, InputError, LibraryError
-from compiler.metadata import LibraryMetadata, TensorSpec, read_metadata, verify_library
+from compiler.metadata import LibraryMetadata, TensorSpec, read_metadata
 from targets.registry import cpu_flags
 
 # Instruction-set features each x86 mcpu preset needs; running without them dies with SIGILL.
@@ -303,8 +303,7 @@ def alternating_calls_p50_ms(calls: Mapping[str, Callable[[], object]], rounds: 
 def load(path: str | Path, threads: int | None = None) -> CompiledModel:
     """Load a library made by ``kiln compile``; ``threads`` defaults to this machine's cores."""
     path = Path(path)
-    meta = read_metadata(path)
-    verify_library(path)
+    meta = read_metadata(path)  # checks the seal before it parses anything
     check_runnable_here(meta, path)
     used = configure_threads(threads)
     return CompiledModel(path, meta, used)

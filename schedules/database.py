@@ -97,8 +97,8 @@ def _read_lines(path: Path) -> list[object | None]:
         for number, line in enumerate(f, 1):
             try:
                 values.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                log.warning("%s:%d: skipping an unreadable line (%s)", path, number, err)
+            except (ValueError, RecursionError) as err:  # not JSON, or nested too deep to parse
+                log.warning("%s:%d: skipping an unreadable line (%s)", path, number, type(err).__name__)
                 values.append(None)
     return values
 
@@ -164,7 +164,7 @@ class DurableDatabase(PyDatabase):
         if baseline_path.is_file():
             try:
                 self.baselines = {str(k): float(v) for k, v in json.loads(baseline_path.read_text()).items()}
-            except (ValueError, AttributeError) as err:
+            except (ValueError, AttributeError, TypeError, RecursionError) as err:  # not JSON, not an object, null
                 log.warning("%s: unreadable (%s); tuned records are applied without the default-schedule check",
                             baseline_path, err)
         for value in _read_lines(self.work_dir / WORKLOAD_FILE):

@@ -13,8 +13,28 @@ from schedules.tune import LOG_FILE
 log = logging.getLogger(__name__)
 
 
+LOG_FIELDS = ("trials", "elapsed_s", "tasks", "tasks_measured")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _read_log(path: Path) -> list[dict]:
-    return [e for e in _read_lines(path) if isinstance(e, dict)]
+    """The run log's entries that have the fields the report reads (a damaged line is skipped)."""
+    return [e for e in _read_lines(path) if isinstance(e, dict) and all(_is_number(e.get(k)) for k in LOG_FIELDS)
+            and (e.get("estimated_ms") is None or _is_number(e["estimated_ms"]))]
+
+
+def _latencies(record) -> tuple[int, list[float]] | None:
+    """(workload index, measured seconds) of a record line ``[index, [trace, [seconds...], ...]]``;
+    None for a line of another shape (a damaged file)."""
+    try:
+        index, body = record
+        seconds = [float(s) for s in (body[1] or [])]
+        return (index, seconds) if isinstance(index, int) and not isinstance(index, bool) else None
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
 
 
 def tune_report(db: str | Path, png: str | Path | None = None) -> dict:
@@ -22,11 +42,10 @@ def tune_report(db: str | Path, png: str | Path | None = None) -> dict:
     work_dir = Path(db)
     if not (work_dir / WORKLOAD_FILE).is_file():
         raise TuningError(f"{work_dir} is not a tuning database (no {WORKLOAD_FILE}); create one with `kiln tune`")
-    records = [r for r in _read_lines(work_dir / RECORD_FILE) if isinstance(r, list) and len(r) == 2]
+    records = [r for r in map(_latencies, _read_lines(work_dir / RECORD_FILE)) if r is not None]
     best: dict[int, float] = {}
     counts: dict[int, int] = defaultdict(int)
-    for index, record in records:
-        secs = [float(s) for s in record[1]] if record[1] else []
+    for index, secs in records:
         counts[index] += 1
         if secs and all(s < 1e9 for s in secs):
             best[index] = min(best.get(index, float("inf")), 1e3 * sum(secs) / len(secs))

@@ -245,17 +245,14 @@ def _as_batch(arrays: dict[str, np.ndarray], inputs: list[TensorSpec]) -> list[d
 def _read_file(path: Path, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
     if path.suffix not in (".npy", ".npz"):
         raise InputError(f"{path}: calibration data must be .npz (one array per input name) or .npy")
-    try:
-        if path.suffix == ".npy":
-            if len(inputs) != 1:
-                raise InputError(f"{path}: a .npy file feeds a one-input model; this one has {len(inputs)} "
-                                 "inputs (use .npz with one array per input name)")
-            return {inputs[0].name: np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError) as err:
-        raise InputError(f"{path}: not readable calibration data ({err}); expected .npz or .npy "
-                         "(pickled arrays are refused)") from None
+    from compiler.array_files import read_npy, read_npz
+
+    if path.suffix == ".npy":
+        if len(inputs) != 1:
+            raise InputError(f"{path}: a .npy file feeds a one-input model; this one has {len(inputs)} "
+                             "inputs (use .npz with one array per input name)")
+        return {inputs[0].name: read_npy(path, "calibration data")}
+    return read_npz(path, "calibration data")
 
 
 def load_calibration(source, inputs: list[TensorSpec], limit: int | None = None) -> list[dict[str, np.ndarray]]:

@@ -154,6 +154,8 @@ def read_metadata(path: str | Path, verify: bool = True) -> LibraryMetadata:
     if not path.is_file():
         raise LibraryError(f"{path}: no such library file")
     data = path.read_bytes()
+    if not data.startswith(b"\x7fELF"):
+        raise LibraryError(f"{path}: not an ELF shared library; give a library made by `kiln compile`")
     if verify:
         verify_library(path, data)
     try:

@@ -24,7 +24,7 @@ from compiler.metadata import LibraryMetadata, TensorSpec, metadata_source, seal
 from compiler.pipeline import PRECISIONS, build_pipeline
 from compiler.quantization import Int8Options, Int8Result, plan_int8, simplified_module
 from targets.cuda import cuda_compile_hook, enable_cuda_codegen, parse_archs
-from targets.registry import TargetPreset, resolve_target, with_build_layout
+from targets.registry import TargetPreset, fp16_refusal, resolve_target, with_build_layout
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,8 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     if preset.conv_layout == "NCHWc" and (options.precision != "fp32" or preset.kind != "llvm"):
         raise TargetError(f"--layout NCHWc is for float32 CPU builds (here: {options.precision} on {preset.name}); "
                           "use NCHW or NHWC")
+    if options.precision == "fp16" and fp16_refusal(preset):
+        raise TargetError(fp16_refusal(preset))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fcompile = _linker(preset)  # fail on a missing tool before the slow part

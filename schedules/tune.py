@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from compiler.errors import InputError, KilnError
+from compiler.errors import InputError, KilnError, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -337,11 +337,13 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     if options.trials is None and options.budget_seconds is None:
         options.trials = -1  # resolved to DEFAULT_TRIALS_PER_TASK per task below
     from schedules.database import DurableDatabase
-    from targets.registry import default_threads, resolve_target, with_build_layout
+    from targets.registry import default_threads, fp16_refusal, resolve_target, with_build_layout
 
     if options.conv_layout is not None and options.conv_layout.lower() == "auto":
         raise InputError("tuning needs one layout: pass --layout NCHW or NHWC (compile with the same)")
     preset = with_build_layout(resolve_target(options.target), options.conv_layout, options.precision)
+    if options.precision == "fp16" and fp16_refusal(preset):
+        raise TargetError(fp16_refusal(preset))
     threads = options.threads or default_threads()
     # Measurements must use the threads the library will run with (TVM's default is 1 here).
     os.environ["TVM_NUM_THREADS"] = str(threads)

@@ -48,6 +48,16 @@ class TargetPreset:
     def is_cross(self) -> bool:
         return self.cross_compiler is not None
 
+    @property
+    def native_fp16(self) -> bool:
+        """Whether the device computes in float16 natively: CUDA GPUs, ARM64 with the ``fullfp16``
+        extension, x86 with AVX512-FP16. Elsewhere LLVM converts every float16 value to float32
+        and back around each operation: slower than float32, so ``--precision fp16`` is refused."""
+        if self.device == "cuda":
+            return True
+        mattr = {str(a) for a in self.target.get("mattr", ())}
+        return bool(mattr & {"+fullfp16", "+avx512fp16"}) or self.target.get("mcpu") in FP16_X86_CPUS
+
     def tvm_target(self):
         """The ``tvm.target.Target`` for this preset."""
         import tvm
@@ -67,6 +77,20 @@ class TargetPreset:
             "conv_layout": self.conv_layout,
             "int8_conv_layout": self.int8_conv_layout or self.conv_layout,
         }
+
+
+FP16_X86_CPUS = ("sapphirerapids", "graniterapids", "emeraldrapids")  # AVX512-FP16
+
+
+def fp16_refusal(preset: "TargetPreset") -> str | None:
+    """Why ``preset`` cannot take ``--precision fp16`` (None when it can)."""
+    if preset.native_fp16:
+        return None
+    having = ", ".join(p.name for p in PRESETS.values() if p.native_fp16 and p.device == "cpu")
+    return (f"--precision fp16 needs native half-precision arithmetic, which target '{preset.name}' lacks "
+            f"(float16 would be converted to float32 around every operation: slower than fp32). Targets that have "
+            f"it: CUDA presets, {having}, or an x86 JSON target with mattr +avx512fp16 (Sapphire Rapids); here use "
+            "--precision fp32 or int8")
 
 
 def _llvm_x86(mcpu: str) -> dict[str, Any]:

@@ -34,3 +34,21 @@ def test_aliases_and_json():
 def test_bad_targets(spec, message):
     with pytest.raises(TargetError, match=message.replace("(", r"\(")):
         resolve_target(spec)
+
+
+def test_fp16_is_refused_where_the_target_has_no_native_half_precision(tiny_onnx, tmp_path):
+    """On x86 without AVX512-FP16 LLVM converts every float16 to float32 and back (SqueezeNet
+    1.7x slower than fp32, docs/limitations.md): refused, naming the targets that have it."""
+    import json
+
+    from compiler.build import compile_model
+    from targets.registry import fp16_refusal
+
+    for name in ("x86-avx2", "x86-avx512", "x86-vnni", "rpi4", "arm64"):
+        assert not resolve_target(name).native_fp16 and "graviton2" in fp16_refusal(resolve_target(name))
+    for name in ("graviton2", "graviton3", "cortex-a76", "cuda-sm80", "jetson-orin"):
+        assert resolve_target(name).native_fp16 and fp16_refusal(resolve_target(name)) is None
+    spr = json.dumps({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mattr": ["+avx512f", "+avx512fp16"]})
+    assert resolve_target(spr).native_fp16
+    with pytest.raises(TargetError, match="needs native half-precision"):
+        compile_model(tiny_onnx, tmp_path / "m.so", target="x86-avx2", precision="fp16")

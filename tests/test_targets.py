@@ -37,8 +37,8 @@ def test_bad_targets(spec, message):
 
 
 def test_fp16_is_refused_where_the_target_has_no_native_half_precision(tiny_onnx, tmp_path):
-    """On x86 without AVX512-FP16 LLVM converts every float16 to float32 and back (SqueezeNet
-    1.7x slower than fp32, docs/limitations.md): refused, naming the targets that have it."""
+    """On x86 without AVX512-FP16 LLVM converts every float16 to float32 and back (slower than
+    fp32, docs/limitations.md): refused, naming the targets that have it."""
     import json
 
     from compiler.build import compile_model

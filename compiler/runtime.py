@@ -27,10 +27,20 @@ import numpy as np
 
 from compiler.errors import DeviceError, InputError, LibraryError
 from compiler.metadata import LibraryMetadata, TensorSpec, read_metadata
+from targets.cpu_features import missing_features, required_features
 from targets.registry import cpu_flags
 
-# Instruction-set features each x86 mcpu preset needs; running without them dies with SIGILL.
-_MCPU_NEEDS = {"haswell": "avx2", "skylake-avx512": "avx512f", "cascadelake": "avx512_vnni"}
+
+
+def _presets_that_run_here(machine: str) -> str:
+    """", or one of them: x86-avx2, …" for the named CPU presets this machine can run."""
+    from targets.registry import PRESETS
+
+    flags = cpu_flags()
+    arch = "aarch64" if machine == "arm64" else machine
+    fits = [p.name for p in PRESETS.values() if p.device == "cpu" and required_features(p.target)[0] == arch
+            and not missing_features(p.target, flags)]
+    return f" or one of the presets this CPU runs: {', '.join(fits)}" if fits else ""
 
 
 @dataclass(frozen=True)
@@ -83,11 +93,12 @@ def check_runnable_here(meta: LibraryMetadata, path: Path) -> None:
             f"{path} was built for {arch} (target '{meta.target_name}'); this machine is {machine}. "
             "Run it on that device (see scripts/deploy_arm.md) or recompile with --target host"
         )
-    needed = _MCPU_NEEDS.get(str(host_target.get("mcpu", "")))
-    if needed and machine == "x86_64" and needed not in cpu_flags():
+    missing = missing_features(host_target, cpu_flags())  # the architecture matches (checked above)
+    if missing:
         raise LibraryError(
-            f"{path} was built for '{meta.target_name}' and needs the CPU feature {needed}, "
-            "which this CPU lacks; recompile with --target host"
+            f"{path} was built for '{meta.target_name}' and needs the CPU feature{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)}, which this CPU lacks (running it would crash with an illegal instruction); "
+            f"recompile with --target host{_presets_that_run_here(machine)}"
         )
     if meta.device == "cuda":
         problem = _cuda_problem()

@@ -162,7 +162,10 @@ _ALIASES = {alias: p.name for p in PRESETS.values() for alias in p.aliases}
 
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags (x86 `flags`, ARM `Features`) from /proc/cpuinfo."""
+    """This CPU's feature flags (x86 `flags`, ARM `Features`) from /proc/cpuinfo; on AArch64
+    without them (some kernels and emulators), the HWCAP bits of /proc/self/auxv."""
+    from targets.cpu_features import hwcap_features
+
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -170,6 +173,12 @@ def cpu_flags() -> frozenset[str]:
                     return frozenset(line.split(":", 1)[1].split())
     except OSError:  # no /proc/cpuinfo (not Linux): no flags known, detect_host takes the generic preset
         return frozenset()
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        try:
+            with open("/proc/self/auxv", "rb") as f:
+                return hwcap_features(f.read())
+        except OSError:
+            return frozenset()
     return frozenset()
 
 

@@ -52,3 +52,50 @@ def test_fp16_is_refused_where_the_target_has_no_native_half_precision(tiny_onnx
     assert resolve_target(spr).native_fp16
     with pytest.raises(TargetError, match="needs native half-precision"):
         compile_model(tiny_onnx, tmp_path / "m.so", target="x86-avx2", precision="fp16")
+
+
+RPI4_FEATURES = {"fp", "asimd", "evtstrm", "crc32", "cpuid"}  # /proc/cpuinfo of a Cortex-A72
+AVX2_FLAGS = {"sse4_2", "avx", "avx2", "fma"}
+
+
+@pytest.mark.parametrize("preset, flags, missing", [
+    ("graviton3", RPI4_FEATURES, ["asimddp", "asimdhp", "i8mm"]),
+    ("graviton2", RPI4_FEATURES, ["asimddp", "asimdhp"]),
+    ("rpi4", RPI4_FEATURES, []),
+    ("x86-vnni", AVX2_FLAGS, ["avx512_vnni", "avx512bw", "avx512cd", "avx512dq", "avx512f", "avx512vl"]),
+    ("x86-avx2", AVX2_FLAGS, []),
+    ('{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+avx512fp16"]}', AVX2_FLAGS,
+     ["avx512_fp16"]),
+    ('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+i8mm"]}', RPI4_FEATURES, ["i8mm"]),
+])
+def test_every_preset_and_json_target_names_the_features_it_needs(preset, flags, missing):
+    from targets.cpu_features import missing_features
+
+    assert missing_features(resolve_target(preset).target, flags) == missing
+
+
+def test_aarch64_features_come_from_hwcap_where_cpuinfo_has_none():
+    import struct
+
+    from targets.cpu_features import hwcap_features
+
+    auxv = struct.pack("<QQQQQQ", 16, (1 << 1) | (1 << 20), 26, 1 << 13, 0, 0)  # asimd, asimddp; i8mm
+    assert hwcap_features(auxv) == {"asimd", "asimddp", "i8mm"}
+
+
+def test_a_library_needing_a_missing_feature_is_refused_before_loading(tiny_lib, monkeypatch):
+    from dataclasses import replace
+
+    import compiler.runtime as runtime
+    from compiler.errors import LibraryError
+    from compiler.metadata import read_metadata
+
+    meta = read_metadata(tiny_lib)
+    amx = replace(meta, target={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sapphirerapids"},
+                  target_name="x86-amx")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(AVX2_FLAGS))
+    if runtime.platform.machine().lower() != "x86_64":
+        pytest.skip("an x86 check")
+    with pytest.raises(LibraryError, match=r"needs the CPU features amx_bf16, amx_int8, .*which this CPU lacks.*"
+                                           r"one of the presets this CPU runs: x86-avx2"):
+        runtime.check_runnable_here(amx, tiny_lib)

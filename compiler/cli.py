@@ -237,7 +237,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         budget_seconds=parse_budget(args.budget) if args.budget else None, per_task=args.per_task,
         trials_per_iter=args.trials_per_iter, threads=args.threads,
         input_shapes=parse_input_shapes(args.input_shape), input_values=parse_input_values(args.input_value),
-        rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+        rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc_trust=tuple(args.rpc_trust or ()),
         progress=not args.no_progress, population=args.population, conv_layout=args.layout,
         precision=args.precision, int8=_int8_options(args) if args.precision == "int8" else None,
     )
@@ -393,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-value", action="append", metavar="NAME=VALUE", help="as for compile")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on RPC servers registered with this tracker")
     p.add_argument("--rpc-key", help="device key of those RPC servers")
+    p.add_argument("--rpc-trust", action="append", metavar="ADDRESS",
+                   help="a private tracker address on a network you control: no warning (TVM RPC is unauthenticated)")
     p.add_argument("--population", type=int, default=512, help="evolutionary search population (smaller: faster batches)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],

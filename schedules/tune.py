@@ -47,6 +47,8 @@ class TuneOptions:
     input_values: dict[str, object] = field(default_factory=dict)  # inputs fixed at compile time
     rpc_tracker: str | None = None  # "host:port"
     rpc_key: str | None = None
+    # tracker addresses the user vouches for (a private network they control): no warning
+    rpc_trust: tuple[str, ...] = ()
     precision: str = "fp32"
     # precision "int8": calibration and layer choices, as for compile (compile with the same data
     # and options to use the records: the kernels' quantization constants are part of their workload)
@@ -102,10 +104,38 @@ def parse_tracker(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def rpc_tracker_warning(host: str, trusted: tuple[str, ...] = ()) -> str | None:
+    """Why tuning through a tracker at ``host`` is exposed, or None for loopback and for a
+    private address in ``trusted``. TVM RPC has no authentication and runs the code it is
+    sent: whoever reaches the tracker or its servers can run code on the boards and feed the
+    tuner false timings."""
+    import ipaddress
+    import socket
+
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        addresses = set()
+    ips = [ipaddress.ip_address(a.split("%")[0]) for a in addresses]
+    if ips and all(ip.is_loopback for ip in ips):
+        return None
+    if ips and all(ip.is_private for ip in ips) and (host in trusted or addresses & set(trusted)):
+        return None
+    where = "a private address" if ips and all(ip.is_private for ip in ips) else "an address beyond this machine"
+    return (f"--rpc-tracker {host} is {where}: TVM RPC is unauthenticated and runs the code it is sent, so anyone who "
+            "can reach the tracker or its RPC servers can run code on the boards and feed this tuner false timings. "
+            "Reach the board through an SSH tunnel (tracker on 127.0.0.1, see scripts/deploy_arm.md), or pass "
+            f"--rpc-trust {host} if you control that network")
+
+
 def check_rpc_options(options: "TuneOptions") -> None:
-    """Fail at once (before the slow import and task extraction) on bad RPC options."""
+    """Fail at once (before the slow import and task extraction) on bad RPC options; warn when
+    the tracker is not on loopback or on a private address the user trusts."""
     if options.rpc_tracker:
-        parse_tracker(options.rpc_tracker)
+        host, _ = parse_tracker(options.rpc_tracker)
+        warning = rpc_tracker_warning(host, options.rpc_trust)
+        if warning:
+            log.warning("%s", warning)
         if not options.rpc_key:
             raise KilnError("--rpc-tracker needs --rpc-key (the key the RPC servers registered with)")
     elif options.rpc_key:

@@ -246,3 +246,28 @@ def test_cli_bad_rpc_options_exit_2_with_one_line(tmp_path, capsys):
         lines = capsys.readouterr().err.strip().splitlines()
         assert code == 2
         assert len(lines) == 1 and lines[0].startswith("kiln: error:") and word in lines[0], lines
+
+
+@pytest.mark.parametrize("host, trusted, warns", [
+    ("127.0.0.1", (), False), ("localhost", (), False), ("::1", (), False),
+    ("192.168.1.10", (), True), ("192.168.1.10", ("192.168.1.10",), False), ("10.1.2.3", ("10.9.9.9",), True),
+    ("8.8.8.8", (), True), ("8.8.8.8", ("8.8.8.8",), True),  # a public address is never trusted
+])
+def test_a_tracker_beyond_loopback_is_warned_about_unless_trusted(host, trusted, warns):
+    from schedules.tune import rpc_tracker_warning
+
+    warning = rpc_tracker_warning(host, trusted)
+    assert (warning is not None) == warns
+    if warns:
+        assert "unauthenticated" in warning and "SSH tunnel" in warning and f"--rpc-trust {host}" in warning
+
+
+def test_tune_logs_the_tracker_warning_before_anything_slow(caplog):
+    import logging
+
+    from schedules.tune import TuneOptions, check_rpc_options
+
+    with caplog.at_level(logging.WARNING, logger="schedules.tune"):
+        check_rpc_options(TuneOptions(rpc_tracker="192.168.1.10:9190", rpc_key="rpi4"))
+        check_rpc_options(TuneOptions(rpc_tracker="127.0.0.1:9190", rpc_key="rpi4"))
+    assert len(caplog.records) == 1 and "unauthenticated" in caplog.records[0].getMessage()

@@ -339,7 +339,7 @@ def _rows_contiguous(a: _Anchor, y: tirx.Var, x: tirx.Var) -> bool:
     return True
 
 
-def spatial_tile(width: int, height: int, channels: int, spec: VectorSpec, bits: int = 32
+def spatial_tile(width: int, height: int, channels: int, spec: VectorSpec, bits: int = 32, strided: bool = False
                  ) -> tuple[int, int, int, int] | None:
     """(rows, lanes, chunk, channel rows) of a ``SpatialVectorized`` accumulator tile.
 
@@ -351,7 +351,8 @@ def spatial_tile(width: int, height: int, channels: int, spec: VectorSpec, bits:
     about 5x slower. Picks the most useful lanes per instruction times FMAs per load.
     Otherwise falls back to one vector of up to two registers; None below 4 lanes.
     ``bits``: the accumulator's element width (a uint8 max-pool fills a register with 32 lanes
-    on AVX2, 4x fewer instructions than float32's 8).
+    on AVX2, 4x fewer instructions than float32's 8). ``strided``: the kernel reads x with a
+    stride above 1 (its lanes are loaded one by one).
     """
     base = spec.lanes(bits)
     cap = spec.registers - 2  # accumulators; one broadcast and one data register besides
@@ -360,7 +361,11 @@ def spatial_tile(width: int, height: int, channels: int, spec: VectorSpec, bits:
         if lanes < 4:
             return None
         nvec = -(-lanes // base)
-        return 1, lanes, lanes, divisor_at_most(channels, max(1, min(8, (spec.registers - 4) // nvec)))
+        cap = min(8, (spec.registers - 4) // nvec)
+        if base >= 16 and not strided:  # AVX-512: at most 8 registers' worth of accumulators (136-channel
+            cap = min(cap, max(1, 8 * base // lanes))  # 3x3 depthwise at 28x28: 8 channels of 28 lanes 0.13 ms,
+            # 4 channels 0.05 ms; the stride-2 112-channel one at 56x56 was slower with 4: 0.18 -> 0.24 ms
+        return 1, lanes, lanes, divisor_at_most(channels, max(1, cap))
     tiles = [(1, d) for d in range(4, width + 1) if width % d == 0]
     tiles += [(k, k * width) for k in range(2, height + 1) if height % k == 0]
     best = None
@@ -557,13 +562,13 @@ class SpatialVectorized(CPUScheduleRule):
         rows_ok = y is not None and _rows_contiguous(a, y, x)
         stmt = a.sch.get(a.anchor.block_rv)
         bits = tvm.DataType(str(stmt.writes[0].source.dtype)).bits
+        strided = x_stride(a, x) > 1
         tile = spatial_tile(a.extents[x], a.extents[y] if rows_ok else 1,
-                            a.extents[reg_var] if reg_var is not None else 1, spec, bits)
+                            a.extents[reg_var] if reg_var is not None else 1, spec, bits, strided)
         if tile is None:
             return None
         rows, lanes, chunk, reg = tile
         products = len(input_reads(stmt)) >= 2  # a conv, not a pooling
-        strided = x_stride(a, x) > 1
         try:
             if strided and not products:  # pooling
                 return _rows_in_parallel(a)

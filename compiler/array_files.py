@@ -28,8 +28,7 @@ def read_npz(path: str | Path, purpose: str) -> dict[str, np.ndarray]:
         with data:
             return {k: data[k] for k in data.files}
     except DAMAGED as err:
-        raise InputError(f"{purpose} {path}: not a readable .npz file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else 'damaged'}); pickled arrays are refused") from None
+        raise _unreadable(purpose, path, ".npz", err) from None
 
 
 def read_npy(path: str | Path, purpose: str) -> np.ndarray:
@@ -38,5 +37,10 @@ def read_npy(path: str | Path, purpose: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except DAMAGED as err:
-        raise InputError(f"{purpose} {path}: not a readable .npy file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else 'damaged'}); pickled arrays are refused") from None
+        raise _unreadable(purpose, path, ".npy", err) from None
+
+
+def _unreadable(purpose: str, path: Path, kind: str, err: Exception) -> InputError:
+    detail = str(err).splitlines()[0] if str(err) else "damaged"
+    return InputError(f"{purpose} {path}: not a readable {kind} file ({type(err).__name__}: {detail}); "
+                      "pickled arrays are refused")

@@ -171,8 +171,8 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     if preset.conv_layout == "NCHWc" and (options.precision != "fp32" or preset.kind != "llvm"):
         raise TargetError(f"--layout NCHWc is for float32 CPU builds (here: {options.precision} on {preset.name}); "
                           "use NCHW or NHWC")
-    if options.precision == "fp16" and fp16_refusal(preset):
-        raise TargetError(fp16_refusal(preset))
+    if options.precision == "fp16" and (why := fp16_refusal(preset)):
+        raise TargetError(why)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fcompile = _linker(preset)  # fail on a missing tool before the slow part

@@ -145,19 +145,18 @@ def _elf_section(data: bytes, wanted: str) -> bytes | None:
     return None
 
 
-def read_metadata(path: str | Path, verify: bool = True) -> LibraryMetadata:
+def read_metadata(path: str | Path) -> LibraryMetadata:
     """The metadata of a kiln library, read from the file without loading it.
 
-    ``verify``: check the seal first (``verify_library``), so that a truncated or modified file
-    is refused as such before anything in it is parsed."""
+    The seal is checked first (``verify_library``), so that a truncated or modified file is
+    refused as such before anything in it is parsed."""
     path = Path(path)
     if not path.is_file():
         raise LibraryError(f"{path}: no such library file")
     data = path.read_bytes()
     if not data.startswith(b"\x7fELF"):
         raise LibraryError(f"{path}: not an ELF shared library; give a library made by `kiln compile`")
-    if verify:
-        verify_library(path, data)
+    verify_library(path, data)
     try:
         blob = _elf_section(data, SECTION)
     except (struct.error, IndexError, ValueError) as err:

@@ -31,9 +31,8 @@ from targets.cpu_features import missing_features, required_features
 from targets.registry import cpu_flags
 
 
-
 def _presets_that_run_here(machine: str) -> str:
-    """", or one of them: x86-avx2, …" for the named CPU presets this machine can run."""
+    """The CPU presets this machine can run, as the end of a refusal (empty when there are none)."""
     from targets.registry import PRESETS
 
     flags = cpu_flags()

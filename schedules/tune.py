@@ -372,8 +372,8 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     if options.conv_layout is not None and options.conv_layout.lower() == "auto":
         raise InputError("tuning needs one layout: pass --layout NCHW or NHWC (compile with the same)")
     preset = with_build_layout(resolve_target(options.target), options.conv_layout, options.precision)
-    if options.precision == "fp16" and fp16_refusal(preset):
-        raise TargetError(fp16_refusal(preset))
+    if options.precision == "fp16" and (why := fp16_refusal(preset)):
+        raise TargetError(why)
     threads = options.threads or default_threads()
     # Measurements must use the threads the library will run with (TVM's default is 1 here).
     os.environ["TVM_NUM_THREADS"] = str(threads)

@@ -23,6 +23,8 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
+from compiler.passes.rewrite import rewrite_relax_functions
+
 _TE_KERNEL = re.compile(r"(maximum|minimum)\d*")  # the importer's emit_te(topi.maximum, ...) kernels
 
 
@@ -62,8 +64,4 @@ class _Rewrite(relax.PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="ClipAsMaxMin")
 def clip_as_max_min(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Rewrite the clips of every Relax function (see module doc); unused TE kernels stay for DCE."""
-    out = mod.clone()
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            out[gv] = _Rewrite(out).visit_expr(func)
-    return relax.transform.Normalize()(out)
+    return rewrite_relax_functions(mod, _Rewrite)

@@ -20,6 +20,8 @@ import tvm_ffi
 from tvm import relax
 from tvm.ir.expr import Constant
 
+from compiler.passes.rewrite import rewrite_relax_functions
+
 _sqrt, _mul = relax.op.sqrt, relax.op.multiply
 
 EXPONENTS: dict[float, Callable[[relax.Expr], relax.Expr]] = {
@@ -59,8 +61,4 @@ class _Rewrite(relax.PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="PowerAsRoots")
 def power_as_roots(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Rewrite the constant powers of every Relax function (see module doc)."""
-    out = mod.clone()
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            out[gv] = _Rewrite(out).visit_expr(func)
-    return relax.transform.Normalize()(out)
+    return rewrite_relax_functions(mod, _Rewrite)

@@ -19,6 +19,8 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
+from compiler.passes.rewrite import rewrite_relax_functions
+
 BINARY_ELEMENTWISE = frozenset(f"relax.{name}" for name in (
     "add", "subtract", "multiply", "divide", "floor_divide", "power", "maximum", "minimum"))
 
@@ -54,9 +56,5 @@ class _Rewrite(relax.PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="ScalarConstants")
 def scalar_constants(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Rewrite every Relax function of ``mod`` (see the module docstring)."""
-    out = mod.clone()
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            out[gvar] = _Rewrite(out).visit_expr(func)
-    return relax.transform.Normalize()(out)
+    return rewrite_relax_functions(mod, _Rewrite)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.errors import InputError
+from targets.errors import InputError
 
 # What numpy raises for truncated, bit-flipped or foreign files (found by scripts/fuzz_files.py):
 # a bad zip directory or compression method, a member that ends early, a corrupt deflate

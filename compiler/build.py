@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 
 import compiler
-from compiler.errors import InputError, KilnError, TargetError, ToolMissingError
+from targets.errors import InputError, KilnError, TargetError, ToolMissingError
 from compiler.frontend import ImportedModel, import_onnx
-from compiler.metadata import LibraryMetadata, TensorSpec, metadata_source, seal_library
+from targets.library_format import LibraryMetadata, TensorSpec, metadata_source, seal_library
 from compiler.pipeline import PRECISIONS, build_pipeline
 from compiler.quantization import Int8Options, Int8Result, plan_int8, simplified_module
 from targets.cuda import cuda_compile_hook, enable_cuda_codegen, parse_archs

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.errors import InputError, KilnError
+from targets.errors import InputError, KilnError
 
 log = logging.getLogger("kiln")
 
@@ -187,7 +187,7 @@ def _compare_reference(args, model, inputs, outputs, stats) -> int:
     from compiler.reference import OnnxRuntimeReference, compare_outputs
 
     proto, data, _ = read_model(args.reference)
-    from compiler.metadata import sha256_bytes
+    from targets.library_format import sha256_bytes
 
     if sha256_bytes(data) != model.metadata.source_sha256:
         print(f"note: {args.reference} is not the file this library was compiled from (sha256 differs)")
@@ -235,7 +235,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from compiler.control_flow import parse_input_values
     from compiler.frontend import parse_input_shapes
-    from schedules.tune import TuneOptions, parse_budget, tune_model
+    from compiler.tune import TuneOptions, tune_model
+    from schedules.tune import parse_budget
 
     options = TuneOptions(
         target=args.target, trials=args.trials,

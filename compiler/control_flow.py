@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compiler.errors import InputError
+from targets.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from compiler.control_flow import fix_input_values
-from compiler.errors import InputError, ModelError, UnsupportedOperatorError
-from compiler.metadata import TensorSpec, sha256_bytes
+from targets.errors import InputError, ModelError, UnsupportedOperatorError
+from targets.library_format import TensorSpec, sha256_bytes
 from compiler.shape_folding import fold_shape_arithmetic
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from compiler.metadata import read_metadata
+from targets.library_format import read_metadata
 
 
 def inspect_library(path: Path) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
     from compiler.frontend import _graph_inputs, _opset, find_unsupported_ops, read_model, _dims
 
     model, data, name = read_model(path)
-    from compiler.metadata import sha256_bytes
+    from targets.library_format import sha256_bytes
 
     ops = Counter(n.op_type for n in model.graph.node)
     return {
@@ -56,7 +56,7 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
 
 
 def _missing(path: Path):
-    from compiler.errors import KilnError
+    from targets.errors import KilnError
 
     raise KilnError(f"{path}: no such file")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.errors import InputError
+from targets.errors import InputError
 from compiler.runtime import CompiledModel, time_calls
 
 # Operator classes of kiln kernels, tried in order: the first whose keyword a kernel name

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from compiler.errors import InputError
+from targets.errors import InputError
 from compiler.frontend import ImportedModel
 from compiler.passes.calibrate import CalibrationResult, Histogram, calibrate, first_output, load_calibration
 from compiler.passes.gptq import gptq_quantize_weight, relative_output_errors

@@ -16,7 +16,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compiler.errors import KilnError
+from targets.errors import KilnError
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from compiler.errors import DeviceError, InputError, LibraryError
-from compiler.metadata import LibraryMetadata, TensorSpec, read_metadata
+from targets.errors import DeviceError, InputError, LibraryError
+from targets.library_format import LibraryMetadata, TensorSpec, read_metadata
 from targets.cpu_features import missing_features, required_features
 from targets.registry import cpu_flags
 

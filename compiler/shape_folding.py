@@ -31,7 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compiler.control_flow import constant_node_value, inline_constant_ifs, unroll_loops
-from compiler.errors import InputError
+from targets.errors import InputError
 
 log = logging.getLogger(__name__)
 

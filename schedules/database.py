@@ -29,7 +29,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
 
-from compiler.errors import KilnError
+from targets.errors import KilnError
 
 log = logging.getLogger(__name__)
 

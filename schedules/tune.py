@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from compiler.errors import InputError, KilnError, TargetError
+from targets.errors import KilnError
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +34,17 @@ DEFAULT_TRIALS_PER_TASK = 32
 
 
 @dataclass
-class TuneOptions:
-    """What to tune for, and for how long (trial count, wall clock, per-task cap)."""
+class SearchOptions:
+    """How long and where to search: trial count, wall clock, per-task cap, RPC boards."""
 
-    target: str = "host"
     trials: int | None = None  # total for this model, counting trials already in the database
     budget_seconds: float | None = None
     per_task: int | None = None
     trials_per_iter: int = 16
-    threads: int | None = None
-    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    input_values: dict[str, object] = field(default_factory=dict)  # inputs fixed at compile time
     rpc_tracker: str | None = None  # "host:port"
     rpc_key: str | None = None
     # tracker addresses the user vouches for (a private network they control): no warning
     rpc_trust: tuple[str, ...] = ()
-    precision: str = "fp32"
-    # precision "int8": calibration and layer choices, as for compile (compile with the same data
-    # and options to use the records: the kernels' quantization constants are part of their workload)
-    int8: object = None  # compiler.quantization.Int8Options
-    conv_layout: str | None = None  # as CompileOptions.conv_layout: compile with the same to use the records
     seed: int = 0
     progress: bool = True
     # Evolutionary search population (TVM's default 512); smaller means quicker batches.
@@ -128,7 +119,7 @@ def rpc_tracker_warning(host: str, trusted: tuple[str, ...] = ()) -> str | None:
             f"--rpc-trust {host} if you control that network")
 
 
-def check_rpc_options(options: "TuneOptions") -> None:
+def check_rpc_options(options: SearchOptions) -> None:
     """Fail at once (before the slow import and task extraction) on bad RPC options; warn when
     the tracker is not on loopback or on a private address the user trusts."""
     if options.rpc_tracker:
@@ -341,7 +332,7 @@ def seed_default_schedules(contexts, database, target, builder, runner) -> int:
     return added
 
 
-def _runner(options: TuneOptions):
+def _runner(options: SearchOptions):
     from tvm.s_tir import meta_schedule as ms
 
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)
@@ -360,28 +351,32 @@ def _runner(options: TuneOptions):
     return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
 
 
-def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> TuneReport:
-    """Tune ``model`` (ONNX path or ModelProto) for ``options.target`` into the database ``db``."""
-    options = options or TuneOptions()
+def tune_module(mod, db: str | Path, preset, threads: int, weight_bits: int,
+                options: SearchOptions | None = None) -> TuneReport:
+    """Tune the kernels of the Relax module ``mod`` (after kiln's tuning-input pipeline) for
+    ``preset`` at ``threads`` threads into the durable database ``db``.
+
+    ``weight_bits`` is the int8 weight width the kernels were quantized to (their workloads carry
+    it); it selects kiln's int8 dot intrinsics for the search space.
+    """
+    from dataclasses import replace
+
+    from schedules.database import DurableDatabase
+    from schedules.intrinsics import import_tensor_intrinsics
+
+    options = options or SearchOptions()
     check_rpc_options(options)
     if options.trials is None and options.budget_seconds is None:
-        options.trials = -1  # resolved to DEFAULT_TRIALS_PER_TASK per task below
-    from schedules.database import DurableDatabase
-    from targets.registry import default_threads, fp16_refusal, resolve_target, with_build_layout
+        options = replace(options, trials=-1)  # resolved to DEFAULT_TRIALS_PER_TASK per task
+    import_tensor_intrinsics()  # ~11 s instead of ~100 s (see schedules/intrinsics.py)
 
-    if options.conv_layout is not None and options.conv_layout.lower() == "auto":
-        raise InputError("tuning needs one layout: pass --layout NCHW or NHWC (compile with the same)")
-    preset = with_build_layout(resolve_target(options.target), options.conv_layout, options.precision)
-    if options.precision == "fp16" and (why := fp16_refusal(preset)):
-        raise TargetError(why)
-    threads = options.threads or default_threads()
     # Measurements must use the threads the library will run with (TVM's default is 1 here).
     os.environ["TVM_NUM_THREADS"] = str(threads)
     os.environ.setdefault("TVM_BIND_THREADS", "0")
     work_dir = Path(db)
     database = DurableDatabase(work_dir, writable=True)
     try:
-        return _tune(model, options, preset, threads, work_dir, database)
+        return _tune(mod, options, preset, threads, weight_bits, work_dir, database)
     except Exception:
         if database.write_error is not None:  # e.g. disk full, surfaced by TVM as a RuntimeError
             raise database.write_error from None
@@ -390,31 +385,14 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
         database.close()
 
 
-def _tune(model, options, preset, threads, work_dir, database) -> TuneReport:
-    import tvm
+def _tune(mod, options, preset, threads, weight_bits, work_dir, database) -> TuneReport:
     from tvm.s_tir import meta_schedule as ms
 
-    from compiler.frontend import import_onnx
-    from compiler.pipeline import tuning_input_pipeline
     from schedules.builder import ForkedBuilder
-
-    from schedules.intrinsics import import_tensor_intrinsics
     from schedules.scheduler import EagerGradientScheduler
 
     start = time.monotonic()
-    import_tensor_intrinsics()  # ~11 s instead of ~100 s (see schedules/intrinsics.py)
     target = tuning_target(preset, threads)
-    imported = import_onnx(model, options.input_shapes, preset.tvm_target(), options.input_values)
-    plan = None
-    if options.precision == "int8":
-        from compiler.quantization import plan_int8, simplified_module
-
-        if options.int8 is None:
-            raise InputError("tuning precision int8 needs calibration data: pass --calibration DATA "
-                             "(the same as for kiln compile)")
-        plan = plan_int8(simplified_module(imported, preset), imported, preset, options.int8).plan
-    with tvm.transform.PassContext(opt_level=3):
-        mod = tuning_input_pipeline(preset, options.precision, plan)(imported.mod)
     extracted = ms.relax_integration.extract_tasks(mod, target)
     if not extracted:
         raise KilnError("the model has no kernels to tune")
@@ -422,9 +400,6 @@ def _tune(model, options, preset, threads, work_dir, database) -> TuneReport:
         population_size=options.population, init_min_unmeasured=min(50, options.population // 4))
     space = "post-order-apply"
     if preset.device == "cpu":
-        from schedules.int8 import weight_bits_for
-
-        weight_bits = plan.weight_bits if plan is not None else weight_bits_for(target)
         space = int8_tuning_space(target, weight_bits, extracted) or space
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted, work_dir=str(work_dir / "logs"), space=space, strategy=strategy, num_threads=threads,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from compiler.errors import TargetError, ToolMissingError
+from targets.errors import TargetError, ToolMissingError
 
 log = logging.getLogger(__name__)
 

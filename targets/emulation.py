@@ -31,8 +31,8 @@ from typing import Mapping
 
 import numpy as np
 
-from compiler.errors import InputError, KilnError, LibraryError, ToolMissingError
-from compiler.metadata import LibraryMetadata, read_metadata
+from targets.errors import InputError, KilnError, LibraryError, ToolMissingError
+from targets.library_format import LibraryMetadata, read_metadata
 from targets.registry import AARCH64_GXX
 
 log = logging.getLogger(__name__)

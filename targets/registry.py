@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
-from compiler.errors import TargetError
+from targets.errors import TargetError
 
 AARCH64_GXX = "aarch64-linux-gnu-g++"
 

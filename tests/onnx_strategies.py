@@ -360,7 +360,7 @@ def is_clear_message(text: str) -> bool:
 
 def import_outcome(case: FuzzCase, work_dir: Path | None = None) -> str:
     """``imported``, ``kiln_error:<Type>``, ``bad_message:<Type>`` or ``other_error:<Type>: message``."""
-    from compiler.errors import KilnError
+    from targets.errors import KilnError
 
     with tempfile.TemporaryDirectory(prefix="kiln-hfuzz-", dir=work_dir) as tmp:
         try:

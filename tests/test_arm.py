@@ -16,8 +16,8 @@ import pytest
 from compiler import build
 from compiler.build import compile_model
 from compiler.cli import main as kiln_main
-from compiler.errors import InputError, LibraryError, ToolMissingError
-from compiler.metadata import read_metadata
+from targets.errors import InputError, LibraryError, ToolMissingError
+from targets.library_format import read_metadata
 from compiler.runtime import load
 from targets import emulation
 from targets.emulation import EmulationError, is_aarch64_elf, run_emulated

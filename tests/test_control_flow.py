@@ -9,7 +9,7 @@ import pytest
 
 from compiler.build import compile_model
 from compiler.control_flow import parse_input_values
-from compiler.errors import InputError
+from targets.errors import InputError
 from compiler.frontend import prepare_onnx
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import load
@@ -106,7 +106,7 @@ def test_loops_with_known_trip_counts_unroll_and_match_onnxruntime(make, tmp_pat
 
 
 def test_loop_that_can_end_early_is_refused_by_name():
-    from compiler.errors import UnsupportedOperatorError
+    from targets.errors import UnsupportedOperatorError
 
     with pytest.raises(UnsupportedOperatorError, match=r"Loop 'counter'.*cannot end early"):
         prepare_onnx(graphs.counting_loop(5, early_exit=True))

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from compiler.build import compile_model
-from compiler.errors import DeviceError, TargetError
-from compiler.metadata import read_metadata
+from targets.errors import DeviceError, TargetError
+from targets.library_format import read_metadata
 from compiler.runtime import load
 from targets.cuda import fatbin_entries, parse_archs
 

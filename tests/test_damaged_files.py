@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 from compiler.cli import main
-from compiler.errors import KilnError, LibraryError
-from compiler.metadata import SEAL_SIZE, read_metadata, seal_library
+from targets.errors import KilnError, LibraryError
+from targets.library_format import SEAL_SIZE, read_metadata, seal_library
 from compiler.runtime import load
 
 REPO = Path(__file__).resolve().parent.parent

@@ -109,7 +109,7 @@ def test_dynamic_quantize_lstm_runs_with_dequantized_weights(tmp_path):
 
 
 def test_unknown_contrib_op_is_named(tmp_path):
-    from compiler.errors import UnsupportedOperatorError
+    from targets.errors import UnsupportedOperatorError
     from compiler.frontend import prepare_onnx
 
     model = _contrib_model("MatMulIntegerToFloat")

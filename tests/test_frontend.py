@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from compiler.errors import InputError, ModelError, UnsupportedOperatorError
+from targets.errors import InputError, ModelError, UnsupportedOperatorError
 from compiler.frontend import import_onnx, parse_input_shapes, prepare_onnx
 from tests.onnx_graphs import model
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.errors import InputError, KilnError, ModelError, UnsupportedOperatorError
+from targets.errors import InputError, KilnError, ModelError, UnsupportedOperatorError
 from compiler.frontend import import_onnx
 from tests.onnx_strategies import FuzzCase, fuzz_cases, import_case, is_clear_message
 

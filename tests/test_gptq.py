@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from compiler.cli import main as kiln
-from compiler.errors import InputError
+from targets.errors import InputError
 from compiler.frontend import import_onnx
 from compiler.passes.gptq import ConvWindow, HessianSum, conv_patches, gptq_quantize_weight
 from compiler.passes.quantize import quantize_weight

@@ -14,9 +14,9 @@ from onnx import helper
 
 from compiler.build import CompileOptions, compile_model
 from compiler.cli import main as kiln
-from compiler.errors import InputError
+from targets.errors import InputError
 from compiler.frontend import import_onnx
-from compiler.metadata import TensorSpec
+from targets.library_format import TensorSpec
 from compiler.passes.calibrate import Histogram, load_calibration
 from compiler.passes.quantize import quantize_weight
 from compiler.quantization import Int8Options, plan_int8, simplified_module

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import int8_models  # noqa: E402
 from onnx_static import freeze_input_shapes  # noqa: E402
 
-from compiler.errors import InputError  # noqa: E402
+from targets.errors import InputError  # noqa: E402
 from compiler.reference import OnnxRuntimeReference  # noqa: E402
 
 

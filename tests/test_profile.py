@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler.build import compile_model
-from compiler.metadata import read_metadata
+from targets.library_format import read_metadata
 from compiler.profile import kernel_class, ort_class, parse_ort_trace, profile_library
 from compiler.runtime import load
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from compiler.build import compile_model
-from compiler.errors import KilnError
+from targets.errors import KilnError
 from compiler.real_models import REAL_MODELS, real_model_path, sample_inputs
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import load

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from compiler.build import compile_model
-from compiler.errors import ModelError
+from targets.errors import ModelError
 from compiler.examples import recurrent_stack
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import load

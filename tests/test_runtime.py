@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from compiler.errors import DeviceError, InputError, LibraryError
-from compiler.metadata import read_metadata
+from targets.errors import DeviceError, InputError, LibraryError
+from targets.library_format import read_metadata
 from compiler.runtime import check_runnable_here, load
 
 

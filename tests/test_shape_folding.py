@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler.build import compile_model
-from compiler.errors import InputError
+from targets.errors import InputError
 from compiler.frontend import import_onnx
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import load

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from compiler.build import compile_model
-from compiler.errors import InputError, KilnError
+from targets.errors import InputError, KilnError
 from compiler.examples import example_model
 from compiler.frontend import parse_input_shapes
 from compiler.inspect import inspect_path

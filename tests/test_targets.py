@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.errors import TargetError
+from targets.errors import TargetError
 from targets.registry import PRESETS, detect_host, resolve_target
 
 
@@ -87,8 +87,8 @@ def test_a_library_needing_a_missing_feature_is_refused_before_loading(tiny_lib,
     from dataclasses import replace
 
     import compiler.runtime as runtime
-    from compiler.errors import LibraryError
-    from compiler.metadata import read_metadata
+    from targets.errors import LibraryError
+    from targets.library_format import read_metadata
 
     meta = read_metadata(tiny_lib)
     amx = replace(meta, target={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sapphirerapids"},

@@ -20,7 +20,8 @@ from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import load
 from schedules.database import RECORD_FILE, DurableDatabase
 from schedules.report import tune_report
-from schedules.tune import TuneOptions, parse_budget, tune_model
+from compiler.tune import TuneOptions, tune_model
+from schedules.tune import parse_budget
 
 RNG = __import__("numpy").random.default_rng(0)
 

@@ -20,8 +20,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.errors import KilnError
-from schedules.tune import TuneOptions, tune_model
+from targets.errors import KilnError
+from compiler.tune import TuneOptions, tune_model
 
 KEY = "kiln-test"
 LOOPBACK = "127.0.0.1"
@@ -265,7 +265,8 @@ def test_a_tracker_beyond_loopback_is_warned_about_unless_trusted(host, trusted,
 def test_tune_logs_the_tracker_warning_before_anything_slow(caplog):
     import logging
 
-    from schedules.tune import TuneOptions, check_rpc_options
+    from compiler.tune import TuneOptions
+    from schedules.tune import check_rpc_options
 
     with caplog.at_level(logging.WARNING, logger="schedules.tune"):
         check_rpc_options(TuneOptions(rpc_tracker="192.168.1.10:9190", rpc_key="rpi4"))

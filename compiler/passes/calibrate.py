@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.errors import InputError
-from compiler.metadata import TensorSpec
+from targets.errors import InputError
+from targets.library_format import TensorSpec
 from compiler.passes.gptq import ConvWindow, HessianSum
 from compiler.passes.int8_layers import Layer, find_layers, main_bindings
 

@@ -25,13 +25,7 @@ from __future__ import annotations
 
 from tvm import relax, te, topi
 
-BLOCK_PREFIX = "row_softmax_"  # block names the schedule rule recognizes the kernel by
-FAST_EXP_BLOCK = "T_fast_exp"  # topi.fast_exp's block (its name is TOPI's)
-
-
-def own_block(name: str) -> bool:
-    """Whether a block of a fused kernel is one of ``row_softmax``'s (not a fused producer/consumer)."""
-    return name.startswith(BLOCK_PREFIX) or name.rstrip("_0123456789") == FAST_EXP_BLOCK
+from schedules.rules.softmax import BLOCK_PREFIX
 
 
 def _row_reduce(src: te.Tensor, combine, lanes: int, name: str) -> te.Tensor:

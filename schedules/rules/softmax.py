@@ -21,8 +21,16 @@ from tvm import s_tir, tirx
 from tvm.s_tir.schedule import ScheduleError
 from tvm.target import Target
 
-from compiler.passes.row_softmax import BLOCK_PREFIX, own_block
 from schedules.rules.common import CPUScheduleRule, int_extent
+
+
+BLOCK_PREFIX = "row_softmax_"  # block names the schedule rule recognizes the kernel by
+FAST_EXP_BLOCK = "T_fast_exp"  # topi.fast_exp's block (its name is TOPI's)
+
+
+def own_block(name: str) -> bool:
+    """Whether a block of a fused kernel is one of ``row_softmax``'s (not a fused producer/consumer)."""
+    return name.startswith(BLOCK_PREFIX) or name.rstrip("_0123456789") == FAST_EXP_BLOCK
 
 
 def _parallel(sch: s_tir.Schedule, loops: list) -> None:

@@ -1,0 +1,65 @@
+"""``kiln tune`` for a model: import the ONNX file, run the passes a build runs, then search
+schedules for the resulting kernels (``schedules.tune.tune_module``).
+
+Expects an ONNX model (path or ModelProto) and a tuning directory; guarantees the kernels
+tuned are the kernels ``kiln compile`` with the same target, shapes, precision, INT8 options
+and layout builds, so the records apply to that build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schedules.tune import SearchOptions, TuneReport, check_rpc_options, tune_module
+from targets.errors import InputError, TargetError
+
+
+@dataclass
+class TuneOptions(SearchOptions):
+    """What to tune for (target, threads, shapes, precision, layout), and how long (``SearchOptions``)."""
+
+    target: str = "host"
+    threads: int | None = None
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    input_values: dict[str, object] = field(default_factory=dict)  # inputs fixed at compile time
+    precision: str = "fp32"
+    # precision "int8": calibration and layer choices, as for compile (compile with the same data
+    # and options to use the records: the kernels' quantization constants are part of their workload)
+    int8: object = None  # compiler.quantization.Int8Options
+    conv_layout: str | None = None  # as CompileOptions.conv_layout: compile with the same to use the records
+
+
+def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> TuneReport:
+    """Tune ``model`` (ONNX path or ModelProto) for ``options.target`` into the database ``db``."""
+    import tvm
+
+    from compiler.frontend import import_onnx
+    from compiler.pipeline import tuning_input_pipeline
+    from schedules.int8 import weight_bits_for
+    from schedules.intrinsics import import_tensor_intrinsics
+    from schedules.tune import tuning_target
+    from targets.registry import default_threads, fp16_refusal, resolve_target, with_build_layout
+
+    options = options or TuneOptions()
+    check_rpc_options(options)  # before the slow import
+    if options.conv_layout is not None and options.conv_layout.lower() == "auto":
+        raise InputError("tuning needs one layout: pass --layout NCHW or NHWC (compile with the same)")
+    preset = with_build_layout(resolve_target(options.target), options.conv_layout, options.precision)
+    if options.precision == "fp16" and (why := fp16_refusal(preset)):
+        raise TargetError(why)
+    threads = options.threads or default_threads()
+    import_tensor_intrinsics()  # ~11 s instead of ~100 s (see schedules/intrinsics.py)
+    imported = import_onnx(model, options.input_shapes, preset.tvm_target(), options.input_values)
+    plan = None
+    if options.precision == "int8":
+        from compiler.quantization import plan_int8, simplified_module
+
+        if options.int8 is None:
+            raise InputError("tuning precision int8 needs calibration data: pass --calibration DATA "
+                             "(the same as for kiln compile)")
+        plan = plan_int8(simplified_module(imported, preset), imported, preset, options.int8).plan
+    with tvm.transform.PassContext(opt_level=3):
+        mod = tuning_input_pipeline(preset, options.precision, plan)(imported.mod)
+    weight_bits = plan.weight_bits if plan is not None else weight_bits_for(tuning_target(preset, threads))
+    return tune_module(mod, db, preset, threads, weight_bits, options)

@@ -22,7 +22,8 @@ from targets.errors import InputError, KilnError, TargetError, ToolMissingError
 from compiler.frontend import ImportedModel, import_onnx
 from targets.library_format import LibraryMetadata, TensorSpec, metadata_source, seal_library
 from compiler.pipeline import PRECISIONS, build_pipeline
-from compiler.quantization import Int8Options, Int8Result, plan_int8, simplified_module
+from compiler.pipeline import simplified_module
+from compiler.quantization.planner import Int8Options, Int8Result, plan_int8
 from targets.cuda import cuda_compile_hook, enable_cuda_codegen, parse_archs
 from targets.registry import TargetPreset, fp16_refusal, resolve_target, with_build_layout
 

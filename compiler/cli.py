@@ -89,7 +89,8 @@ def _load_function(spec: str):
 
 def _cmd_quantize_report(args: argparse.Namespace) -> int:
     from compiler.frontend import import_onnx, parse_input_shapes
-    from compiler.quantization import describe_layers, plan_int8, simplified_module
+    from compiler.pipeline import simplified_module
+    from compiler.quantization import describe_layers, plan_int8
     from targets.registry import resolve_target
 
     preset = resolve_target(args.target)

@@ -74,7 +74,7 @@ def simplify_steps(weight_bits: int = 8, fusion: bool = True, channel_multiple: 
     ``fusion=False`` leaves out kiln's own fusion rewrites (for before/after comparisons).
     ``channel_multiple``: a pre-quantized model's conv input channels are padded to a multiple of it.
     """
-    from compiler.passes.quantize import lower_qdq
+    from compiler.passes.lower_qdq import lower_qdq
 
     return [
         *([Step("FoldStackedReduce", "ONNX Sum/Max/Min become elementwise adds (no stack copy; fusable)",
@@ -104,8 +104,10 @@ def precision_steps(precision: str, plan=None, probe: bool = False) -> list[Step
     """FP16 mixed precision, or INT8 from a calibrated ``QuantizationPlan``.
 
     ``probe=True``: the INT8 sensitivity probe (every layer both ways, a runtime switch per layer;
-    ``compiler.passes.quantize.insert_qdq``)."""
-    from compiler.passes.quantize import fold_relu_into_quantize, insert_qdq, lower_qdq
+    ``compiler.passes.insert_qdq``)."""
+    from compiler.passes.fold_relu_into_quantize import fold_relu_into_quantize
+    from compiler.passes.insert_qdq import insert_qdq
+    from compiler.passes.lower_qdq import lower_qdq
 
     if precision == "fp16":
         return [Step("ToMixedPrecision", "compute in float16, accumulate in float32",
@@ -202,7 +204,7 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     """The ordered steps for ``preset`` (optionally applying tuning records from ``db``).
 
     ``precision="fp16"`` computes in float16 with float32 accumulation (TVM's
-    ``ToMixedPrecision``); ``"int8"`` quantizes by ``plan`` (``compiler.quantization``, ``compiler.passes.quantize``).
+    ``ToMixedPrecision``); ``"int8"`` quantizes by ``plan`` (``compiler.quantization``, ``compiler.passes.insert_qdq``).
     Inputs and outputs keep their float32 interface. ``fusion=False`` leaves out kiln's own
     fusion steps (TVM's FuseOps/FuseTIR still run): the baseline of ``scripts/fusion_report.py``.
     """
@@ -302,3 +304,10 @@ def int8_probe_pipeline(preset: TargetPreset, plan) -> tvm.transform.Pass:
 def lowering_pipeline(preset: TargetPreset, db: str | Path | None = None) -> tvm.transform.Pass:
     """Only the lowering steps, for a module that is already simplified (calibration builds)."""
     return _as_one_pass(preset, lowering_steps(preset, db), "kiln_lowering")
+
+
+def simplified_module(imported, preset: TargetPreset) -> tvm.IRModule:
+    """``imported.mod`` (an ``ImportedModel``'s) after kiln's simplification steps: what
+    calibration and ``InsertQDQ`` see."""
+    with tvm.transform.PassContext(opt_level=3):
+        return simplify_pipeline(preset)(imported.mod)

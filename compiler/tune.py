@@ -53,7 +53,8 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     imported = import_onnx(model, options.input_shapes, preset.tvm_target(), options.input_values)
     plan = None
     if options.precision == "int8":
-        from compiler.quantization import plan_int8, simplified_module
+        from compiler.pipeline import simplified_module
+        from compiler.quantization import plan_int8
 
         if options.int8 is None:
             raise InputError("tuning precision int8 needs calibration data: pass --calibration DATA "

@@ -9,9 +9,10 @@ import pytest
 from compiler.cli import main as kiln
 from targets.errors import InputError
 from compiler.frontend import import_onnx
-from compiler.passes.gptq import ConvWindow, HessianSum, conv_patches, gptq_quantize_weight
-from compiler.passes.quantize import quantize_weight
-from compiler.quantization import Int8Options, plan_int8, simplified_module
+from compiler.quantization.gptq import ConvWindow, HessianSum, conv_patches, gptq_quantize_weight
+from compiler.quantization.weights import quantize_weight
+from compiler.pipeline import simplified_module
+from compiler.quantization import Int8Options, plan_int8
 from compiler.runtime import load
 from targets.registry import resolve_target
 from tests.test_int8 import _conv_relu_conv_gemm, _samples
@@ -122,15 +123,16 @@ def test_second_moment_from_a_subset_of_positions_is_close_to_the_full_one():
 
 
 def test_plan_rounds_each_layer_once_from_its_second_moment_and_refuses_unknown_rounding():
-    from compiler.passes.calibrate import calibrate
-    from compiler.passes.int8_layers import find_layers
+    from compiler.quantization.calibrate import calibrate
+    from compiler.quantization.layers import find_layers
+    from compiler.host_runner import HostRunner
     from compiler.quantization import describe_layers
 
     imported = import_onnx(_conv_relu_conv_gemm())
     preset = resolve_target("host")
     mod = simplified_module(imported, preset)
     data = _samples(8)[:, 0]
-    moments = calibrate(mod, imported.inputs, [{"x": x[None]} for x in data], "percentile",
+    moments = calibrate(mod, imported.inputs, [{"x": x[None]} for x in data], HostRunner(), "percentile",
                         onnx_model=imported.onnx_model, hessians=True).hessians
     assert {name: h.shape for name, h in moments.items()} == {
         "conv_a": (1, 36, 36), "conv_b": (1, 72, 72), "fc": (1, 128, 128)}

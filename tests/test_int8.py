@@ -17,9 +17,11 @@ from compiler.cli import main as kiln
 from targets.errors import InputError
 from compiler.frontend import import_onnx
 from targets.library_format import TensorSpec
-from compiler.passes.calibrate import Histogram, load_calibration
-from compiler.passes.quantize import quantize_weight
-from compiler.quantization import Int8Options, plan_int8, simplified_module
+from compiler.quantization.calibrators import Histogram, create_calibrator
+from compiler.quantization.calibration_data import load_calibration
+from compiler.quantization.weights import quantize_weight
+from compiler.pipeline import simplified_module
+from compiler.quantization import Int8Options, plan_int8
 from compiler.runtime import load
 from targets.registry import cpu_flags, resolve_target
 from tests.onnx_graphs import const, model
@@ -27,32 +29,33 @@ from tests.onnx_graphs import const, model
 RNG = np.random.default_rng(7)
 
 
-def _hist(values: np.ndarray, chunks: int = 4) -> Histogram:
-    hist = Histogram()
+def _range(values: np.ndarray, method: str, percentile: float = 99.99, chunks: int = 4):
+    """The range ``method``'s calibrator chooses for ``values`` fed in ``chunks`` samples."""
+    calibrator = create_calibrator(method, percentile)
     for part in np.array_split(values, chunks):  # growing ranges are re-binned, not lost
-        hist.add(part)
-    return hist
+        calibrator.collect(part)
+    return calibrator.compute_range()
 
 
 def test_minmax_and_percentile_on_known_distributions():
     uniform = RNG.uniform(-2.0, 2.0, 200_000).astype(np.float32)
-    r = _hist(uniform).to_range("minmax", 99.99)
+    r = _range(uniform, "minmax", 99.99)
     assert r.signed and abs(r.threshold - 2.0) < 1e-3 and 127 <= r.zero_point <= 128  # [-2, 2] onto 0..255
     normal = RNG.standard_normal(400_000).astype(np.float32)
-    p99 = _hist(normal).to_range("percentile", 99.0).threshold
+    p99 = _range(normal, "percentile", 99.0).threshold
     assert abs(p99 - 2.576) < 0.03  # 99% of |N(0,1)| lies below 2.576
     relu = np.maximum(normal, 0)
-    relu_range = _hist(relu).to_range("minmax", 99.99)
+    relu_range = _range(relu, "minmax", 99.99)
     assert not relu_range.signed and relu_range.zero_point == 0  # never negative: zero point 0
 
 
 def test_entropy_clips_outliers_but_not_a_uniform_range():
     body = RNG.standard_normal(200_000).astype(np.float32)
     with_outliers = np.concatenate([body, np.float32([80.0, -95.0, 100.0])])
-    t = _hist(with_outliers).to_range("entropy", 99.99).threshold
+    t = _range(with_outliers, "entropy", 99.99).threshold
     assert 2.0 < t < 20.0  # far below the 100 outlier, above the bulk
     flat = RNG.uniform(0.0, 5.0, 200_000).astype(np.float32)
-    assert _hist(flat).to_range("entropy", 99.99).threshold > 4.5
+    assert _range(flat, "entropy", 99.99).threshold > 4.5
 
 
 def _quantization_mse(values: np.ndarray, r) -> float:
@@ -63,14 +66,13 @@ def _quantization_mse(values: np.ndarray, r) -> float:
 def test_mse_threshold_has_the_least_real_quantization_error():
     body = RNG.standard_normal(200_000).astype(np.float32)
     with_outliers = np.concatenate([body, np.float32([40.0, -45.0, 50.0])])
-    hist = _hist(with_outliers)
-    mse = hist.to_range("mse", 99.99)
+    mse = _range(with_outliers, "mse")
     assert 2.5 < mse.threshold < 45.0  # clips the outliers somewhat (each costs more than 200000 roundings)
     error = _quantization_mse(with_outliers, mse)
     for method, q in (("minmax", 99.99), ("percentile", 99.99), ("percentile", 99.0), ("entropy", 99.99)):
-        assert error <= 1.02 * _quantization_mse(with_outliers, hist.to_range(method, q)), method
+        assert error <= 1.02 * _quantization_mse(with_outliers, _range(with_outliers, method, q)), method
     flat = RNG.uniform(0.0, 5.0, 200_000).astype(np.float32)
-    assert _hist(flat).to_range("mse", 99.99).threshold > 4.9  # nothing worth clipping
+    assert _range(flat, "mse", 99.99).threshold > 4.9  # nothing worth clipping
 
 
 def test_nan_in_calibration_is_a_clear_error():
@@ -462,7 +464,8 @@ def test_min_agreement_keeps_sensitive_layers_until_top1_agrees():
 
 def test_sensitivity_probe_matches_builds_with_layers_kept_fp32(tmp_path):
     """One probe build answers for every keep set exactly what a build with that set would compute."""
-    from compiler.quantization import SensitivityProbe, relative_error
+    from compiler.host_runner import HostRunner
+    from compiler.quantization.sensitivity import SensitivityProbe, relative_error
 
     path = tmp_path / "m.onnx"
     onnx.save(_conv_relu_conv_gemm(), path)
@@ -477,7 +480,7 @@ def test_sensitivity_probe_matches_builds_with_layers_kept_fp32(tmp_path):
     plan = result.plan
     plan.keep_fp32 = set()
     samples = load_calibration(calibration, imported.inputs)
-    probe = SensitivityProbe(mod, imported, plan, samples, result.calibration.fp32_outputs)
+    probe = SensitivityProbe(mod, imported, plan, samples, result.calibration.fp32_outputs, HostRunner())
     assert probe.layers == ["conv_a", "conv_b", "fc"]
     tests = _samples(4, seed=3)
     for i, keep in enumerate(((), ("conv_b",), ("conv_a", "fc"))):
@@ -579,7 +582,7 @@ def test_depthwise_input_is_quantized_per_channel_and_matches_a_numpy_reference(
     for per_channel in (False, True):
         out = tmp_path / f"dw{int(per_channel)}.so"
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="compiler.passes.quantize"):
+        with caplog.at_level(logging.INFO, logger="compiler.passes.lower_qdq"):
             report = compile_model(tmp_path / "dw.onnx", out, CompileOptions(precision="int8", int8=Int8Options(
                 calibration=calibration, method="minmax", per_channel_depthwise=per_channel,
                 weight_rounding="nearest")))  # the reference below rounds to nearest
@@ -718,7 +721,7 @@ def test_int8_conv_with_60_output_channels_is_padded_onto_the_dot_product_kernel
 def _constant_bias_adds(mod) -> list[np.ndarray]:
     from tvm.ir.expr import Constant
 
-    from compiler.passes.int8_layers import op_name
+    from compiler.quantization.layers import op_name
 
     return [b.value.args[1].value.numpy() for block in mod["main"].body.blocks for b in block.bindings
             if op_name(b.value) == "relax.add" and isinstance(b.value.args[1], Constant)]
@@ -727,8 +730,9 @@ def _constant_bias_adds(mod) -> list[np.ndarray]:
 def test_bias_correction_subtracts_each_layers_weight_rounding_shift_from_its_bias():
     import dataclasses
 
-    from compiler.passes.int8_layers import find_layers
-    from compiler.passes.quantize import insert_qdq, weight_rounding_shift
+    from compiler.quantization.layers import find_layers
+    from compiler.passes.insert_qdq import insert_qdq
+    from compiler.quantization.weights import weight_rounding_shift
 
     imported = import_onnx(_conv_relu_conv_gemm())
     preset = resolve_target("host")
@@ -759,7 +763,7 @@ def test_weight_rounding_shift_is_the_mean_output_change_of_the_conv():
     computed directly (zero padding, strides, groups), and x @ (w_q - w) averaged over rows."""
     from types import SimpleNamespace
 
-    from compiler.passes.quantize import weight_rounding_shift
+    from compiler.quantization.weights import weight_rounding_shift
 
     rng = np.random.default_rng(0)
     for groups, cin, cout, stride, pad in [(1, 6, 4, 1, 1), (3, 6, 9, 2, 1), (6, 6, 6, 1, 0)]:
@@ -792,7 +796,7 @@ def test_constant_dequantize_of_a_scalar_is_evaluated():
     """ORT's pre-processed QDQ models dequantize 0-d constants (an axis of a scalar is meaningless)."""
     from tvm import relax
 
-    from compiler.passes.quantize import _ConstEval
+    from compiler.passes.lower_qdq import _ConstEval
 
     call = relax.op.dequantize(relax.const(np.int8(5)), relax.const(np.float32(0.5)), relax.const(np.int8(1)))
     assert float(_ConstEval(lambda var: None).value(call)) == 2.0

@@ -22,7 +22,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from compiler.passes.int8_layers import op_name
+from compiler.quantization.layers import op_name
 
 
 def multiplier_and_shift(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from compiler.passes.int8_layers import emit_like, op_name, use_counts
+from compiler.quantization.layers import emit_like, op_name, use_counts
 
 MOVES_THROUGH = ("relax.nn.max_pool2d", "relax.concat")
 

@@ -30,7 +30,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant, GenericConst  # GenericConst: a tensor; Constant also covers IntImm
 
-from compiler.passes.int8_layers import dtype_of, emit_like, op_name
+from compiler.quantization.layers import dtype_of, emit_like, op_name
 
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 ELEMENTWISE = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",

@@ -26,7 +26,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant, GenericConst
 
-from compiler.passes.int8_layers import dtype_of, emit_like, op_name
+from compiler.quantization.layers import dtype_of, emit_like, op_name
 
 log = logging.getLogger(__name__)
 

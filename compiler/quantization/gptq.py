@@ -1,6 +1,6 @@
 """GPTQ weight rounding: per-channel int8 weights that keep each layer's output, not its weights.
 
-Rounding every weight to the nearest step (``quantize.quantize_weight``) minimizes the weight
+Rounding every weight to the nearest step (``weights.quantize_weight``) minimizes the weight
 error; what the model feels is the layer's output error ``(W - Wq) x`` on the inputs it
 actually sees. GPTQ (Frantar et al., 2023, "GPTQ: Accurate Post-Training Quantization for
 Generative Pre-trained Transformers"; the Optimal Brain Quantization step of Frantar & Alistarh,
@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from compiler.quantization.weights import quantize_weight
 
 DAMPING = 0.01  # added to H's diagonal, times its mean diagonal (the paper's default)
 BLOCK = 128  # columns rounded between two updates of the rest of W
@@ -182,11 +184,8 @@ def _weight_rows(weight: np.ndarray, layout: str | None) -> np.ndarray:
 
 def gptq_quantize_weight(weight: np.ndarray, layout: str | None, hessian: np.ndarray,
                          bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Like ``quantize.quantize_weight`` (same scales, same axis) with GPTQ rounding: a conv2d
+    """Like ``weights.quantize_weight`` (same scales, same axis) with GPTQ rounding: a conv2d
     weight in ``layout`` (OIHW, OHWI…), or a matmul weight ``[K, N]`` when ``layout`` is None."""
-    # imported here: quantize imports calibrate, which imports this module
-    from compiler.passes.quantize import quantize_weight
-
     groups = hessian.shape[0]
     rows = _weight_rows(weight, layout)
     _, scale = quantize_weight(rows, 0, bits)  # nearest rounding's scales: the grid GPTQ rounds onto

@@ -1,4 +1,5 @@
-"""Which bindings of a Relax module are quantizable layers, and what to call them.
+"""Which bindings of a Relax module are quantizable layers, what to call them, and the small
+Relax helpers the quantization passes share.
 
 A quantizable layer is a float32 ``nn.conv2d`` or a ``matmul`` whose weight (second
 argument) is a constant, in ``main``'s dataflow block, after kiln's simplification steps
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 import tvm
 from tvm import relax
@@ -137,3 +139,38 @@ def use_counts(func: relax.Function) -> dict:
     for var in set(relax.analysis.all_vars(func.body.body)):
         uses[var] = uses.get(var, 0) + 1
     return uses
+
+
+def const(value, dtype: str | None = None) -> Constant:
+    array = np.asarray(value)
+    if dtype is not None:
+        array = array.astype(dtype)
+    return relax.const(array, str(array.dtype))
+
+
+def conv_pad_width(attrs, layout: str, channels: tuple[int, int] = (0, 0)) -> list[int]:
+    """``nn.pad`` widths (before, after per axis of ``layout``) for a conv2d's own spatial padding,
+    plus ``channels`` (before, after) on its channel axis."""
+    top, left, bottom, right = [int(p) for p in attrs.padding]
+    per_axis = {"H": (top, bottom), "W": (left, right), "C": channels}
+    return [w for axis in layout for w in per_axis.get(axis, (0, 0))]
+
+
+def sole_bias_adds(func: relax.Function, outputs: set) -> dict:
+    """Layer output var -> the binding ``add(output, constant)`` that is its only use."""
+    uses = use_counts(func)
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    adds = {}
+    for b in bindings:
+        if op_name(b.value) == "relax.add" and b.value.args[0] in outputs and uses.get(b.value.args[0]) == 1 \
+                and isinstance(b.value.args[1], Constant):
+            adds[b.value.args[0]] = b
+    return adds
+
+
+def conv_attrs_without_padding(attrs):
+    """The attributes of a conv2d call with its padding set to 0 (the input was padded already)."""
+    return tvm.ir.make_node("relax.attrs.Conv2DAttrs", strides=attrs.strides, padding=[0, 0, 0, 0],
+                            dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
+                            kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
+                            out_dtype=attrs.out_dtype)

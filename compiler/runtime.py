@@ -90,7 +90,7 @@ def check_runnable_here(meta: LibraryMetadata, path: Path) -> None:
     if arch and arch != machine and not (arch == "arm64" and machine == "aarch64"):
         raise LibraryError(
             f"{path} was built for {arch} (target '{meta.target_name}'); this machine is {machine}. "
-            "Run it on that device (see scripts/deploy_arm.md) or recompile with --target host"
+            "Run it on that device (see docs/targets.md) or recompile with --target host"
         )
     missing = missing_features(host_target, cpu_flags())  # the architecture matches (checked above)
     if missing:

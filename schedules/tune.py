@@ -115,7 +115,7 @@ def rpc_tracker_warning(host: str, trusted: tuple[str, ...] = ()) -> str | None:
     where = "a private address" if ips and all(ip.is_private for ip in ips) else "an address beyond this machine"
     return (f"--rpc-tracker {host} is {where}: TVM RPC is unauthenticated and runs the code it is sent, so anyone who "
             "can reach the tracker or its RPC servers can run code on the boards and feed this tuner false timings. "
-            "Reach the board through an SSH tunnel (tracker on 127.0.0.1, see scripts/deploy_arm.md), or pass "
+            "Reach the board through an SSH tunnel (tracker on 127.0.0.1, see docs/targets.md), or pass "
             f"--rpc-trust {host} if you control that network")
 
 

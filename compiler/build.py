@@ -42,6 +42,7 @@ class CompileOptions:
     precision: str = "fp32"
     cuda_archs: str | None = None  # e.g. "sm_80,sm_90"; default: the preset's arch
     int8: Int8Options | None = None  # calibration and layer choices for precision "int8"
+    int8_plan: str | Path | None = None  # or a saved plan (``kiln quantize -o model.kq``) instead of calibrating
     fusion: bool = True  # kiln's own fusion steps; False: TVM's FuseOps/FuseTIR alone (before/after comparisons)
     # "NCHW" | "NHWC" | "NCHWc" | "auto" (build each, time here, keep the fastest); None: the preset's
     conv_layout: str | None = None
@@ -70,6 +71,33 @@ class CompileReport:
     @property
     def seconds_total(self) -> float:
         return self.seconds_import + self.seconds_build + self.seconds_export
+
+
+def int8_plan_for(imported: ImportedModel, preset: TargetPreset, int8: Int8Options | None,
+                  int8_plan: str | Path | None) -> Int8Result:
+    """The INT8 plan of a build of ``imported`` for ``preset``: read from the plan file ``int8_plan``
+    (``kiln quantize``), or calibrated now from ``int8``. Compile and tune both take it from here."""
+    from schedules.int8 import channel_multiple_for, signed_activations_for, weight_bits_for
+
+    if int8_plan is not None:
+        if int8 is not None:
+            raise InputError("pass either --int8-plan or --calibration (with int8 options), not both: "
+                             "the plan already holds the calibration")
+        from compiler.quantization.plan_file import load_plan
+
+        target = preset.tvm_target()
+        return load_plan(int8_plan, imported.sha256, model_input_shapes(imported),
+                         weight_bits=weight_bits_for(target), channel_multiple=channel_multiple_for(target),
+                         signed_activations=signed_activations_for(target), onnx_model=imported.onnx_model)
+    if int8 is None:
+        raise KilnError("precision int8 needs calibration data: pass --calibration DATA (.npz, .npy or a "
+                        "directory of them), or a saved plan --int8-plan model.kq (kiln quantize)")
+    return plan_int8(simplified_module(imported, preset), imported, preset, int8)
+
+
+def model_input_shapes(imported: ImportedModel) -> dict[str, list]:
+    """Input name -> shape (symbolic axes by name) of an imported model: what a plan file records."""
+    return {spec.name: [d if isinstance(d, int) else str(d) for d in spec.shape] for spec in imported.inputs}
 
 
 def _linker(preset: TargetPreset):
@@ -194,10 +222,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     twins = _symbolic_twins(imported, preset, options)
     int8 = None
     if options.precision == "int8":
-        if options.int8 is None:
-            raise KilnError("precision int8 needs calibration data: pass --calibration DATA (.npz, .npy or a "
-                            "directory of them)")
-        int8 = plan_int8(simplified_module(imported, preset), imported, preset, options.int8)
+        int8 = int8_plan_for(imported, preset, options.int8, options.int8_plan)
         extra["int8"] = {"method": int8.calibration.method, "samples": int8.calibration.samples,
                          "layers_int8": int8.quantized, "layers_fp32": sorted(int8.plan.keep_fp32),
                          "weight_bits": int8.plan.weight_bits, "requantize": int8.plan.requantize,
@@ -254,6 +279,8 @@ def compile_model(
     ``kwargs`` are ``CompileOptions`` fields, e.g. ``compile_model(m, "m.so", target="x86-avx2")``.
     """
     options = options or CompileOptions(**kwargs)
+    if options.int8_plan is not None and options.precision != "int8":
+        raise InputError(f"an INT8 plan is for precision int8, not {options.precision}")
     # Cheap checks first: an unknown target or a missing cross compiler fails before the import.
     preset = resolve_target(options.target)
     _linker(preset)
@@ -273,8 +300,8 @@ def _build_faster_layout(imported: ImportedModel, output: str | Path, options: C
     """Build with convolutions in each of ``CONV_LAYOUTS`` (NCHW, NHWC, blocked NCHWc), time the
     builds on this machine, keep the fastest.
 
-    The better layout depends on the model (README "Fusion": SqueezeNet runs faster in NHWC on
-    x86, ShuffleNet 4x slower), so it is measured, not guessed. Needs a target this machine
+    The better layout depends on the model (on x86 SqueezeNet runs faster in NHWC, ShuffleNet
+    slower), so it is measured, not guessed. Needs a target this machine
     runs: the libraries are timed here.
     """
     from compiler.runtime import alternating_p50_ms, load

@@ -24,12 +24,12 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from compiler.control_flow import parse_input_values
     from compiler.frontend import parse_input_shapes
 
-    if args.calibration and args.precision != "int8":
-        raise InputError("--calibration is for --precision int8")
+    precision = _precision(args)
     options = CompileOptions(target=args.target, input_shapes=parse_input_shapes(args.input_shape),
-                             input_values=parse_input_values(args.input_value), db=args.db, precision=args.precision, cuda_archs=args.cuda_arch,
-                             conv_layout=args.layout,
-                             int8=_int8_options(args) if args.precision == "int8" else None)
+                             input_values=parse_input_values(args.input_value), db=args.db, precision=precision,
+                             cuda_archs=args.cuda_arch, conv_layout=args.layout,
+                             int8=_int8_options(args) if precision == "int8" and not args.int8_plan else None,
+                             int8_plan=args.int8_plan)
     report = compile_model(args.model, args.output, options)
     if report.conv_layout is not None:
         timed = ", ".join(f"{layout} {ms:.2f} ms" for layout, ms in report.layout_p50_ms.items())
@@ -51,6 +51,18 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     for spec in report.outputs:
         print(f"  output {spec.describe()}")
     return 0
+
+
+def _precision(args: argparse.Namespace) -> str:
+    """--precision, where --int8-plan implies int8; --calibration and --int8-plan need int8."""
+    precision = args.precision or ("int8" if args.int8_plan else "fp32")
+    if args.int8_plan and precision != "int8":
+        raise InputError(f"--int8-plan is for --precision int8, not {precision}")
+    if args.int8_plan and args.calibration:
+        raise InputError("pass either --int8-plan or --calibration: the plan already holds the calibration")
+    if args.calibration and precision != "int8":
+        raise InputError("--calibration is for --precision int8")
+    return precision
 
 
 def _int8_options(args: argparse.Namespace):
@@ -105,6 +117,27 @@ def _cmd_quantize_report(args: argparse.Namespace) -> int:
                    "layers": [asdict(layer) for layer in result.layers]}
         Path(args.json).write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from compiler.build import model_input_shapes
+    from compiler.control_flow import parse_input_values
+    from compiler.frontend import import_onnx, parse_input_shapes
+    from compiler.pipeline import simplified_module
+    from compiler.quantization import describe_layers, plan_int8
+    from compiler.quantization.plan_file import save_plan
+    from targets.registry import resolve_target, with_build_layout
+
+    preset = with_build_layout(resolve_target(args.target), args.layout, "int8")
+    imported = import_onnx(args.model, parse_input_shapes(args.input_shape), preset.tvm_target(),
+                           parse_input_values(args.input_value))
+    options = _int8_options(args)
+    result = plan_int8(simplified_module(imported, preset), imported, preset, options)
+    print(describe_layers(result))
+    save_plan(result, args.output, imported.sha256, model_input_shapes(imported), preset.name, options)
+    print(f"wrote {args.output}: use it with kiln compile {args.model} --int8-plan {args.output} (and kiln tune "
+          "with the same plan)")
     return 0
 
 
@@ -239,6 +272,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from compiler.tune import TuneOptions, tune_model
     from schedules.tune import parse_budget
 
+    precision = _precision(args)
     options = TuneOptions(
         target=args.target, trials=args.trials,
         budget_seconds=parse_budget(args.budget) if args.budget else None, per_task=args.per_task,
@@ -246,7 +280,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         input_shapes=parse_input_shapes(args.input_shape), input_values=parse_input_values(args.input_value),
         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc_trust=tuple(args.rpc_trust or ()),
         progress=not args.no_progress, population=args.population, conv_layout=args.layout,
-        precision=args.precision, int8=_int8_options(args) if args.precision == "int8" else None,
+        precision=precision, int8=_int8_options(args) if precision == "int8" and not args.int8_plan else None,
+        int8_plan=args.int8_plan,
     )
     report = tune_model(args.model, args.db, options)
     print(f"tuned {args.model} for '{report.target}' with {report.threads} threads into {report.db}: "
@@ -258,9 +293,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print(f"{t.name[:48]:48s} {t.weight:6.0f} {t.trials:6d} {best}  {t.note}")
     if report.estimated_ms is not None:
         print(f"estimated end-to-end kernel time: {report.estimated_ms:.3f} ms")
-    same = (f" --layout {args.layout}" if args.layout else "") + (
-        f" --precision int8 --calibration {args.calibration} (and the same int8 options)"
-        if args.precision == "int8" else "")
+    if args.int8_plan:
+        int8 = f" --int8-plan {args.int8_plan}"
+    elif precision == "int8":
+        int8 = f" --precision int8 --calibration {args.calibration} (and the same int8 options; or save them once: kiln quantize -o model.kq)"
+    else:
+        int8 = ""
+    same = (f" --layout {args.layout}" if args.layout else "") + int8
     print(f"use it: kiln compile {args.model} --target {args.target} --db {args.db}{same} -o OUT.so")
     return 0
 
@@ -370,12 +409,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation layout of convolutions (default: the target's, see kiln targets; int8 on "
                         "x86: NHWC; NCHWc: channel blocks of the vector width, float32 CPU; auto: build all three, "
                         "time them here, keep the fastest)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
-                   help="fp16: float16 compute with float32 accumulation (CUDA, ARM64 +fullfp16); "
-                        "int8: post-training quantization from --calibration data")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+                   help="fp32 (default); fp16: float16 compute with float32 accumulation (CUDA, ARM64 +fullfp16); "
+                        "int8: post-training quantization from --calibration data or --int8-plan")
+    p.add_argument("--int8-plan", metavar="MODEL.kq", help="int8 from a plan saved by kiln quantize (no calibration)")
     p.add_argument("--cuda-arch", help="CUDA archs to embed SASS for, e.g. sm_80,sm_90 (PTX for the newest)")
     _add_int8_arguments(p)
     p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("quantize", help="calibrate a model for int8 and save the plan (for compile and tune)")
+    p.add_argument("model", help="ONNX file")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.kq", help="the plan file to write")
+    p.add_argument("--target", default="host", help="the target the plan is for (its int8 weight width)")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"], help="as for compile (default: the target's int8 layout)")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
+    p.add_argument("--input-value", action="append", metavar="NAME=VALUE", help="as for compile")
+    _add_int8_arguments(p)
+    p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("quantize-report", help="calibrate a model and list per-layer int8 scales and errors")
     p.add_argument("model", help="ONNX file")
@@ -404,9 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a private tracker address on a network you control: no warning (TVM RPC is unauthenticated)")
     p.add_argument("--population", type=int, default=512, help="evolutionary search population (smaller: faster batches)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
-                   help="int8: tune the quantized model's kernels (calibrated from --calibration); compile with "
-                        "the same --precision and int8 options to use the records")
+    p.add_argument("--precision", choices=["fp32", "int8"],
+                   help="fp32 (default); int8: tune the quantized model's kernels (calibrated from --calibration, "
+                        "or --int8-plan); compile with the same int8 plan or options to use the records")
+    p.add_argument("--int8-plan", metavar="MODEL.kq", help="int8 from a plan saved by kiln quantize (no calibration)")
     _add_int8_arguments(p)
     p.set_defaults(func=_cmd_tune)
 

@@ -27,6 +27,7 @@ class TuneOptions(SearchOptions):
     # precision "int8": calibration and layer choices, as for compile (compile with the same data
     # and options to use the records: the kernels' quantization constants are part of their workload)
     int8: object = None  # compiler.quantization.Int8Options
+    int8_plan: str | Path | None = None  # or a saved plan (kiln quantize -o model.kq): compile with the same
     conv_layout: str | None = None  # as CompileOptions.conv_layout: compile with the same to use the records
 
 
@@ -43,6 +44,8 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
 
     options = options or TuneOptions()
     check_rpc_options(options)  # before the slow import
+    if options.int8_plan is not None and options.precision != "int8":
+        raise InputError(f"an INT8 plan is for precision int8, not {options.precision}")
     if options.conv_layout is not None and options.conv_layout.lower() == "auto":
         raise InputError("tuning needs one layout: pass --layout NCHW or NHWC (compile with the same)")
     preset = with_build_layout(resolve_target(options.target), options.conv_layout, options.precision)
@@ -53,13 +56,9 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     imported = import_onnx(model, options.input_shapes, preset.tvm_target(), options.input_values)
     plan = None
     if options.precision == "int8":
-        from compiler.pipeline import simplified_module
-        from compiler.quantization import plan_int8
+        from compiler.build import int8_plan_for
 
-        if options.int8 is None:
-            raise InputError("tuning precision int8 needs calibration data: pass --calibration DATA "
-                             "(the same as for kiln compile)")
-        plan = plan_int8(simplified_module(imported, preset), imported, preset, options.int8).plan
+        plan = int8_plan_for(imported, preset, options.int8, options.int8_plan).plan
     with tvm.transform.PassContext(opt_level=3):
         mod = tuning_input_pipeline(preset, options.precision, plan)(imported.mod)
     weight_bits = plan.weight_bits if plan is not None else weight_bits_for(tuning_target(preset, threads))

@@ -139,17 +139,26 @@ def test_tuning_a_concat_model_tunes_the_in_place_writers(tmp_path):
 
 
 def test_tune_int8_then_compile_int8_with_the_records(model_path, tmp_path):
-    """`kiln tune --precision int8` tunes the quantized model's kernels (its int8 matmul among
-    them); compiling with the same calibration and the database gives the int8 model's results."""
+    """`kiln tune --int8-plan` tunes the quantized model's kernels (its int8 matmul among them);
+    compiling with the same plan file and the database gives the int8 model's results."""
     import numpy as np
 
-    from compiler.quantization import Int8Options
+    from compiler.build import model_input_shapes
+    from compiler.frontend import import_onnx
+    from compiler.pipeline import simplified_module
+    from compiler.quantization import Int8Options, plan_int8
+    from compiler.quantization.plan_file import save_plan
+    from targets.registry import resolve_target, with_build_layout
 
     calibration = np.random.default_rng(2).standard_normal((8, 8, 64)).astype("float32")
     int8 = Int8Options(calibration=calibration, method="minmax")
+    imported = import_onnx(model_path)
+    preset = with_build_layout(resolve_target("host"), None, "int8")
+    result = plan_int8(simplified_module(imported, preset), imported, preset, int8)
+    plan = save_plan(result, tmp_path / "m.kq", imported.sha256, model_input_shapes(imported), preset.name, int8)
     db = tmp_path / "db"
     report = tune_model(model_path, db, TuneOptions(trials=8, trials_per_iter=4, progress=False, population=64,
-                                                    precision="int8", int8=int8))
+                                                    precision="int8", int8_plan=plan))
     assert report.trials_run > 0
     # The tuned kernels are the quantized ones: some record's workload reads int8 buffers.
     from schedules.database import DurableDatabase
@@ -161,7 +170,7 @@ def test_tune_int8_then_compile_int8_with_the_records(model_path, tmp_path):
     assert any(reads_int8(next(f for _, f in mod.functions_items())) for mod in tuned), \
         "no tuning record is for an int8 kernel"
     compile_model(model_path, tmp_path / "plain.so", precision="int8", int8=int8)
-    compile_model(model_path, tmp_path / "tuned.so", precision="int8", int8=int8, db=db)
+    compile_model(model_path, tmp_path / "tuned.so", precision="int8", int8_plan=plan, db=db)
     plain, tuned = load(tmp_path / "plain.so"), load(tmp_path / "tuned.so")
     x = plain.random_inputs(seed=3)
     np.testing.assert_allclose(tuned.run(x)["y"], plain.run(x)["y"], rtol=1e-5, atol=1e-6)

@@ -148,8 +148,8 @@ def int8_tuning_space(target, weight_bits: int, tasks):
 
     TVM adds ``MultiLevelTilingWithIntrin`` only for VNNI and AVX-512 targets, with its own
     intrinsics; for AVX2 (and kiln's VNNI/AVX-512/AArch64 copies) it has none, so its
-    candidates for int8 convs were scalar loops ~3x slower than kiln's default rule
-    (session 7). This is TVM's ``DefaultX86`` rule list with kiln's widest intrinsic that
+    candidates for int8 convs are scalar loops, about 3x slower than kiln's default rule.
+    This is TVM's ``DefaultX86`` rule list with kiln's widest intrinsic that
     is exact for ``weight_bits`` (AVX2's saturates above 7 bits), and its CPU tensorization
     postprocessors. None where no task reads int8 data or the target has no such intrinsic.
     """

@@ -16,8 +16,8 @@ columns not a multiple of ``CHANNEL_MULTIPLE``, and an ungrouped NCHW conv2d wit
 ``MIN_CONV_CHANNELS`` output channels not a multiple of 8, or of 16 where the zero channels add
 at most 1/``MAX_EXTRA_WORK`` of the work (256 channels and up). Guarantees the same values.
 
-Convs with a multiple of 8 but not of 16 (SqueezeNet's 1000-class 1x1 conv) were left alone
-until session 11: AVX2's vectors take them, but on AVX-512 they fell to ``SpatialVectorized``.
+Convs with a multiple of 8 but not of 16 (SqueezeNet's 1000-class 1x1 conv) are padded too:
+AVX2's vectors take them, but on AVX-512 they would fall to ``SpatialVectorized``.
 Small ones (PP-OCR's 40, 72, 120) stay as they are: 8 more channels would be 7-20 % more work
 on every target, and kiln's passes do not know the target.
 Padded to 1008, SqueezeNet FP32 on an AVX-512 CPU took 2.15 and 2.35 ms against 2.39 and 2.52

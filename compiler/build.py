@@ -25,7 +25,8 @@ from compiler.pipeline import PRECISIONS, build_pipeline
 from compiler.pipeline import simplified_module
 from compiler.quantization.planner import Int8Options, Int8Result, plan_int8
 from targets.cuda import cuda_compile_hook, enable_cuda_codegen, parse_archs
-from targets.registry import TargetPreset, fp16_refusal, resolve_target, with_build_layout
+from schedules.resolved_target import ResolvedTarget, as_resolved, resolve
+from targets.registry import TargetPreset, fp16_refusal, resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +78,20 @@ def int8_plan_for(imported: ImportedModel, preset: TargetPreset, int8: Int8Optio
                   int8_plan: str | Path | None) -> Int8Result:
     """The INT8 plan of a build of ``imported`` for ``preset``: read from the plan file ``int8_plan``
     (``kiln quantize``), or calibrated now from ``int8``. Compile and tune both take it from here."""
-    from schedules.int8 import channel_multiple_for, signed_activations_for, weight_bits_for
-
+    target = as_resolved(preset)
     if int8_plan is not None:
         if int8 is not None:
             raise InputError("pass either --int8-plan or --calibration (with int8 options), not both: "
                              "the plan already holds the calibration")
         from compiler.quantization.plan_file import load_plan
 
-        target = preset.tvm_target()
         return load_plan(int8_plan, imported.sha256, model_input_shapes(imported),
-                         weight_bits=weight_bits_for(target), channel_multiple=channel_multiple_for(target),
-                         signed_activations=signed_activations_for(target), onnx_model=imported.onnx_model)
+                         weight_bits=target.int8_weight_bits, channel_multiple=target.int8_channel_multiple,
+                         signed_activations=target.int8_signed_activations, onnx_model=imported.onnx_model)
     if int8 is None:
         raise KilnError("precision int8 needs calibration data: pass --calibration DATA (.npz, .npy or a "
                         "directory of them), or a saved plan --int8-plan model.kq (kiln quantize)")
-    return plan_int8(simplified_module(imported, preset), imported, preset, int8)
+    return plan_int8(simplified_module(imported, target), imported, target, int8)
 
 
 def model_input_shapes(imported: ImportedModel) -> dict[str, list]:
@@ -165,7 +164,7 @@ def kernel_flops(mod) -> dict[str, float]:
     return flops
 
 
-def _symbolic_twins(imported: ImportedModel, preset: TargetPreset, options: CompileOptions) -> dict | None:
+def _symbolic_twins(imported: ImportedModel, preset: ResolvedTarget, options: CompileOptions) -> dict | None:
     """For a model with symbolic input sizes: its kernels built for one static size (each
     symbolic axis near the middle of its range, rounded up to a multiple of 16 where the range
     allows, at least 2), whose default schedules the symbolic kernels replay
@@ -193,8 +192,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     """Build an already imported model; see ``compile_model``."""
     import tvm
 
-    preset = resolve_target(options.target)
-    preset = with_build_layout(preset, options.conv_layout, options.precision)
+    preset = resolve(options.target, options.conv_layout, options.precision)
     if options.precision not in PRECISIONS:
         raise KilnError(f"precision '{options.precision}' is not supported; use one of {', '.join(PRECISIONS)}")
     if preset.conv_layout == "NCHWc" and (options.precision != "fp32" or preset.kind != "llvm"):
@@ -282,7 +280,7 @@ def compile_model(
     if options.int8_plan is not None and options.precision != "int8":
         raise InputError(f"an INT8 plan is for precision int8, not {options.precision}")
     # Cheap checks first: an unknown target or a missing cross compiler fails before the import.
-    preset = resolve_target(options.target)
+    preset = resolve(options.target)
     _linker(preset)
     options = replace(options, target=preset)
     t0 = time.perf_counter()

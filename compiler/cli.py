@@ -103,9 +103,9 @@ def _cmd_quantize_report(args: argparse.Namespace) -> int:
     from compiler.frontend import import_onnx, parse_input_shapes
     from compiler.pipeline import simplified_module
     from compiler.quantization import describe_layers, plan_int8
-    from targets.registry import resolve_target
+    from schedules.resolved_target import resolve
 
-    preset = resolve_target(args.target)
+    preset = resolve(args.target, precision="int8")
     imported = import_onnx(args.model, parse_input_shapes(args.input_shape), preset.tvm_target())
     result = plan_int8(simplified_module(imported, preset), imported, preset, _int8_options(args))
     print(describe_layers(result))
@@ -127,9 +127,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from compiler.pipeline import simplified_module
     from compiler.quantization import describe_layers, plan_int8
     from compiler.quantization.plan_file import save_plan
-    from targets.registry import resolve_target, with_build_layout
+    from schedules.resolved_target import resolve
 
-    preset = with_build_layout(resolve_target(args.target), args.layout, "int8")
+    preset = resolve(args.target, args.layout, "int8")
     imported = import_onnx(args.model, parse_input_shapes(args.input_shape), preset.tvm_target(),
                            parse_input_values(args.input_value))
     options = _int8_options(args)

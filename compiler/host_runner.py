@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from schedules.resolved_target import as_resolved
 from targets.registry import TargetPreset, resolve_target
 
 
@@ -20,7 +21,7 @@ class HostRunner:
     """``compiler.quantization.runner.ModelRunner`` for this machine."""
 
     def __init__(self, threads: int | None = None, preset: TargetPreset | None = None) -> None:
-        self.preset = preset or resolve_target("host")
+        self.preset = as_resolved(preset or resolve_target("host"))
         self.threads = threads
 
     def _vm(self, mod):
@@ -49,13 +50,12 @@ class HostRunner:
         import tvm
 
         from compiler.pipeline import int8_probe_pipeline
-        from schedules.int8 import channel_multiple_for, signed_activations_for, weight_bits_for
 
-        host = self.preset.tvm_target()
+        host = self.preset
         trial = dataclasses.replace(plan, keep_fp32=set(plan.keep_fp32),
-                                    weight_bits=min(plan.weight_bits, weight_bits_for(host)),
-                                    channel_multiple=channel_multiple_for(host),
-                                    signed_activations=signed_activations_for(host))
+                                    weight_bits=min(plan.weight_bits, host.int8_weight_bits),
+                                    channel_multiple=host.int8_channel_multiple,
+                                    signed_activations=host.int8_signed_activations)
         with tvm.transform.PassContext(opt_level=3):
             probe = int8_probe_pipeline(self.preset, trial)(mod)
         main = self._vm(probe)["main"]

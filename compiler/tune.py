@@ -37,10 +37,9 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
 
     from compiler.frontend import import_onnx
     from compiler.pipeline import tuning_input_pipeline
-    from schedules.int8 import weight_bits_for
     from schedules.intrinsics import import_tensor_intrinsics
-    from schedules.tune import tuning_target
-    from targets.registry import default_threads, fp16_refusal, resolve_target, with_build_layout
+    from schedules.resolved_target import resolve
+    from targets.registry import default_threads, fp16_refusal
 
     options = options or TuneOptions()
     check_rpc_options(options)  # before the slow import
@@ -48,7 +47,7 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
         raise InputError(f"an INT8 plan is for precision int8, not {options.precision}")
     if options.conv_layout is not None and options.conv_layout.lower() == "auto":
         raise InputError("tuning needs one layout: pass --layout NCHW or NHWC (compile with the same)")
-    preset = with_build_layout(resolve_target(options.target), options.conv_layout, options.precision)
+    preset = resolve(options.target, options.conv_layout, options.precision)
     if options.precision == "fp16" and (why := fp16_refusal(preset)):
         raise TargetError(why)
     threads = options.threads or default_threads()
@@ -61,5 +60,5 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
         plan = int8_plan_for(imported, preset, options.int8, options.int8_plan).plan
     with tvm.transform.PassContext(opt_level=3):
         mod = tuning_input_pipeline(preset, options.precision, plan)(imported.mod)
-    weight_bits = plan.weight_bits if plan is not None else weight_bits_for(tuning_target(preset, threads))
+    weight_bits = plan.weight_bits if plan is not None else preset.int8_weight_bits
     return tune_module(mod, db, preset, threads, weight_bits, options)

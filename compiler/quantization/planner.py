@@ -35,6 +35,7 @@ from compiler.quantization.report import Int8Result, activation_error, sensitivi
 from compiler.quantization.runner import ModelRunner
 from compiler.quantization.sensitivity import SensitivityProbe, fewest_meeting
 from compiler.quantization.weights import quantize_weight, weight_error
+from schedules.resolved_target import as_resolved
 from targets.errors import InputError
 from targets.registry import TargetPreset
 
@@ -122,9 +123,8 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
 
     ``runner`` builds and runs the calibration and probe modules on this machine (default:
     ``compiler.host_runner.HostRunner`` with ``options.threads``)."""
-    from schedules.int8 import channel_multiple_for, signed_activations_for, weight_bits_for
-
-    bits = options.weight_bits or weight_bits_for(preset.tvm_target())
+    target = as_resolved(preset)
+    bits = options.weight_bits or target.int8_weight_bits
     if bits not in (7, 8):
         raise InputError(f"weight bits must be 7 or 8, not {bits}")
     if options.requantize not in REQUANTIZE:
@@ -162,9 +162,8 @@ def plan_int8(mod, imported: ImportedModel, preset: TargetPreset, options: Int8O
         if layer.name in result.hessians:  # GPTQ: round once here; H (up to K*K floats) is not kept
             rounded[layer.name] = _gptq_round_layer(layer, weight, result.hessians.pop(layer.name), bits, report)
         reports.append(report)
-    target = preset.tvm_target()
-    signed = signed_activations_for(target) if options.signed_activations is None else options.signed_activations
-    plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model, channel_multiple_for(target), signed,
+    signed = target.int8_signed_activations if options.signed_activations is None else options.signed_activations
+    plan = QuantizationPlan(result.ranges, keep, bits, imported.onnx_model, target.int8_channel_multiple, signed,
                             options.bias_correction, result.input_means, options.requantize,
                             options.weight_rounding, rounded)
     int8 = Int8Result(plan, result, reports)

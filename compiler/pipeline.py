@@ -15,7 +15,7 @@ from typing import Callable
 import tvm
 from tvm import relax
 
-from compiler.passes import blocked_conv
+from compiler.relax_utils import blocked_conv
 from compiler.passes.conv_layout import convert_conv_layout
 from compiler.passes.concat_in_place import in_place_calls_as_call_tir, write_concat_in_place
 from compiler.passes.clip_as_max_min import clip_as_max_min
@@ -25,7 +25,7 @@ from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
 from compiler.passes.hoist_quantize import hoist_quantize
 from compiler.passes.int8_conv_layout import int8_conv_layout
 from compiler.passes.quantized_lookup import quantized_lookup
-from compiler.passes.row_softmax import legalize_softmax
+from compiler.relax_utils.row_softmax import legalize_softmax
 from compiler.passes.pad_output_channels import pad_output_channels
 from compiler.passes.power_as_roots import power_as_roots
 from compiler.passes.prepack_in_place import attach_layout_free_buffers_in_place, split_layout_rewrite_in_place
@@ -130,7 +130,7 @@ def precision_steps(precision: str, plan=None, probe: bool = False) -> list[Step
 
 def legalize_map(preset: TargetPreset, symbolic: bool = False) -> dict:
     """kiln's own ``LegalizeOps`` entries: blocked-channel convs, and on CPUs a softmax over the
-    last axis whose passes vectorize (``compiler.passes.row_softmax``; static shapes only, so not
+    last axis whose passes vectorize (``compiler.relax_utils.row_softmax``; static shapes only, so not
     for a ``symbolic`` build and its twin)."""
     legalize = blocked_conv.legalize_map()
     if preset.device == "cpu" and preset.kind == "llvm" and not symbolic:

@@ -110,7 +110,7 @@ CASES = {
     "dense": (dense, {"matmul": "ChannelVectorized"}),
     "batch_matmul": (batch_matmul, {"matmul": "ChannelVectorized"}),
     "pooling": (pooling, {"max_pool2d": "SpatialVectorized", "avg_pool2d": "SpatialVectorized"}),
-    "softmax": (softmax, {"softmax": "RowSoftmax"}),  # last axis: compiler.passes.row_softmax
+    "softmax": (softmax, {"softmax": "RowSoftmax"}),  # last axis: compiler.relax_utils.row_softmax
     "scaled_softmax": (scaled_softmax, {"softmax": "RowSoftmax"}),
     "softmax_inner_axis": (softmax_inner_axis, {"softmax": "RowReduction"}),  # TVM dlight's CPU Reduction
     "variadic_sum": (variadic_sum, {"conv2d": "ChannelVectorized"}),

@@ -35,7 +35,7 @@ import tvm_ffi
 from tvm import relax, te, tirx, topi
 from tvm.relax import Call, DataflowVar, Expr, PyExprMutator, Var, expr_functor
 
-from compiler.passes.fused_groups import (
+from compiler.relax_utils.fused_groups import (
     Uses,
     build_group,
     emit_kernel,

@@ -24,7 +24,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax import Call, PyExprMutator, Var, expr_functor
 
-from compiler.passes.fused_groups import is_op
+from compiler.relax_utils.fused_groups import is_op
 
 
 def _split(prim: tirx.PrimFunc, arg_types: list, out_ty) -> tvm.IRModule | None:

@@ -15,21 +15,23 @@ from typing import Callable
 import tvm
 from tvm import relax
 
-from compiler.relax_utils import blocked_conv
-from compiler.passes.conv_layout import convert_conv_layout
-from compiler.passes.concat_in_place import in_place_calls_as_call_tir, write_concat_in_place
+from compiler.passes.attach_attr_layout_free_buffers_in_place import attach_attr_layout_free_buffers_in_place
 from compiler.passes.clip_as_max_min import clip_as_max_min
+from compiler.passes.convert_conv_layout import convert_conv_layout
 from compiler.passes.drop_dropout import drop_dropout
 from compiler.passes.fixed_point_requantize import fixed_point_requantize
 from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
 from compiler.passes.hoist_quantize import hoist_quantize
+from compiler.passes.in_place_calls_as_call_tir import in_place_calls_as_call_tir
 from compiler.passes.int8_conv_layout import int8_conv_layout
-from compiler.passes.quantized_lookup import quantized_lookup
-from compiler.relax_utils.row_softmax import legalize_softmax
 from compiler.passes.pad_output_channels import pad_output_channels
 from compiler.passes.power_as_roots import power_as_roots
-from compiler.passes.prepack_in_place import attach_layout_free_buffers_in_place, split_layout_rewrite_in_place
+from compiler.passes.quantized_lookup import quantized_lookup
 from compiler.passes.scalar_constants import scalar_constants
+from compiler.passes.split_layout_rewrite_preproc_in_place import split_layout_rewrite_preproc_in_place
+from compiler.passes.write_concat_in_place import write_concat_in_place
+from compiler.relax_utils import blocked_conv
+from compiler.relax_utils.row_softmax import legalize_softmax
 from schedules.defaults import default_schedule_pass
 from schedules.int8 import channel_multiple_for, mark_int8_weight_bits, weight_bits_for
 from schedules.database import apply_database_pass
@@ -168,7 +170,7 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
         steps.append(Step("AttachAttrLayoutFreeBuffers", "let tuned schedules pack constant weights too",
                           relax.transform.AttachAttrLayoutFreeBuffers))
         steps.append(Step("AttachAttrLayoutFreeBuffersInPlace", "the same for in-place kernels (concat writers)",
-                          lambda: attach_layout_free_buffers_in_place))
+                          lambda: attach_attr_layout_free_buffers_in_place))
     if db is not None:
         steps.append(Step("MetaScheduleApplyDatabase", "use tuned schedules from the tuning database",
                           lambda: apply_database_pass(db)))
@@ -181,7 +183,7 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
             Step("SplitLayoutRewritePreproc", "weight packing (marked by the default rules) becomes its own kernel",
                  relax.transform.SplitLayoutRewritePreproc),
             Step("SplitLayoutRewritePreprocInPlace", "the same for in-place kernels (concat writers)",
-                 lambda: split_layout_rewrite_in_place),
+                 lambda: split_layout_rewrite_preproc_in_place),
             Step("FoldConstant", "pack constant weights once, at compile time", relax.transform.FoldConstant),
             Step("DeadCodeElimination", "drop the unpacked weights and the packing kernels",
                  relax.transform.DeadCodeElimination),

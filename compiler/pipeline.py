@@ -41,6 +41,9 @@ from targets.registry import TargetPreset
 
 @dataclass(frozen=True)
 class Step:
+    """One pipeline step: ``name`` is the registered name of the pass ``make()`` returns (for
+    TVM's ``DecomposeOpsForInference``, registered as ``DecomposeOps``, its Python name)."""
+
     name: str
     why: str
     make: Callable[[], tvm.transform.Pass]
@@ -172,13 +175,13 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
         steps.append(Step("AttachAttrLayoutFreeBuffersInPlace", "the same for in-place kernels (concat writers)",
                           lambda: attach_attr_layout_free_buffers_in_place))
     if db is not None:
-        steps.append(Step("MetaScheduleApplyDatabase", "use tuned schedules from the tuning database",
-                          lambda: apply_database_pass(db)))
+        steps.append(Step("ApplyTuningDatabase", "use tuned schedules from the tuning database "
+                          "(TVM's MetaScheduleApplyDatabase)", lambda: apply_database_pass(db)))
     if preset.device == "cpu":
         steps.append(Step("MarkInt8WeightBits", "int8 kernels whose weights exceed 7 bits avoid AVX2's saturating "
                           "vpmaddubsw", mark_int8_weight_bits))
-        steps.append(Step("kiln default CPU schedules", "parallel, vectorized, tiled kernels for everything not tuned",
-                          lambda: default_schedule_pass(target, twins=twins)))
+        steps.append(Step("DefaultCPUSchedule", "kiln's default rules: parallel, vectorized, tiled kernels for "
+                          "everything not tuned", lambda: default_schedule_pass(target, twins=twins)))
         steps += [
             Step("SplitLayoutRewritePreproc", "weight packing (marked by the default rules) becomes its own kernel",
                  relax.transform.SplitLayoutRewritePreproc),
@@ -189,7 +192,8 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
                  relax.transform.DeadCodeElimination),
         ]
     if preset.device == "cuda":
-        steps.append(Step("dlight GPU rules", "schedule untuned kernels onto GPU threads", _gpu_default_schedules))
+        steps.append(Step("ApplyDefaultSchedule", "dlight's GPU rules schedule untuned kernels onto GPU threads",
+                          _gpu_default_schedules))
     steps += [
         *[Step(p.info.name, "lower dataflow for the VM", lambda p=p: p)
           for p in backend.dataflow_lower_passes(target)],
@@ -268,14 +272,14 @@ def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32", plan=No
                                                                   "AttachAttrLayoutFreeBuffersInPlace"))
     extract = Step("InPlaceCallsAsCallTIR", "extract_tasks sees call_tir only: show in-place kernels too",
                    lambda: in_place_calls_as_call_tir)
-    return _as_one_pass(preset, [*steps[: last + 1], extract], "kiln_tuning_input")
+    return _as_one_pass(preset, [*steps[: last + 1], extract], "TuningInputPipeline")
 
 
 def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
                    plan=None, fusion: bool = True, twins: dict | None = None) -> tvm.transform.Pass:
     """The whole pipeline as one pass, run under the target (``twins``: a symbolic build)."""
     return _as_one_pass(preset, pipeline_steps(preset, db, precision, plan, fusion, twins, symbolic=twins is not None),
-                        "kiln_pipeline")
+                        "BuildPipeline")
 
 
 def schedule_twins(preset: TargetPreset, static_mod: tvm.IRModule, precision: str = "fp32",
@@ -293,14 +297,14 @@ def schedule_twins(preset: TargetPreset, static_mod: tvm.IRModule, precision: st
 
 def simplify_pipeline(preset: TargetPreset) -> tvm.transform.Pass:
     """Only the simplification steps: the module INT8 calibration runs on."""
-    return _as_one_pass(preset, simplify_steps(weight_bits_for(preset.tvm_target())), "kiln_simplify")
+    return _as_one_pass(preset, simplify_steps(weight_bits_for(preset.tvm_target())), "SimplifyPipeline")
 
 
 def int8_probe_pipeline(preset: TargetPreset, plan) -> tvm.transform.Pass:
     """A simplified module to the INT8 sensitivity probe: quantized by ``plan``, each layer switchable."""
-    return _as_one_pass(preset, precision_steps("int8", plan, probe=True) + lowering_steps(preset), "kiln_probe")
+    return _as_one_pass(preset, precision_steps("int8", plan, probe=True) + lowering_steps(preset), "Int8ProbePipeline")
 
 
 def lowering_pipeline(preset: TargetPreset, db: str | Path | None = None) -> tvm.transform.Pass:
     """Only the lowering steps, for a module that is already simplified (calibration builds)."""
-    return _as_one_pass(preset, lowering_steps(preset, db), "kiln_lowering")
+    return _as_one_pass(preset, lowering_steps(preset, db), "LoweringPipeline")

@@ -126,7 +126,7 @@ def scheduled_module(onnx_model: onnx.ModelProto, target: str = "x86-avx2") -> t
     stats = ScheduleStats()
     with tvm.transform.PassContext(opt_level=3), preset.tvm_target() as tgt:
         for step in pipeline_steps(preset):
-            if step.name.startswith("kiln default"):
+            if step.name == "DefaultCPUSchedule":
                 return default_schedule_pass(tgt, stats=stats)(mod), stats
             mod = step.make()(mod)
     raise AssertionError("the CPU pipeline has no default-schedule step")
@@ -452,7 +452,7 @@ def test_nhwc_depthwise_weights_are_packed_channel_innermost(tmp_path):
     mod = import_onnx(dw, {}).mod
     with tvm.transform.PassContext(opt_level=3), preset.tvm_target() as tgt:
         for step in pipeline_steps(preset):
-            if step.name.startswith("kiln default"):
+            if step.name == "DefaultCPUSchedule":
                 mod = default_schedule_pass(tgt)(mod)
                 break
             mod = step.make()(mod)

@@ -128,7 +128,7 @@ def lower(mod: tvm.IRModule, target="x86-avx2", rules=None, mark_bits: bool = Fa
         if rules is None and not mark_bits:
             return build_pipeline(preset)(mod)
         for step in pipeline_steps(preset):
-            if step.name.startswith("kiln default"):
+            if step.name == "DefaultCPUSchedule":
                 if mark_bits:
                     mod = mark_int8_weight_bits()(mod)
                 mod = default_schedule_pass(tgt, rules or CPU_RULES)(mod)
@@ -236,7 +236,7 @@ def test_channel_vectorized_leaves_integer_convs_alone():
     preset = resolve_target("x86-avx2")
     with tvm.transform.PassContext(opt_level=3), preset.tvm_target() as tgt:
         for step in pipeline_steps(preset):
-            if step.name.startswith("kiln default"):
+            if step.name == "DefaultCPUSchedule":
                 break
             mod = step.make()(mod)
         conv = next(f for gv, f in mod.functions_items() if "conv2d" in gv.name_hint)

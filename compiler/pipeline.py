@@ -24,6 +24,7 @@ from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
 from compiler.passes.hoist_quantize import hoist_quantize
 from compiler.passes.in_place_calls_as_call_tir import in_place_calls_as_call_tir
 from compiler.passes.int8_conv_layout import int8_conv_layout
+from compiler.passes.mark_int8_weight_bits import mark_int8_weight_bits
 from compiler.passes.pad_output_channels import pad_output_channels
 from compiler.passes.power_as_roots import power_as_roots
 from compiler.passes.quantized_lookup import quantized_lookup
@@ -33,7 +34,7 @@ from compiler.passes.write_concat_in_place import write_concat_in_place
 from compiler.relax_utils import blocked_conv
 from compiler.relax_utils.row_softmax import legalize_softmax
 from schedules.defaults import default_schedule_pass
-from schedules.int8 import channel_multiple_for, mark_int8_weight_bits, weight_bits_for
+from schedules.int8 import channel_multiple_for, weight_bits_for
 from schedules.database import apply_database_pass
 from schedules.vector_spec import vector_spec
 from targets.registry import TargetPreset
@@ -179,7 +180,7 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
                           "(TVM's MetaScheduleApplyDatabase)", lambda: apply_database_pass(db)))
     if preset.device == "cpu":
         steps.append(Step("MarkInt8WeightBits", "int8 kernels whose weights exceed 7 bits avoid AVX2's saturating "
-                          "vpmaddubsw", mark_int8_weight_bits))
+                          "vpmaddubsw", lambda: mark_int8_weight_bits))
         steps.append(Step("DefaultCPUSchedule", "kiln's default rules: parallel, vectorized, tiled kernels for "
                           "everything not tuned", lambda: default_schedule_pass(target, twins=twins)))
         steps += [

@@ -13,9 +13,10 @@ import tvm
 from tvm import relax
 from tvm.s_tir import TensorIntrin
 
+from compiler.passes.mark_int8_weight_bits import mark_int8_weight_bits
 from compiler.pipeline import build_pipeline, pipeline_steps
 from schedules.defaults import CPU_RULES, RULE_ATTR, default_schedule_pass, schedule_summary
-from schedules.int8 import WEIGHT_BITS_ATTR, dot_desc, int8_bits, mark_int8_weight_bits, weight_bits_for
+from schedules.int8 import WEIGHT_BITS_ATTR, dot_desc, int8_bits, weight_bits_for
 from schedules.rules import ChannelVectorized, SpatialVectorized
 from schedules.rules.int8 import (AVX2_DOT, AVX512_DOT, VNNI_DOT, VNNI_DOT_YMM, DotIntrin, Int8Tensorized,
                                   int8_tile)
@@ -130,7 +131,7 @@ def lower(mod: tvm.IRModule, target="x86-avx2", rules=None, mark_bits: bool = Fa
         for step in pipeline_steps(preset):
             if step.name == "DefaultCPUSchedule":
                 if mark_bits:
-                    mod = mark_int8_weight_bits()(mod)
+                    mod = mark_int8_weight_bits(mod)
                 mod = default_schedule_pass(tgt, rules or CPU_RULES)(mod)
             else:
                 mod = step.make()(mod)

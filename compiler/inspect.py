@@ -117,9 +117,9 @@ def inspect_passes(path: str | Path, target: str = "host", input_shapes: dict | 
 
     from compiler.frontend import import_onnx
     from compiler.pipeline import pipeline_steps
-    from targets.registry import resolve_target
+    from schedules.resolved_target import resolve
 
-    preset = resolve_target(target)
+    preset = resolve(target)
     imported = import_onnx(path, input_shapes or {}, preset.tvm_target())
     target_obj = preset.tvm_target()
     steps = pipeline_steps(preset)

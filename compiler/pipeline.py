@@ -3,7 +3,8 @@
 Expects a Relax module from ``compiler.frontend`` (static shapes, weights as constants).
 Guarantees a module that ``tvm.compile`` can build for the target: every operator
 legalized to TIR, fused, scheduled (tuning records first, then target defaults), and
-lowered for the Relax VM. Target-specific steps are chosen by data (``TargetPreset``).
+lowered for the Relax VM. Target-specific steps are chosen by data (``ResolvedTarget``: the
+preset and its derived facts).
 """
 
 from __future__ import annotations
@@ -15,30 +16,35 @@ from typing import Callable
 import tvm
 from tvm import relax
 
-from compiler.passes import blocked_conv
-from compiler.passes.conv_layout import convert_conv_layout
-from compiler.passes.concat_in_place import in_place_calls_as_call_tir, write_concat_in_place
+from compiler.passes.attach_attr_layout_free_buffers_in_place import attach_attr_layout_free_buffers_in_place
 from compiler.passes.clip_as_max_min import clip_as_max_min
+from compiler.passes.convert_conv_layout import convert_conv_layout
 from compiler.passes.drop_dropout import drop_dropout
 from compiler.passes.fixed_point_requantize import fixed_point_requantize
 from compiler.passes.fold_stacked_reduce import fold_stacked_reduce
 from compiler.passes.hoist_quantize import hoist_quantize
+from compiler.passes.in_place_calls_as_call_tir import in_place_calls_as_call_tir
 from compiler.passes.int8_conv_layout import int8_conv_layout
-from compiler.passes.quantized_lookup import quantized_lookup
-from compiler.passes.row_softmax import legalize_softmax
+from compiler.passes.mark_int8_weight_bits import mark_int8_weight_bits
 from compiler.passes.pad_output_channels import pad_output_channels
 from compiler.passes.power_as_roots import power_as_roots
-from compiler.passes.prepack_in_place import attach_layout_free_buffers_in_place, split_layout_rewrite_in_place
+from compiler.passes.quantized_lookup import quantized_lookup
 from compiler.passes.scalar_constants import scalar_constants
+from compiler.passes.split_layout_rewrite_preproc_in_place import split_layout_rewrite_preproc_in_place
+from compiler.passes.write_concat_in_place import write_concat_in_place
+from compiler.relax_utils import blocked_conv
+from compiler.relax_utils.row_softmax import legalize_softmax
 from schedules.defaults import default_schedule_pass
-from schedules.int8 import channel_multiple_for, mark_int8_weight_bits, weight_bits_for
 from schedules.database import apply_database_pass
-from schedules.vector_spec import vector_spec
+from schedules.resolved_target import as_resolved
 from targets.registry import TargetPreset
 
 
 @dataclass(frozen=True)
 class Step:
+    """One pipeline step: ``name`` is the registered name of the pass ``make()`` returns (for
+    TVM's ``DecomposeOpsForInference``, registered as ``DecomposeOps``, its Python name)."""
+
     name: str
     why: str
     make: Callable[[], tvm.transform.Pass]
@@ -70,7 +76,7 @@ def simplify_steps(weight_bits: int = 8, fusion: bool = True, channel_multiple: 
     """Clean-up before precision changes; INT8 calibration sees the module as these leave it.
 
     ``weight_bits``: a pre-quantized model's int8 weights are narrowed to this width where the
-    target's int8 kernels need it (7 on AVX2 without VNNI; ``schedules.int8.weight_bits_for``).
+    target's int8 kernels need it (7 on AVX2 without VNNI; ``ResolvedTarget.int8_weight_bits``).
     ``fusion=False`` leaves out kiln's own fusion rewrites (for before/after comparisons).
     ``channel_multiple``: a pre-quantized model's conv input channels are padded to a multiple of it.
     """
@@ -132,11 +138,11 @@ def precision_steps(precision: str, plan=None, probe: bool = False) -> list[Step
 
 def legalize_map(preset: TargetPreset, symbolic: bool = False) -> dict:
     """kiln's own ``LegalizeOps`` entries: blocked-channel convs, and on CPUs a softmax over the
-    last axis whose passes vectorize (``compiler.passes.row_softmax``; static shapes only, so not
+    last axis whose passes vectorize (``compiler.relax_utils.row_softmax``; static shapes only, so not
     for a ``symbolic`` build and its twin)."""
     legalize = blocked_conv.legalize_map()
     if preset.device == "cpu" and preset.kind == "llvm" and not symbolic:
-        legalize["relax.nn.softmax"] = legalize_softmax(vector_spec(preset.tvm_target()).lanes())
+        legalize["relax.nn.softmax"] = legalize_softmax(as_resolved(preset).vector_lanes)
     return legalize
 
 
@@ -170,26 +176,27 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
         steps.append(Step("AttachAttrLayoutFreeBuffers", "let tuned schedules pack constant weights too",
                           relax.transform.AttachAttrLayoutFreeBuffers))
         steps.append(Step("AttachAttrLayoutFreeBuffersInPlace", "the same for in-place kernels (concat writers)",
-                          lambda: attach_layout_free_buffers_in_place))
+                          lambda: attach_attr_layout_free_buffers_in_place))
     if db is not None:
-        steps.append(Step("MetaScheduleApplyDatabase", "use tuned schedules from the tuning database",
-                          lambda: apply_database_pass(db)))
+        steps.append(Step("ApplyTuningDatabase", "use tuned schedules from the tuning database "
+                          "(TVM's MetaScheduleApplyDatabase)", lambda: apply_database_pass(db)))
     if preset.device == "cpu":
         steps.append(Step("MarkInt8WeightBits", "int8 kernels whose weights exceed 7 bits avoid AVX2's saturating "
-                          "vpmaddubsw", mark_int8_weight_bits))
-        steps.append(Step("kiln default CPU schedules", "parallel, vectorized, tiled kernels for everything not tuned",
-                          lambda: default_schedule_pass(target, twins=twins)))
+                          "vpmaddubsw", lambda: mark_int8_weight_bits))
+        steps.append(Step("DefaultCPUSchedule", "kiln's default rules: parallel, vectorized, tiled kernels for "
+                          "everything not tuned", lambda: default_schedule_pass(target, twins=twins)))
         steps += [
             Step("SplitLayoutRewritePreproc", "weight packing (marked by the default rules) becomes its own kernel",
                  relax.transform.SplitLayoutRewritePreproc),
             Step("SplitLayoutRewritePreprocInPlace", "the same for in-place kernels (concat writers)",
-                 lambda: split_layout_rewrite_in_place),
+                 lambda: split_layout_rewrite_preproc_in_place),
             Step("FoldConstant", "pack constant weights once, at compile time", relax.transform.FoldConstant),
             Step("DeadCodeElimination", "drop the unpacked weights and the packing kernels",
                  relax.transform.DeadCodeElimination),
         ]
     if preset.device == "cuda":
-        steps.append(Step("dlight GPU rules", "schedule untuned kernels onto GPU threads", _gpu_default_schedules))
+        steps.append(Step("ApplyDefaultSchedule", "dlight's GPU rules schedule untuned kernels onto GPU threads",
+                          _gpu_default_schedules))
     steps += [
         *[Step(p.info.name, "lower dataflow for the VM", lambda p=p: p)
           for p in backend.dataflow_lower_passes(target)],
@@ -197,6 +204,12 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
           for p in backend.finalize_passes(target)],
     ]
     return steps
+
+
+def int8_weight_bits(preset: TargetPreset, plan=None) -> int:
+    """The int8 weight width of a build: the plan's (quantized by kiln), else what ``preset``'s int8
+    kernels take (a pre-quantized model's weights are narrowed to it). Compile and tune both ask here."""
+    return plan.weight_bits if plan is not None else as_resolved(preset).int8_weight_bits
 
 
 def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
@@ -208,11 +221,11 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     Inputs and outputs keep their float32 interface. ``fusion=False`` leaves out kiln's own
     fusion steps (TVM's FuseOps/FuseTIR still run): the baseline of ``scripts/fusion_report.py``.
     """
-    target = preset.tvm_target()
-    weight_bits = plan.weight_bits if plan is not None else weight_bits_for(target)
+    preset = as_resolved(preset)
+    weight_bits = int8_weight_bits(preset, plan)
     # Layout before precision: INT8 is inserted into the NHWC graph, so int8 kernels exchange
     # NHWC tensors (4 consecutive channels contiguous: what the dot-product intrinsics read).
-    return (simplify_steps(weight_bits, fusion, channel_multiple_for(target)) + layout_steps(preset)
+    return (simplify_steps(weight_bits, fusion, preset.int8_channel_multiple) + layout_steps(preset)
             + prequantized_steps(preset) + precision_steps(precision, plan)
             + lowering_steps(preset, db, fusion, twins, symbolic))
 
@@ -221,7 +234,7 @@ def layout_steps(preset: TargetPreset) -> list[Step]:
     """Float convolutions in the preset's layout (nothing to do for NCHW, the importer's own)."""
     if preset.conv_layout == "NCHW":
         return []
-    block = vector_spec(preset.tvm_target()).lanes() if preset.kind == "llvm" else 8
+    block = as_resolved(preset).vector_lanes
     return [Step("ClipAsMaxMin", "clip (ReLU6, in HardSwish) as maximum/minimum, which ConvertLayout converts "
                  "(TVM has no layout rule for clip: two transposes around each)", lambda: clip_as_max_min),
             Step("DeadCodeElimination", "drop the clip kernels ClipAsMaxMin replaced",
@@ -268,14 +281,14 @@ def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32", plan=No
                                                                   "AttachAttrLayoutFreeBuffersInPlace"))
     extract = Step("InPlaceCallsAsCallTIR", "extract_tasks sees call_tir only: show in-place kernels too",
                    lambda: in_place_calls_as_call_tir)
-    return _as_one_pass(preset, [*steps[: last + 1], extract], "kiln_tuning_input")
+    return _as_one_pass(preset, [*steps[: last + 1], extract], "TuningInputPipeline")
 
 
 def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
                    plan=None, fusion: bool = True, twins: dict | None = None) -> tvm.transform.Pass:
     """The whole pipeline as one pass, run under the target (``twins``: a symbolic build)."""
     return _as_one_pass(preset, pipeline_steps(preset, db, precision, plan, fusion, twins, symbolic=twins is not None),
-                        "kiln_pipeline")
+                        "BuildPipeline")
 
 
 def schedule_twins(preset: TargetPreset, static_mod: tvm.IRModule, precision: str = "fp32",
@@ -293,17 +306,17 @@ def schedule_twins(preset: TargetPreset, static_mod: tvm.IRModule, precision: st
 
 def simplify_pipeline(preset: TargetPreset) -> tvm.transform.Pass:
     """Only the simplification steps: the module INT8 calibration runs on."""
-    return _as_one_pass(preset, simplify_steps(weight_bits_for(preset.tvm_target())), "kiln_simplify")
+    return _as_one_pass(preset, simplify_steps(as_resolved(preset).int8_weight_bits), "SimplifyPipeline")
 
 
 def int8_probe_pipeline(preset: TargetPreset, plan) -> tvm.transform.Pass:
     """A simplified module to the INT8 sensitivity probe: quantized by ``plan``, each layer switchable."""
-    return _as_one_pass(preset, precision_steps("int8", plan, probe=True) + lowering_steps(preset), "kiln_probe")
+    return _as_one_pass(preset, precision_steps("int8", plan, probe=True) + lowering_steps(preset), "Int8ProbePipeline")
 
 
 def lowering_pipeline(preset: TargetPreset, db: str | Path | None = None) -> tvm.transform.Pass:
     """Only the lowering steps, for a module that is already simplified (calibration builds)."""
-    return _as_one_pass(preset, lowering_steps(preset, db), "kiln_lowering")
+    return _as_one_pass(preset, lowering_steps(preset, db), "LoweringPipeline")
 
 
 def simplified_module(imported, preset: TargetPreset) -> tvm.IRModule:

@@ -36,7 +36,7 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     import tvm
 
     from compiler.frontend import import_onnx
-    from compiler.pipeline import tuning_input_pipeline
+    from compiler.pipeline import int8_weight_bits, tuning_input_pipeline
     from schedules.intrinsics import import_tensor_intrinsics
     from schedules.resolved_target import resolve
     from targets.registry import default_threads, fp16_refusal
@@ -60,5 +60,4 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
         plan = int8_plan_for(imported, preset, options.int8, options.int8_plan).plan
     with tvm.transform.PassContext(opt_level=3):
         mod = tuning_input_pipeline(preset, options.precision, plan)(imported.mod)
-    weight_bits = plan.weight_bits if plan is not None else preset.int8_weight_bits
-    return tune_module(mod, db, preset, threads, weight_bits, options)
+    return tune_module(mod, db, preset, threads, int8_weight_bits(preset, plan), options)

@@ -316,7 +316,7 @@ def apply_database_pass(work_dir: str | Path):
     import tvm
     from tvm import relax
 
-    @tvm.transform.module_pass(opt_level=0, name="kiln_apply_tuning_database")
+    @tvm.transform.module_pass(opt_level=0, name="ApplyTuningDatabase")
     def _apply(mod: IRModule, _ctx) -> IRModule:
         database = DurableDatabase(work_dir)
         with database:

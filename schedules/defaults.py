@@ -137,7 +137,7 @@ def default_schedule_pass(target: Target | None = None, rules: tuple[ScheduleRul
     the same function for a static size (see the module doc).
     """
 
-    @tvm.transform.module_pass(opt_level=0, name="KilnDefaultCPUSchedule")
+    @tvm.transform.module_pass(opt_level=0, name="DefaultCPUSchedule")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         result = stats if stats is not None else ScheduleStats()
         updates = {}

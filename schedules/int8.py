@@ -14,8 +14,8 @@ quantizer emit int8 activations with zero points shifted by -128, the same dequa
 ``vpmaddubsw`` saturates its int16 sums: ``a0*b0 + a1*b1`` with ``a`` up to 255 leaves
 int16 once ``|b| > 64``. With 7-bit weights (``|w| <= 63``; 2 * 255 * 64 = 32640) every
 sum is exact. The quantizer asks ``weight_bits_for(target)`` and quantizes to that many
-bits; ``mark_int8_weight_bits`` marks kernels whose constant weights need 8 bits, which
-then never get a saturating intrinsic.
+bits; the ``MarkInt8WeightBits`` pass (``compiler.passes.mark_int8_weight_bits``) marks kernels
+whose constant weights need 8 bits (``WEIGHT_BITS_ATTR``), which then never get a saturating intrinsic.
 
 Importing this module registers the intrinsics (small TVMScript functions, ~0.5 s).
 """
@@ -247,6 +247,7 @@ def channel_multiple_for(target: Target | str | dict) -> int:
 
 
 WEIGHT_BITS_ATTR = "kiln.int8_weight_bits"  # on a PrimFunc: its int8 constant arguments need this many bits
+# (written by compiler.passes.mark_int8_weight_bits, read by schedules.rules.int8)
 
 
 def reads_int8(func) -> bool:
@@ -261,42 +262,3 @@ def int8_bits(values) -> int:
 
     values = np.asarray(values)
     return 7 if values.size == 0 or int(np.abs(values.astype(np.int16)).max()) <= 64 else 8
-
-
-def mark_int8_weight_bits():
-    """A Relax module pass: every PrimFunc called with an int8 constant argument gets
-    ``kiln.int8_weight_bits`` (7 or 8, the most any call needs).
-
-    Expects legalized, fused TIR with constant weights as ``call_tir`` / ``call_tir_inplace``
-    arguments (after ``FuseTIR``); run it before the default schedules. ``Int8Tensorized`` then uses only
-    intrinsics exact for that many bits (8: VNNI, or the generic int32 loops), so a model
-    quantized with 8-bit weights stays exact on AVX2. Changes nothing else.
-    """
-    import tvm
-    from tvm import relax
-    from tvm.ir.expr import Constant
-
-    # WriteConcatInPlace's kernels are called with call_tir_inplace: their weights count too.
-    kernel_calls = (tvm.ir.Op.get("relax.call_tir"), tvm.ir.Op.get("relax.call_tir_inplace"))
-
-    @tvm.transform.module_pass(opt_level=0, name="KilnMarkInt8WeightBits")
-    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        bits: dict[str, int] = {}
-
-        def visit(expr) -> None:
-            if isinstance(expr, relax.Call) and any(expr.op.same_as(op) for op in kernel_calls):
-                args = expr.args[1].fields if isinstance(expr.args[1], relax.Tuple) else [expr.args[1]]
-                for arg in args:
-                    if isinstance(arg, Constant) and str(arg.value.dtype) == "int8":
-                        name = expr.args[0].name_hint
-                        bits[name] = max(bits.get(name, 0), int8_bits(arg.value.numpy()))
-
-        for _, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                relax.analysis.post_order_visit(func, visit)
-        for gvar, func in list(mod.functions_items()):
-            if gvar.name_hint in bits and isinstance(func, tirx.PrimFunc):
-                mod[gvar] = func.with_attr(WEIGHT_BITS_ATTR, tirx.IntImm("int32", bits[gvar.name_hint]))
-        return mod
-
-    return _pass

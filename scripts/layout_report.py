@@ -2,7 +2,7 @@
 """NCHW, NHWC and blocked NCHWc convolutions (``--layout``) on the light zoo, one process, alternating rounds.
 
 For each model: compile it once per layout for the host (the importer's NCHW, converted to
-NHWC, and channel-blocked NCHWc; ``compiler/passes/conv_layout.py``), check each against
+NHWC, and channel-blocked NCHWc; ``compiler/passes/convert_conv_layout.py``), check each against
 ONNX Runtime on the same input, then time the libraries in alternating rounds (NCHW, NHWC,
 NCHWc, NCHW, …) at the same thread count. Writes JSON and prints a Markdown table.
 ``--compile-only`` builds the libraries into ``--workdir`` (e.g. while the machine is busy);

@@ -34,7 +34,7 @@ class TargetPreset:
     cross_package: str | None = None
     device: str = "cpu"  # runtime device: "cpu" or "cuda"
     aliases: tuple[str, ...] = field(default_factory=tuple)
-    # Activation layout of float convolutions (compiler/passes/conv_layout.py): "NCHW" or "NHWC".
+    # Activation layout of float convolutions (compiler/passes/convert_conv_layout.py): "NCHW" or "NHWC".
     conv_layout: str = "NCHW"
     # The layout for INT8 builds (None: conv_layout). x86: NHWC, where the int8 dot-product
     # kernels read 4 contiguous channels in place (SqueezeNet INT8 about 1.8x faster than NCHW).

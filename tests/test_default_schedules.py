@@ -110,7 +110,7 @@ CASES = {
     "dense": (dense, {"matmul": "ChannelVectorized"}),
     "batch_matmul": (batch_matmul, {"matmul": "ChannelVectorized"}),
     "pooling": (pooling, {"max_pool2d": "SpatialVectorized", "avg_pool2d": "SpatialVectorized"}),
-    "softmax": (softmax, {"softmax": "RowSoftmax"}),  # last axis: compiler.passes.row_softmax
+    "softmax": (softmax, {"softmax": "RowSoftmax"}),  # last axis: compiler.relax_utils.row_softmax
     "scaled_softmax": (scaled_softmax, {"softmax": "RowSoftmax"}),
     "softmax_inner_axis": (softmax_inner_axis, {"softmax": "RowReduction"}),  # TVM dlight's CPU Reduction
     "variadic_sum": (variadic_sum, {"conv2d": "ChannelVectorized"}),
@@ -126,7 +126,7 @@ def scheduled_module(onnx_model: onnx.ModelProto, target: str = "x86-avx2") -> t
     stats = ScheduleStats()
     with tvm.transform.PassContext(opt_level=3), preset.tvm_target() as tgt:
         for step in pipeline_steps(preset):
-            if step.name.startswith("kiln default"):
+            if step.name == "DefaultCPUSchedule":
                 return default_schedule_pass(tgt, stats=stats)(mod), stats
             mod = step.make()(mod)
     raise AssertionError("the CPU pipeline has no default-schedule step")
@@ -452,7 +452,7 @@ def test_nhwc_depthwise_weights_are_packed_channel_innermost(tmp_path):
     mod = import_onnx(dw, {}).mod
     with tvm.transform.PassContext(opt_level=3), preset.tvm_target() as tgt:
         for step in pipeline_steps(preset):
-            if step.name.startswith("kiln default"):
+            if step.name == "DefaultCPUSchedule":
                 mod = default_schedule_pass(tgt)(mod)
                 break
             mod = step.make()(mod)

@@ -13,9 +13,10 @@ import tvm
 from tvm import relax
 from tvm.s_tir import TensorIntrin
 
+from compiler.passes.mark_int8_weight_bits import mark_int8_weight_bits
 from compiler.pipeline import build_pipeline, pipeline_steps
 from schedules.defaults import CPU_RULES, RULE_ATTR, default_schedule_pass, schedule_summary
-from schedules.int8 import WEIGHT_BITS_ATTR, dot_desc, int8_bits, mark_int8_weight_bits, weight_bits_for
+from schedules.int8 import WEIGHT_BITS_ATTR, dot_desc, int8_bits, weight_bits_for
 from schedules.rules import ChannelVectorized, SpatialVectorized
 from schedules.rules.int8 import (AVX2_DOT, AVX512_DOT, VNNI_DOT, VNNI_DOT_YMM, DotIntrin, Int8Tensorized,
                                   int8_tile)
@@ -128,9 +129,9 @@ def lower(mod: tvm.IRModule, target="x86-avx2", rules=None, mark_bits: bool = Fa
         if rules is None and not mark_bits:
             return build_pipeline(preset)(mod)
         for step in pipeline_steps(preset):
-            if step.name.startswith("kiln default"):
+            if step.name == "DefaultCPUSchedule":
                 if mark_bits:
-                    mod = mark_int8_weight_bits()(mod)
+                    mod = mark_int8_weight_bits(mod)
                 mod = default_schedule_pass(tgt, rules or CPU_RULES)(mod)
             else:
                 mod = step.make()(mod)
@@ -236,7 +237,7 @@ def test_channel_vectorized_leaves_integer_convs_alone():
     preset = resolve_target("x86-avx2")
     with tvm.transform.PassContext(opt_level=3), preset.tvm_target() as tgt:
         for step in pipeline_steps(preset):
-            if step.name.startswith("kiln default"):
+            if step.name == "DefaultCPUSchedule":
                 break
             mod = step.make()(mod)
         conv = next(f for gv, f in mod.functions_items() if "conv2d" in gv.name_hint)

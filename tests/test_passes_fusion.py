@@ -10,7 +10,7 @@ from onnx import helper
 from tvm import relax, tirx
 
 from compiler.frontend import import_onnx
-from compiler.passes.concat_in_place import concat_axis, slice_copy
+from compiler.passes.write_concat_in_place import concat_axis, slice_copy
 from compiler.pipeline import build_pipeline, pipeline_steps
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from targets.registry import resolve_target
@@ -374,7 +374,7 @@ def test_one_element_constants_convert_to_nhwc_without_transposes():
 
 
 def test_convert_conv_layout_leaves_int8_convolutions_in_nchw():
-    from compiler.passes.conv_layout import _has_int8_conv, convert_conv_layout
+    from compiler.passes.convert_conv_layout import _has_int8_conv, convert_conv_layout
 
     x = relax.Var("x", relax.TensorType((1, 8, 6, 6), "uint8"))
     bb = relax.BlockBuilder()

@@ -23,7 +23,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from compiler.passes.rewrite import rewrite_relax_functions
+from compiler.relax_utils.rewrite import rewrite_relax_functions
 
 _TE_KERNEL = re.compile(r"(maximum|minimum)\d*")  # the importer's emit_te(topi.maximum, ...) kernels
 

@@ -39,7 +39,7 @@ def _const(array: np.ndarray) -> Constant:
     return relax.const(array, str(array.dtype))
 
 
-@tvm.transform.module_pass(opt_level=0, name="kiln.FixedPointRequantize")
+@tvm.transform.module_pass(opt_level=0, name="FixedPointRequantize")
 def fixed_point_requantize(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Rewrite the float requantizations of ``main`` (see the module docstring)."""
     bindings = {b.var: b.value for block in mod["main"].body.blocks for b in block.bindings}

@@ -90,7 +90,7 @@ def _hoist_once(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
     return relax.transform.DeadCodeElimination()(relax.transform.Normalize()(out)), moved_count[0]
 
 
-@tvm.transform.module_pass(opt_level=0, name="kiln.HoistQuantize")
+@tvm.transform.module_pass(opt_level=0, name="HoistQuantize")
 def hoist_quantize(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Move per-tensor quantizes above max-pools and concatenations (see module doc)."""
     for _ in range(16):

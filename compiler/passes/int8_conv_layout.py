@@ -157,7 +157,7 @@ def _has_int8_conv(func: relax.Function) -> bool:
     return bool(found)
 
 
-@tvm.transform.module_pass(opt_level=0, name="kiln.Int8ConvLayout")
+@tvm.transform.module_pass(opt_level=0, name="Int8ConvLayout")
 def int8_conv_layout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Integer NCHW convolutions and the layout-agnostic ops they feed, in NHWC (see module doc)."""
     if "main" not in [gv.name_hint for gv in mod.get_global_vars()] or not _has_int8_conv(mod["main"]):

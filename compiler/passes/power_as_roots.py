@@ -20,7 +20,7 @@ import tvm_ffi
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from compiler.passes.rewrite import rewrite_relax_functions
+from compiler.relax_utils.rewrite import rewrite_relax_functions
 
 _sqrt, _mul = relax.op.sqrt, relax.op.multiply
 

@@ -122,7 +122,7 @@ def _index_of(leaf_dtype: str):
         (lambda q: relax.op.add(relax.op.astype(q, "int32"), relax.const(128, "int32")))
 
 
-@tvm.transform.module_pass(opt_level=0, name="kiln.QuantizedLookup")
+@tvm.transform.module_pass(opt_level=0, name="QuantizedLookup")
 def quantized_lookup(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Replace every qualifying quantize chain by a table lookup (see the module doc)."""
     if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:

@@ -19,7 +19,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from compiler.passes.rewrite import rewrite_relax_functions
+from compiler.relax_utils.rewrite import rewrite_relax_functions
 
 BINARY_ELEMENTWISE = frozenset(f"relax.{name}" for name in (
     "add", "subtract", "multiply", "divide", "floor_divide", "power", "maximum", "minimum"))

@@ -28,7 +28,7 @@ weight is int8, the reduced channel count is a multiple of 4 and the output chan
 multiple of ``L``: depthwise and grouped convolutions stay generic (``LowerQDQ`` pads RGB
 inputs to 4 channels).
 Also declines a kernel marked ``kiln.int8_weight_bits`` above what the intrinsic sums
-exactly (``schedules.int8.mark_int8_weight_bits``).
+exactly (``MarkInt8WeightBits``, ``compiler.passes.mark_int8_weight_bits``).
 
 With the saturating AVX2/AVX-512 intrinsics results are exact only for 7-bit weights
 (``|w| <= 63``, ``schedules.int8.weight_bits_for``); with VNNI, ``usdot`` and ``sdot``

@@ -1,4 +1,4 @@
-"""``RowSoftmax``: the kernels ``compiler.passes.row_softmax`` legalizes softmax into.
+"""``RowSoftmax``: the kernels ``compiler.relax_utils.row_softmax`` legalizes softmax into.
 
 Expects a function whose blocks are ``row_softmax``'s (``row_softmax.own_block``), possibly
 with elementwise producers or consumers that inline.

@@ -35,7 +35,7 @@ import tvm_ffi
 from tvm import relax, te, tirx, topi
 from tvm.relax import Call, DataflowVar, Expr, PyExprMutator, Var, expr_functor
 
-from compiler.passes.fused_groups import (
+from compiler.relax_utils.fused_groups import (
     Uses,
     build_group,
     emit_kernel,
@@ -306,29 +306,3 @@ def write_concat_in_place(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) ->
         mod = rewriter.builder_.get()
         log.debug("%s: %d concatenations written in place", gv.name_hint, sum(len(b.concats) for b in buffers))
     return mod
-
-
-@tvm.transform.module_pass(opt_level=0, name="InPlaceCallsAsCallTIR")
-def in_place_calls_as_call_tir(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    """For task extraction only: ``call_tir_inplace(k, (…, buf), [last])`` shown as ``call_tir(k, (…))``.
-
-    MetaSchedule's ``extract_tasks`` looks at ``call_tir`` only, so the writers of a concatenation
-    would never be tuned. The kernel and its parameters are the same either way (a writer's
-    last parameter is its output), so the tuned records apply to the in-place calls of the build.
-    The result is not meant to run: a writer called like this fills only its slice.
-    """
-
-    @expr_functor.mutator
-    class _Plain(PyExprMutator):
-        def visit_call_(self, call: Call) -> Expr:
-            call = super().visit_call_(call)
-            if (is_op(call, "relax.call_tir_inplace") and isinstance(call.args[1], relax.Tuple)
-                    and [int(i) for i in call.attrs.inplace_indices] == [len(call.args[1].fields) - 1]):
-                return relax.op.call_tir(call.args[0], relax.Tuple(list(call.args[1].fields)[:-1]), call.ty)
-            return call
-
-    rewriter = _Plain(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get()

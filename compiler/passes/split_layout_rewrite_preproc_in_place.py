@@ -1,16 +1,12 @@
-"""TVM's weight-packing passes, extended to kernels called in place (``call_tir_inplace``).
-
-``AttachAttrLayoutFreeBuffersInPlace`` / ``SplitLayoutRewritePreprocInPlace``: weight packing
-for in-place kernels, as TVM does for the others.
+"""``SplitLayoutRewritePreprocInPlace``: TVM's ``SplitLayoutRewritePreproc`` for kernels called in place.
 
 The default CPU rules (and tuned schedules) copy a conv/dense weight into a packed layout
 inside the kernel and mark that copy ``meta_schedule.layout_rewrite_preproc``; TVM's
 ``SplitLayoutRewritePreproc`` moves it into its own kernel, which ``FoldConstant`` then runs at
-compile time. For tuned schedules, ``AttachAttrLayoutFreeBuffers`` first marks which kernel
-parameters are constants (``layout_free_buffers``), which lets MetaSchedule pack them. Both TVM
-passes only look at ``call_tir``: a kernel called with ``call_tir_inplace`` (``WriteConcatInPlace``'s
-writers) would repack its weights on every call (Inception: about 10% slower end to end) and
-could not be tuned with packed weights. These two passes give those calls the same treatment.
+compile time. TVM's pass only looks at ``call_tir``: a kernel called with ``call_tir_inplace``
+(``WriteConcatInPlace``'s writers) would repack its weights on every call (Inception: about 10%
+slower end to end). This pass gives those calls the same treatment (``AttachAttrLayoutFreeBuffersInPlace``
+does the same for TVM's ``AttachAttrLayoutFreeBuffers``).
 
 Expects scheduled kernels (after ``SplitLayoutRewritePreproc``). Handles
 ``call_tir_inplace`` calls whose only in-place argument is the last one, i.e. kernels whose
@@ -24,7 +20,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax import Call, PyExprMutator, Var, expr_functor
 
-from compiler.passes.fused_groups import is_op
+from compiler.relax_utils.fused_groups import is_op
 
 
 def _split(prim: tirx.PrimFunc, arg_types: list, out_ty) -> tvm.IRModule | None:
@@ -98,35 +94,8 @@ class _Rewriter(PyExprMutator):
         return None
 
 
-@tvm.transform.module_pass(opt_level=0, name="AttachAttrLayoutFreeBuffersInPlace")
-def attach_layout_free_buffers_in_place(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    """Mark the constant arguments of in-place kernels ``layout_free_buffers``, as TVM's
-    ``AttachAttrLayoutFreeBuffers`` does for ``call_tir`` kernels (run right after it).
-
-    A kernel that already carries the attribute (also called with ``call_tir``) is left as it is.
-    """
-    marks: dict[tvm.ir.GlobalVar, tuple[int, ...]] = {}
-    for _, func in mod.functions_items():
-        if not isinstance(func, relax.Function):
-            continue
-        for binding in (b for block in func.body.blocks for b in block.bindings):
-            value = binding.value
-            if is_op(value, "relax.call_tir_inplace") and isinstance(value.args[1], relax.Tuple):
-                consts = tuple(i for i, a in enumerate(value.args[1].fields) if isinstance(a, tvm.ir.expr.Constant))
-                marks[value.args[0]] = consts if marks.get(value.args[0], consts) == consts else ()
-    out = None
-    for gv, consts in marks.items():
-        prim = mod[gv]
-        if isinstance(prim, tirx.PrimFunc) and (prim.attrs is None or "layout_free_buffers" not in prim.attrs):
-            out = out if out is not None else mod.clone()
-            # Plain ints, as TVM's own pass stores them: MetaSchedule's RewriteLayout reads an
-            # Array<int> and fails on IntImm ("Cannot convert from type Array[ir.IntImm]").
-            out[gv] = prim.with_attr("layout_free_buffers", [int(i) for i in consts])
-    return out if out is not None else mod
-
-
 @tvm.transform.module_pass(opt_level=0, name="SplitLayoutRewritePreprocInPlace")
-def split_layout_rewrite_in_place(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+def split_layout_rewrite_preproc_in_place(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Split marked weight packing out of ``call_tir_inplace`` kernels (see the module docstring)."""
     rewriter = _Rewriter(mod)
     for gv, func in mod.functions_items():

@@ -10,7 +10,7 @@ weights and biases are transposed at compile time.
 Expects a Relax module after kiln's simplification steps (batch-norm folded), before INT8
 quantization: kiln quantizes the converted graph, so its int8 convolutions are NHWC too (4
 consecutive channels contiguous, which the int8 dot-product kernels read in place).
-``NCHWc`` (blocked channels, ``compiler.passes.blocked_conv``): each float conv2d whose
+``NCHWc`` (blocked channels, ``compiler.relax_utils.blocked_conv``): each float conv2d whose
 input and output channels are multiples of the target's vector width ``b`` computes in
 ``NCHW{b}c`` with weights ``OIHW{b}i{b}o``; the others (an RGB first layer, depthwise)
 stay NCHW, with a layout transform where the two meet.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from compiler.passes.blocked_conv import blocked_layouts, can_block
+from compiler.relax_utils.blocked_conv import blocked_layouts, can_block
 from targets.registry import CONV_LAYOUTS
 
 _KERNEL_LAYOUT = {"NHWC": "OHWI"}

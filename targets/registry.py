@@ -197,10 +197,11 @@ def machine_description() -> dict:
             "python": platform.python_version(), "host_target": detect_host().target}
 
 
-def detect_host() -> TargetPreset:
-    """The preset matching this machine's CPU, read from its feature flags."""
-    machine = platform.machine().lower()
-    flags = cpu_flags()
+def detect_host(flags: frozenset[str] | None = None, machine: str | None = None) -> TargetPreset:
+    """The preset matching this machine's CPU, read from its feature flags (or the given ``flags``
+    of a CPU of architecture ``machine``, e.g. a benchmark record's)."""
+    machine = (machine or platform.machine()).lower()
+    flags = cpu_flags() if flags is None else flags
     if machine in ("aarch64", "arm64"):
         mattr = ["+neon"] + [f"+{f}" for f in ("dotprod", "fullfp16") if f.replace("fullfp16", "asimdhp") in flags]
         target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": mattr}

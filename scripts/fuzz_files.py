@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--out", default="scripts/results/fuzz_files.json")
     args = parser.parse_args()
 
-    from targets.registry import machine_description
+    from compiler.benchmark import write_result
 
     rng = random.Random(args.seed)
     outcomes: dict[str, Counter] = {kind: Counter() for kind in KINDS}
@@ -206,15 +206,14 @@ def main() -> None:
                 elif code == 2 and len(message.strip().splitlines()) != 1:
                     multi_line.append({"kind": kind, "damage": how, "command": command, "stderr": message[:500]})
             shutil.rmtree(case_dir, ignore_errors=True)
-    result = {"command": f"python scripts/fuzz_files.py --cases {args.cases} --seed {args.seed}",
-              "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
-              "cases": args.cases, "seconds": round(time.time() - start, 1),
-              "outcomes": {kind: dict(c) for kind, c in outcomes.items()},
-              "tracebacks": len(tracebacks), "multi_line_errors": len(multi_line),
-              "first_tracebacks": tracebacks[:20], "first_multi_line_errors": multi_line[:10]}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: result[k] for k in ("cases", "tracebacks", "multi_line_errors", "seconds")}))
+    rows = [{"file": kind, "result": outcome, "cases": count}
+            for kind, counter in outcomes.items() for outcome, count in sorted(counter.items())]
+    summary = {"cases": args.cases, "seconds": round(time.time() - start, 1),
+               "tracebacks": len(tracebacks), "multi_line_errors": len(multi_line),
+               "first_tracebacks": tracebacks[:20], "first_multi_line_errors": multi_line[:10]}
+    write_result(args.out, "fuzz_files", rows, summary,
+                 command=f"python scripts/fuzz_files.py --cases {args.cases} --seed {args.seed}")
+    print(json.dumps({k: summary[k] for k in ("cases", "tracebacks", "multi_line_errors", "seconds")}))
     for t in tracebacks[:10]:
         print(t)
     raise SystemExit(1 if tracebacks or multi_line else 0)

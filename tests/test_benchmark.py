@@ -147,3 +147,12 @@ def test_generator_writes_a_section_per_kind(tmp_path):
     (results / "stale.json").write_text(json.dumps({"rows": []}))
     done = _generator("--results", str(results), "--out", str(out))
     assert done.returncode == 1 and "stale.json: not a result envelope" in done.stderr
+
+
+def test_this_machine():
+    from compiler.benchmark import describe_machine
+    from targets.registry import detect_host
+
+    m = describe_machine()
+    assert m.cores >= 1 and m.cpu and m.python
+    assert m.host_target == detect_host().target  # the flags read here pick the preset `--target host` builds for

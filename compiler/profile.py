@@ -131,7 +131,7 @@ class Profile:
     kernels: list[KernelTime]  # slowest first
     repeat: int
     rounds: int = 1
-    machine: str = ""
+    machine: dict = field(default_factory=dict)  # compiler.benchmark.Machine.to_json()
     reference: OrtProfile | None = None
 
     @property
@@ -218,7 +218,7 @@ def profile_library(model: CompiledModel, inputs: dict[str, np.ndarray] | None =
     ``rounds`` rounds each time the whole library (``runs`` calls) and then every kernel call;
     the end-to-end time is the median of the rounds' p50s and each kernel call's time the median
     over the rounds, so a slow moment of a shared machine spoils one round, not the profile."""
-    from targets.registry import machine_description
+    from compiler.benchmark import describe_machine
 
     inputs = inputs if inputs is not None else model.random_inputs(seed=0)
     call = model.timed_call(inputs)
@@ -243,7 +243,7 @@ def profile_library(model: CompiledModel, inputs: dict[str, np.ndarray] | None =
         ort = profile_onnxruntime(reference, inputs, model.threads, runs,
                                   fixed=model.metadata.extra.get("input_values"))
     return Profile(library=str(model.path), threads=model.threads, end_to_end_ms=end_to_end, kernels=kernels,
-                   repeat=repeat, rounds=max(rounds, 1), machine=machine_description(), reference=ort)
+                   repeat=repeat, rounds=max(rounds, 1), machine=describe_machine().to_json(), reference=ort)
 
 
 def profile_onnxruntime(model, inputs: dict[str, np.ndarray], threads: int, runs: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -12,12 +13,15 @@ from compiler.runtime import LatencyStats, time_calls
 
 
 class OnnxRuntimeReference:
-    """An ONNX Runtime CPU session pinned to ``threads`` intra-op threads.
+    """An ONNX Runtime session (CPU unless ``providers`` say otherwise) pinned to ``threads`` intra-op threads.
 
     ``fixed``: inputs a kiln library was compiled with as constants (``--input-value``), fed
-    to ONNX Runtime on every run (cast to the model's input types)."""
+    to ONNX Runtime on every run (cast to the model's input types). ``providers``: ONNX
+    Runtime's execution providers in order of preference, those not installed dropped
+    (default: the CPU one only)."""
 
-    def __init__(self, model: str | Path | onnx.ModelProto, threads: int, fixed: dict | None = None):
+    def __init__(self, model: str | Path | onnx.ModelProto, threads: int, fixed: dict | None = None,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -25,7 +29,8 @@ class OnnxRuntimeReference:
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
-        self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        available = ort.get_available_providers()
+        self.session = ort.InferenceSession(data, opts, providers=[p for p in providers if p in available])
         self.output_names = [o.name for o in self.session.get_outputs()]
         types = {i.name: i.type for i in self.session.get_inputs()}
         dtypes = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
@@ -36,9 +41,14 @@ class OnnxRuntimeReference:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(None, {**self.fixed, **inputs})))
 
-    def benchmark(self, inputs: dict[str, np.ndarray], runs: int, warmup: int = 3) -> LatencyStats:
+    def timed_call(self, inputs: dict[str, np.ndarray]) -> Callable[[], object]:
+        """One session run on ``inputs``, its feed built once: what timing repeats
+        (``CompiledModel.timed_call``'s counterpart)."""
         feed = {**self.fixed, **inputs}
-        return time_calls(lambda: self.session.run(None, feed), runs, warmup)
+        return lambda: self.session.run(None, feed)
+
+    def benchmark(self, inputs: dict[str, np.ndarray], runs: int, warmup: int = 3) -> LatencyStats:
+        return time_calls(self.timed_call(inputs), runs, warmup)
 
 
 @dataclass(frozen=True)

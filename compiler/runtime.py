@@ -51,12 +51,18 @@ class LatencyStats:
     p90_ms: float
     p99_ms: float
     mean_ms: float
+    # CPU time of this process per call, all its threads together (None: not measured). At one
+    # thread it is the call's own time even while other jobs take the core away; with more it
+    # includes the time thread pools spend spinning.
+    cpu_ms: float | None = None
 
     @classmethod
-    def from_seconds(cls, samples: Sequence[float]) -> "LatencyStats":
+    def from_seconds(cls, samples: Sequence[float], cpu_seconds: float | None = None) -> "LatencyStats":
+        """Stats of per-call wall times ``samples``; ``cpu_seconds``: this process's CPU time over all of them."""
         ms = np.asarray(samples, dtype=np.float64) * 1e3
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        return cls(len(ms), float(p50), float(p90), float(p99), float(ms.mean()))
+        cpu_ms = None if cpu_seconds is None else cpu_seconds * 1e3 / len(ms)
+        return cls(len(ms), float(p50), float(p90), float(p99), float(ms.mean()), cpu_ms)
 
     def describe(self) -> str:
         return f"p50 {self.p50_ms:.3f} ms  p90 {self.p90_ms:.3f} ms  p99 {self.p99_ms:.3f} ms  ({self.runs} runs)"
@@ -67,11 +73,12 @@ def time_calls(call, runs: int, warmup: int = 3) -> LatencyStats:
     for _ in range(warmup):
         call()
     samples = []
+    cpu_start = time.process_time()
     for _ in range(max(runs, 1)):
         start = time.perf_counter()
         call()
         samples.append(time.perf_counter() - start)
-    return LatencyStats.from_seconds(samples)
+    return LatencyStats.from_seconds(samples, time.process_time() - cpu_start)
 
 
 def check_runnable_here(meta: LibraryMetadata, path: Path) -> None:
@@ -295,19 +302,28 @@ def alternating_p50_ms(models: Mapping[str, CompiledModel], inputs, rounds: int 
 PAUSE_S = 0.3  # between runners: TVM's pool spins about 0.2 s after a call (measured), ORT's less
 
 
-def alternating_calls_p50_ms(calls: Mapping[str, Callable[[], object]], rounds: int = 3,
-                             runs: int = 10) -> dict[str, float]:
-    """``alternating_p50_ms`` for any callables (kiln libraries next to ONNX Runtime sessions).
+def alternating_rounds(calls: Mapping[str, Callable[[], object]], rounds: int = 3, runs: int = 10,
+                       warmup: int = 2) -> dict[str, list[LatencyStats]]:
+    """Each runner's ``LatencyStats`` in every round: ``rounds`` rounds, each timing every runner in
+    turn (``runs`` calls after ``warmup``), so a noisy moment on a shared machine hits all alike.
 
     Each runner's block starts after a short pause: thread pools spin-wait after a call, and an
     ONNX Runtime session still spinning doubled the next session's latency on 2 cores
     (SqueezeNet QDQ: 8.3 ms alternating without the pause, 4.5 ms with it, 4.1 ms alone)."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    stats: dict[str, list[LatencyStats]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
             time.sleep(PAUSE_S)
-            times[name].append(time_calls(call, runs, warmup=2).p50_ms)
-    return {name: float(np.median(t)) for name, t in times.items()}
+            stats[name].append(time_calls(call, runs, warmup=warmup))
+    return stats
+
+
+def alternating_calls_p50_ms(calls: Mapping[str, Callable[[], object]], rounds: int = 3,
+                             runs: int = 10) -> dict[str, float]:
+    """``alternating_p50_ms`` for any callables (kiln libraries next to ONNX Runtime sessions):
+    the median over ``alternating_rounds`` of each runner's p50."""
+    per_round = alternating_rounds(calls, rounds, runs)
+    return {name: float(np.median([s.p50_ms for s in stats])) for name, stats in per_round.items()}
 
 
 def load(path: str | Path, threads: int | None = None) -> CompiledModel:

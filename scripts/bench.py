@@ -13,19 +13,17 @@ table for the README.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
+from compiler.benchmark import alternating_calls_p50_ms, geometric_mean, onnxruntime_reference, write_result
 from compiler.build import compile_model
 from compiler.examples import LIGHT_ZOO_BENCH, example_model
-from compiler.reference import OnnxRuntimeReference, max_abs_diff
-from compiler.runtime import alternating_calls_p50_ms, load
-from targets.registry import machine_description, resolve_target
+from compiler.reference import max_abs_diff
+from compiler.runtime import load
+from targets.registry import resolve_target
 
 
 def bench_model(name: str, threads: int, runs: int, rounds: int, db: str | None, workdir: Path,
@@ -37,9 +35,9 @@ def bench_model(name: str, threads: int, runs: int, rounds: int, db: str | None,
     compile_s = time.perf_counter() - t0
     m = load(lib, threads=threads)
     inputs = m.random_inputs(seed=0)
-    ref = OnnxRuntimeReference(model, m.threads)
+    ref = onnxruntime_reference(model, m.threads)
     diff, rel = max_abs_diff(m.run(inputs), ref.run(inputs))
-    p50 = alternating_calls_p50_ms({"kiln": m.timed_call(inputs), "onnxruntime": lambda: ref.run(inputs)},
+    p50 = alternating_calls_p50_ms({"kiln": m.timed_call(inputs), "onnxruntime": ref.timed_call(inputs)},
                                    rounds=rounds, runs=runs)
     row = {
         "model": name,
@@ -84,16 +82,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
         rows = [bench_model(n, args.threads, args.runs, args.rounds, args.db, Path(tmp), args.layout)
                 for n in args.models]
-    geomean = float(np.exp(np.mean(np.log([r["ratio"] for r in rows]))))
-    result = {
-        "machine": machine_description(),
-        "threads": args.threads,
-        "db": args.db,
-        "layout": args.layout,
-        "rows": rows,
-        "geomean_ratio": round(geomean, 2),
-    }
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    geomean = geometric_mean(r["ratio"] for r in rows)
+    write_result(args.out, "bench", rows, {"threads": args.threads, "db": args.db, "layout": args.layout,
+                                           "geomean_ratio": round(geomean, 2)})
     print(markdown(rows, geomean))
 
 

@@ -16,14 +16,11 @@ Writes JSON and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 
 def extract_contexts(model_name: str, threads: int, seed: int, work_dir: str):
@@ -136,6 +133,7 @@ def main() -> None:
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.builder import BuilderInput
 
+    from compiler.benchmark import write_result
     from schedules.builder import ForkedBuilder
 
     load_at_start = os.getloadavg()
@@ -169,16 +167,14 @@ def main() -> None:
     speedup = ours / theirs if ours and theirs else None
     for row in rows:
         row["kiln_speedup"] = round(ours / row["built_per_minute"], 2) if ours and row["built_per_minute"] else None
-    result = {
+    summary = {
         "model": args.model, "target": str(target), "tasks": len(contexts), "tasks_sampled": tasks_used,
         "candidates": len(candidates), "batch": args.batch, "seed": args.seed,
         "prepare_seconds": round(prepare_s, 1), "speedup_built_per_minute": round(speedup, 2) if speedup else None,
-        "builders": rows, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                      "loadavg_at_start": load_at_start, "loadavg_at_end": os.getloadavg()},
+        "loadavg_at_start": load_at_start, "loadavg_at_end": os.getloadavg(),
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, "bench_builder", rows, summary)
     print(markdown(rows, speedup))
-    print(f"\nwrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

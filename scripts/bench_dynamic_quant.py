@@ -14,7 +14,6 @@ on the same quantized file. Writes JSON, prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -23,11 +22,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from compiler.benchmark import alternating_calls_p50_ms, onnxruntime_reference, write_result
 from compiler.build import compile_model
 from compiler.examples import recurrent_stack
-from compiler.reference import OnnxRuntimeReference, max_abs_diff
-from compiler.runtime import alternating_calls_p50_ms, load
-from targets.registry import machine_description
+from compiler.reference import max_abs_diff
+from compiler.runtime import load
 
 
 def feed_forward_mlp(blocks: int = 4, tokens: int = 128, width: int = 768, hidden: int = 3072,
@@ -65,11 +64,11 @@ def bench(name: str, threads: int, runs: int, rounds: int, workdir: Path) -> dic
         compile_model(path, workdir / f"{name}_{label}.so", target="host")
         libs[label] = load(workdir / f"{name}_{label}.so", threads=threads)
     inputs = libs["dq"].random_inputs(seed=0)
-    ort_dq, ort_fp32 = OnnxRuntimeReference(dq_path, threads), OnnxRuntimeReference(fp32_path, threads)
+    ort_dq, ort_fp32 = onnxruntime_reference(dq_path, threads), onnxruntime_reference(fp32_path, threads)
     _, rel = max_abs_diff(libs["dq"].run(inputs), ort_dq.run(inputs))
     p50 = alternating_calls_p50_ms({"kiln_dq": libs["dq"].timed_call(inputs), "kiln_fp32": libs["fp32"].timed_call(inputs),
-                                    "onnxruntime_dq": lambda: ort_dq.run(inputs),
-                                    "onnxruntime_fp32": lambda: ort_fp32.run(inputs)}, rounds=rounds, runs=runs)
+                                    "onnxruntime_dq": ort_dq.timed_call(inputs),
+                                    "onnxruntime_fp32": ort_fp32.timed_call(inputs)}, rounds=rounds, runs=runs)
     row = {"model": name, "quantized_ops": ops, "max_rel_diff_vs_onnxruntime_dq": rel,
            **{f"{k}_p50_ms": round(v, 3) for k, v in p50.items()},
            "kiln_dq_vs_kiln_fp32": round(p50["kiln_dq"] / p50["kiln_fp32"], 2),
@@ -88,8 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kiln-dq-") as tmp:
         rows = [bench(n, args.threads, args.runs, args.rounds, Path(tmp)) for n in args.models]
-    Path(args.out).write_text(json.dumps({"machine": machine_description(), "threads": args.threads, "rows": rows},
-                                         indent=2))
+    write_result(args.out, "bench_dynamic_quant", rows, {"threads": args.threads})
     print("| model | kiln int8 (ms) | kiln FP32 (ms) | ORT int8 (ms) | ORT FP32 (ms) | kiln int8 / kiln FP32 | "
           "kiln int8 / ORT int8 | rel diff vs ORT int8 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

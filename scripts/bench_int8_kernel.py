@@ -10,10 +10,10 @@
 
 TVM fixes its thread pool when it starts, so each thread count runs in its own worker
 process. Within a worker the variants are timed in interleaved rounds (each round: every
-variant ``--calls`` times) and the median per-call time over all rounds is reported, so
-that load from other users of the machine hits all variants alike. The JSON also has the
-process CPU time per call (at one thread: the kernel's own time, however busy the
-machine) and the 1-minute load average before and after.
+variant ``--calls`` times; ``compiler.benchmark.alternating_rounds``) and the median over
+rounds of the mean time per call is reported, so that load from other users of the machine
+hits all variants alike. The JSON also has the process CPU time per call (at one thread: the
+kernel's own time, however busy the machine) and the 1-minute load average before and after.
 
     python scripts/bench_int8_kernel.py [--threads 1 2] [--rounds 15] [--calls 20]
 """
@@ -23,14 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from compiler.benchmark import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "scripts" / "results" / "bench_int8_kernel.json"
@@ -95,17 +95,6 @@ def kiln_callable(mod, x: np.ndarray):
     return (lambda: main(arg)), dict(schedule_summary(lowered))
 
 
-def ort_callable(path: Path, x: np.ndarray, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {"x": x}
-    return lambda: sess.run(None, feed)
-
-
 def quantize_ort(fp32: Path, out: Path) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -125,6 +114,7 @@ def worker(threads: int, rounds: int, calls: int) -> dict:
     """Time every variant in this process (``TVM_NUM_THREADS`` already set by the parent)."""
     import tvm
 
+    from compiler.benchmark import alternating_rounds, onnxruntime_reference
     from compiler.frontend import import_onnx
 
     rng = np.random.default_rng(1)
@@ -139,30 +129,22 @@ def worker(threads: int, rounds: int, calls: int) -> dict:
         variants = {
             "kiln_int8": kiln_int8,
             "kiln_fp32": kiln_fp32,
-            "onnxruntime_fp32": ort_callable(fp32, x_f32, threads),
-            "onnxruntime_int8_qdq": ort_callable(qdq, x_f32, threads),
+            "onnxruntime_fp32": onnxruntime_reference(fp32, threads).timed_call({"x": x_f32}),
+            "onnxruntime_int8_qdq": onnxruntime_reference(qdq, threads).timed_call({"x": x_f32}),
         }
-        samples: dict[str, list[float]] = {name: [] for name in variants}
-        cpu: dict[str, list[float]] = {name: [] for name in variants}
         for call in variants.values():
             call()
         load_before = os.getloadavg()[0]
-        for _ in range(rounds):
-            for name, call in variants.items():
-                t0, c0 = time.perf_counter(), time.process_time()
-                for _ in range(calls):
-                    call()
-                samples[name].append((time.perf_counter() - t0) / calls * 1e3)
-                cpu[name].append((time.process_time() - c0) / calls * 1e3)
+        per_round = alternating_rounds(variants, rounds, calls)
     return {
         "threads": threads,
         "tvm_threads": int(tvm.runtime.num_threads()),
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "median_ms": {k: round(float(np.median(v)), 3) for k, v in samples.items()},
-        "min_ms": {k: round(float(np.min(v)), 3) for k, v in samples.items()},
+        "median_ms": {k: round(float(np.median([r.mean_ms for r in v])), 3) for k, v in per_round.items()},
+        "min_ms": {k: round(float(np.min([r.mean_ms for r in v])), 3) for k, v in per_round.items()},
         # CPU time of this process per call: at one thread, the kernel's own time even when other
         # jobs take the core away; at two threads it includes TVM's and ORT's spinning workers.
-        "median_cpu_ms": {k: round(float(np.median(v)), 3) for k, v in cpu.items()},
+        "median_cpu_ms": {k: round(float(np.median([r.cpu_ms for r in v])), 3) for k, v in per_round.items()},
         "rules": {"kiln_int8": int8_rules, "kiln_fp32": fp32_rules},
     }
 
@@ -180,24 +162,16 @@ def main() -> None:
         return
     results = []
     for n in args.threads:
-        env = dict(os.environ, TVM_NUM_THREADS=str(n), TVM_BIND_THREADS="0", PYTHONPATH=str(ROOT))
+        env = dict(os.environ, TVM_NUM_THREADS=str(n), TVM_BIND_THREADS="0")
         proc = subprocess.run([sys.executable, __file__, "--worker", str(n), "--rounds", str(args.rounds),
                                "--calls", str(args.calls)], env=env, capture_output=True, text=True, check=True)
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(row)
         med = row["median_ms"]
         print(f"{n} thread(s): " + ", ".join(f"{k} {v:.3f} ms" for k, v in med.items()), file=sys.stderr)
-    report = {
+    write_result(args.out, "bench_int8_kernel", results, {
         "benchmark": f"conv2d 1x{C}x{SIZE}x{SIZE}, {F} filters 3x3, pad 1, bias + ReLU (int8: + requantize to uint8)",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "note": "shared machine (other engineers' jobs ran at the same time): medians, noisy"},
-        "rounds": args.rounds,
-        "calls_per_round": args.calls,
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+        "rounds": args.rounds, "calls_per_round": args.calls})
 
 
 if __name__ == "__main__":

@@ -13,17 +13,16 @@ calls, median over ``--rounds``). Writes JSON, prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from compiler.benchmark import alternating_calls_p50_ms, onnxruntime_reference, write_result
 from compiler.build import compile_model
 from compiler.examples import recurrent_stack
-from compiler.reference import OnnxRuntimeReference, max_abs_diff
-from compiler.runtime import alternating_calls_p50_ms, load
-from targets.registry import machine_description
+from compiler.reference import max_abs_diff
+from compiler.runtime import load
 
 CASES = {
     "lstm_bidirectional": dict(cell="LSTM", bidirectional=True),
@@ -41,9 +40,9 @@ def bench_case(name: str, threads: int, runs: int, rounds: int, workdir: Path) -
     compile_s = time.perf_counter() - t0
     lib = load(lib_path, threads=threads)
     inputs = lib.random_inputs(seed=0)
-    ref = OnnxRuntimeReference(model, threads)
+    ref = onnxruntime_reference(model, lib.threads)
     diff, rel = max_abs_diff(lib.run(inputs), ref.run(inputs))
-    p50 = alternating_calls_p50_ms({"kiln": lib.timed_call(inputs), "onnxruntime": lambda: ref.run(inputs)},
+    p50 = alternating_calls_p50_ms({"kiln": lib.timed_call(inputs), "onnxruntime": ref.timed_call(inputs)},
                                    rounds=rounds, runs=runs)
     row = {"model": name, **CASES[name], "layers": 2, "input": 80, "hidden": 256, "steps": 200, "batch": 1,
            "compile_s": round(compile_s, 2), "max_abs_diff": diff, "max_rel_diff": rel,
@@ -64,8 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kiln-rnn-") as tmp:
         rows = [bench_case(n, args.threads, args.runs, args.rounds, Path(tmp)) for n in args.models]
-    Path(args.out).write_text(json.dumps({"machine": machine_description(), "threads": args.threads,
-                                          "rows": rows}, indent=2))
+    write_result(args.out, "bench_recurrent", rows, {"threads": args.threads})
     print("| model | kiln p50 (ms) | ONNX Runtime p50 (ms) | kiln / ORT | max rel diff |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in rows:

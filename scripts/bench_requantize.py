@@ -3,7 +3,8 @@
 
 For each model: one INT8 build with ``requantize="float"`` (kiln's default) and one with
 ``"fixed_point"`` (``compiler/passes/fixed_point_requantize.py``), the same seeded
-calibration (uniform [0, 1) inputs, as ``scripts/int8_report.py`` uses for the zoo models);
+calibration (uniform [0, 1) inputs, ``compiler.testing.int8_data.zoo_case``, as
+``scripts/int8_report.py`` uses for the zoo models);
 both libraries timed in one process, alternating rounds in both orders (p50 per round,
 median of rounds), and their outputs compared on seeded inputs. Writes JSON and prints a
 Markdown table.
@@ -14,44 +15,38 @@ Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from compiler.build import CompileOptions, compile_model  # noqa: E402
-from compiler.quantization import Int8Options  # noqa: E402
-from compiler.runtime import alternating_p50_ms, load  # noqa: E402
+from compiler.benchmark import both_orders_p50_ms, write_result
+from compiler.build import CompileOptions, compile_model
+from compiler.quantization import Int8Options
+from compiler.runtime import load
+from compiler.testing.int8_data import zoo_case
 
 FORMS = ("float", "fixed_point")
 
 
 def bench_model(name: str, workdir: Path, rounds: int, threads: int) -> dict:
     """Build ``name`` both ways, time and compare them (see the module docstring)."""
-    from scripts.int8_report import _zoo_case
-
-    path, input_name, shape, calibration, test = _zoo_case(name, workdir, 32)
+    case = zoo_case(name, workdir, 32)
+    input_name = case.input_name
     libs = {}
     for form in FORMS:
         lib = workdir / f"{name}_{form}.so"
-        compile_model(path, lib, CompileOptions(input_shapes={input_name: shape}, precision="int8", int8=Int8Options(
-            calibration=calibration, requantize=form)))
+        compile_model(case.onnx_path, lib, CompileOptions(input_shapes={input_name: case.input_shape}, precision="int8",
+                                                          int8=Int8Options(calibration=case.calibration, requantize=form)))
         libs[form] = load(lib, threads=threads)
-    inputs = [{input_name: test[i:i + 1]} for i in range(8)]
+    inputs = [{input_name: case.test_inputs[i:i + 1]} for i in range(8)]
     diffs, same_top1 = [], 0
     for x in inputs:
         a, b = (next(iter(libs[f].run(x).values())) for f in FORMS)
         diffs.append(float(np.abs(a - b).max()))
         same_top1 += int(a.reshape(-1).argmax() == b.reshape(-1).argmax())
-    forward = alternating_p50_ms(libs, inputs[0], rounds=rounds)
-    backward = alternating_p50_ms(dict(reversed(list(libs.items()))), inputs[0], rounds=rounds)
-    p50 = {f: (forward[f] + backward[f]) / 2 for f in FORMS}
+    p50 = both_orders_p50_ms({form: lib.timed_call(inputs[0]) for form, lib in libs.items()}, rounds=rounds)
     return {"float_ms": round(p50["float"], 3), "fixed_point_ms": round(p50["fixed_point"], 3),
             "fixed_point_vs_float": round(p50["fixed_point"] / p50["float"], 3),
             "max_abs_diff": max(diffs), "same_top1": f"{same_top1}/{len(inputs)}"}
@@ -64,17 +59,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="bench_requantize.json")
     args = parser.parse_args()
-    result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
-              "cpus": os.cpu_count(), "threads": args.threads, "models": {}}
+    rows = []
     with tempfile.TemporaryDirectory(prefix="kiln-requantize-") as tmp:
         for name in args.models.split(","):
-            result["models"][name] = row = bench_model(name, Path(tmp), args.rounds, args.threads)
-            print(f"{name}: {row}", file=sys.stderr)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            rows.append({"model": name, **bench_model(name, Path(tmp), args.rounds, args.threads)})
+            print(f"{name}: {rows[-1]}", file=sys.stderr)
+    write_result(args.out, "bench_requantize", rows, {"threads": args.threads})
     print("| model | float ms | fixed-point ms | fixed / float | max abs diff | same top-1 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, r in result["models"].items():
-        print(f"| {name} | {r['float_ms']} | {r['fixed_point_ms']} | {r['fixed_point_vs_float']} | "
+    for r in rows:
+        print(f"| {r['model']} | {r['float_ms']} | {r['fixed_point_ms']} | {r['fixed_point_vs_float']} | "
               f"{r['max_abs_diff']:.2g} | {r['same_top1']} |")
 
 

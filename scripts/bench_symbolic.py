@@ -16,7 +16,6 @@ Writes JSON, prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -25,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from compiler.benchmark import alternating_calls_p50_ms, onnxruntime_reference, write_result
 from compiler.build import compile_model
 from compiler.examples import example_model
 from compiler.frontend import parse_input_shapes
-from compiler.reference import OnnxRuntimeReference, max_abs_diff
-from compiler.runtime import alternating_calls_p50_ms, load
-from targets.registry import machine_description
+from compiler.reference import max_abs_diff
+from compiler.runtime import load
 
 CASES = {  # name: (example, --input-shape dims, symbolic axis, sizes timed)
     "squeezenet_batch": ("squeezenet", "1..8x3x224x224", 0, [1, 3, 8]),
@@ -60,7 +59,8 @@ def bench(case: str, threads: int, runs: int, rounds: int, workdir: Path) -> lis
     t0 = time.perf_counter()
     compile_model(model, workdir / "sym.so", target="host", input_shapes=parse_input_shapes([f"{inp}:{dims}"]))
     compile_s = time.perf_counter() - t0
-    lib, ref = load(workdir / "sym.so", threads=threads), OnnxRuntimeReference(model, threads)
+    lib = load(workdir / "sym.so", threads=threads)
+    ref = onnxruntime_reference(model, lib.threads)
     rows = []
     for size in sizes:
         shape = list(lib.inputs[0].example_shape())
@@ -76,7 +76,7 @@ def bench(case: str, threads: int, runs: int, rounds: int, workdir: Path) -> lis
         exact_nofusion = load(workdir / f"exact_nofusion_{size}.so", threads=threads)
         p50 = alternating_calls_p50_ms({"symbolic": lib.timed_call(x), "exact": exact.timed_call(x),
                                         "exact_nofusion": exact_nofusion.timed_call(x),
-                                        "onnxruntime": lambda: ref.run(x)}, rounds=rounds, runs=runs)
+                                        "onnxruntime": ref.timed_call(x)}, rounds=rounds, runs=runs)
         row = {"case": case, "input_shape": dims, "size": size, "symbolic_compile_s": round(compile_s, 1),
                "max_rel_diff": rel, **{f"{k}_p50_ms": round(v, 3) for k, v in p50.items()},
                "symbolic_vs_exact": round(p50["symbolic"] / p50["exact"], 2),
@@ -97,8 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kiln-sym-") as tmp:
         rows = [r for c in args.cases for r in bench(c, args.threads, args.runs, args.rounds, Path(tmp))]
-    Path(args.out).write_text(json.dumps({"machine": machine_description(), "threads": args.threads, "rows": rows},
-                                         indent=2))
+    write_result(args.out, "bench_symbolic", rows, {"threads": args.threads})
     print("| case | --input-shape | size | symbolic (ms) | exact size (ms) | exact, no kiln fusion (ms) | ORT (ms) | "
           "symbolic / exact | symbolic / exact without fusion | max rel diff |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

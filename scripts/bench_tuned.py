@@ -3,8 +3,8 @@
 
 Compiles the model twice (default schedules only, and with the tuning records of ``--db``),
 then times the two libraries and ONNX Runtime round by round (A, B, ORT, A, B, ORT, …) so
-that a noisy moment on a shared machine hits all three alike. Reports medians, the
-tuned/untuned ratio (the "a partially tuned model is never slower" check) and the ratios
+that a noisy moment on a shared machine hits all three alike. Reports the median over rounds
+of each one's p50, the tuned/untuned ratio (the "a partially tuned model is never slower" check) and the ratios
 to ONNX Runtime. Writes JSON.
 
     python scripts/bench_tuned.py squeezenet.onnx --db tuning/ --threads 2 --out result.json
@@ -16,23 +16,12 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-
+from compiler.benchmark import alternating_calls_p50_ms, onnxruntime_reference, write_result
 from compiler.build import compile_model
-from compiler.reference import OnnxRuntimeReference, max_abs_diff
+from compiler.reference import max_abs_diff
 from compiler.runtime import load
-
-
-def _round(call, runs: int) -> list[float]:
-    out = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def main() -> int:
@@ -49,18 +38,12 @@ def main() -> int:
         compile_model(args.model, untuned_so)
         report = compile_model(args.model, tuned_so, db=args.db)
         untuned, tuned = load(untuned_so, threads=args.threads), load(tuned_so, threads=args.threads)
-        ref = OnnxRuntimeReference(args.model, untuned.threads)
+        ref = onnxruntime_reference(args.model, untuned.threads)
         inputs = untuned.random_inputs(seed=0)
         _, rel = max_abs_diff(tuned.run(inputs), ref.run(inputs))
-        calls = {"untuned": lambda: untuned.run(inputs), "tuned": lambda: tuned.run(inputs),
-                 "onnxruntime": lambda: ref.run(inputs)}
-        for call in calls.values():  # warm-up
-            _round(call, 3)
-        samples: dict[str, list[float]] = {k: [] for k in calls}
-        for _ in range(args.rounds):
-            for name, call in calls.items():
-                samples[name] += _round(call, args.runs)
-    p50 = {k: float(np.median(v)) * 1e3 for k, v in samples.items()}
+        calls = {"untuned": untuned.timed_call(inputs), "tuned": tuned.timed_call(inputs),
+                 "onnxruntime": ref.timed_call(inputs)}
+        p50 = alternating_calls_p50_ms(calls, rounds=args.rounds, runs=args.runs)
     row = {
         "model": Path(args.model).stem, "db": str(args.db), "threads": untuned.threads,
         "tuned_kernels": report.tuned_kernels, "kernels": report.kernels,
@@ -69,10 +52,9 @@ def main() -> int:
         "tuned_vs_untuned": round(p50["tuned"] / p50["untuned"], 3),
         "tuned_vs_onnxruntime": round(p50["tuned"] / p50["onnxruntime"], 3),
         "untuned_vs_onnxruntime": round(p50["untuned"] / p50["onnxruntime"], 3),
-        "tuned_max_rel_diff": rel, "runs_each": args.rounds * args.runs, "command": " ".join(sys.argv),
+        "tuned_max_rel_diff": rel, "runs_each": args.rounds * args.runs,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(row, indent=2))
+    write_result(args.out, "bench_tuned", [row])
     print(json.dumps(row, indent=2))
     return 0
 

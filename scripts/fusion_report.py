@@ -12,7 +12,8 @@ For each model:
   (``fusion=False``), and kiln's pipeline.
 - with ``--latency [MODEL ...]`` (no names: every model): both libraries built (``compile_model(..., fusion=False/True)``, same
   default schedules), each checked against ONNX Runtime, then timed in the same process, rounds
-  alternating between the two; the p50 is the median over all timed calls.
+  alternating between the two (``--runs`` calls per variant in all); the p50 is the median over
+  rounds of each round's p50.
 
     python scripts/fusion_report.py                                   # kernel counts, all five models
     python scripts/fusion_report.py --latency --threads 2 --runs 50   # plus latency of all (a quiet machine!)
@@ -22,20 +23,16 @@ For each model:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from compiler.examples import LIGHT_ZOO_BENCH, example_model  # noqa: E402
-from compiler.inspect import kernel_launches  # noqa: E402
+from compiler.benchmark import alternating_p50_ms, onnxruntime_reference, write_result
+from compiler.examples import LIGHT_ZOO_BENCH, example_model
+from compiler.inspect import kernel_launches
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "fusion_report.json"
 
@@ -79,7 +76,7 @@ def count_kernels(model: onnx.ModelProto, path: Path, target: str = "host") -> d
 def measure_latency(model: onnx.ModelProto, workdir: Path, threads: int, runs: int, rounds: int) -> dict:
     """Build without and with kiln's fusion, check both against ONNX Runtime, time them alternately."""
     from compiler.build import compile_model
-    from compiler.reference import OnnxRuntimeReference, max_abs_diff
+    from compiler.reference import max_abs_diff
     from compiler.runtime import load
 
     libs, compile_s = {}, {}
@@ -90,23 +87,14 @@ def measure_latency(model: onnx.ModelProto, workdir: Path, threads: int, runs: i
         compile_s[key] = round(time.perf_counter() - t0, 1)
         libs[key] = load(lib, threads=threads)
     inputs = libs["kiln"].random_inputs(seed=0)
-    ref = OnnxRuntimeReference(model, threads).run(inputs)
+    ref = onnxruntime_reference(model, threads).run(inputs)
     row: dict = {"threads": threads, "compile_s": compile_s}
     for key, m in libs.items():
         row[f"max_rel_diff_{key}"] = max_abs_diff(m.run(inputs), ref)[1]
     per_round = max(1, runs // rounds)
-    samples: dict[str, list[float]] = {key: [] for key in libs}
-    for m in libs.values():
-        m.benchmark(2, inputs, warmup=1)
-    for _ in range(rounds):
-        for key, m in libs.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                m.run(inputs)
-                samples[key].append((time.perf_counter() - t0) * 1e3)
-    for key, ms in samples.items():
-        row[f"p50_ms_{key}"] = round(float(np.median(ms)), 3)
-        row[f"runs_{key}"] = len(ms)
+    for key, ms in alternating_p50_ms(libs, inputs, rounds, per_round).items():
+        row[f"p50_ms_{key}"] = round(ms, 3)
+        row[f"runs_{key}"] = per_round * rounds
     row["speedup"] = round(row["p50_ms_no_fusion"] / row["p50_ms_kiln"], 3)
     return row
 
@@ -153,13 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: p50 {lat['p50_ms_no_fusion']} ms -> {lat['p50_ms_kiln']} ms "
                       f"(x{lat['speedup']}), rel diff {lat['max_rel_diff_kiln']:.2g}", file=sys.stderr)
             rows.append(row)
-    report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
-        "command": "python scripts/fusion_report.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    command = None if argv is None else "python scripts/fusion_report.py " + " ".join(argv)
+    write_result(args.out, "fusion_report", rows, command=command)
     print(markdown(rows))
     return 0
 

@@ -6,7 +6,7 @@ text files) valid JSON of the wrong shape:
 
 - ``library``: a compiled ``.so``, through ``kiln inspect`` and ``kiln run``;
 - ``inputs``: an ``.npz`` for ``kiln run --inputs``;
-- ``calibration``: an ``.npz`` for int8 calibration (``compiler.passes.calibrate``);
+- ``calibration``: an ``.npz`` for int8 calibration (``compiler.quantization.calibration_data``);
 - ``tuning-db``: each file of a tuning database (workloads, records, baselines, run log),
   through ``kiln tune-report`` and the database loader ``compile --db`` uses;
 - ``model``: an ONNX file, through ``kiln inspect``.
@@ -126,8 +126,8 @@ def run_cli(args: list[str]) -> tuple[int | None, str]:
 
 def one_case(kind: str, bases: dict[str, Path], case_dir: Path, rng: random.Random) -> tuple[str, list[tuple]]:
     """Damage one file of ``kind`` and run the commands that read it: (what was done, results)."""
-    from compiler.errors import KilnError
-    from compiler.passes.calibrate import load_calibration
+    from targets.errors import KilnError
+    from compiler.quantization.calibration_data import load_calibration
     from compiler.runtime import load
     from schedules.database import DurableDatabase
 
@@ -165,7 +165,7 @@ def one_case(kind: str, bases: dict[str, Path], case_dir: Path, rng: random.Rand
     if kind == "inputs":
         return how, [("run --inputs", *run_cli(["run", str(bases["library"]), "--inputs", str(path), "--threads", "1"]))]
     if kind == "calibration":
-        from compiler.metadata import TensorSpec
+        from targets.library_format import TensorSpec
 
         try:
             load_calibration(path, [TensorSpec("data", (1, 3, 32, 32), "float32")])
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--out", default="scripts/results/fuzz_files.json")
     args = parser.parse_args()
 
-    from targets.registry import machine_description
+    from compiler.benchmark import write_result
 
     rng = random.Random(args.seed)
     outcomes: dict[str, Counter] = {kind: Counter() for kind in KINDS}
@@ -206,15 +206,14 @@ def main() -> None:
                 elif code == 2 and len(message.strip().splitlines()) != 1:
                     multi_line.append({"kind": kind, "damage": how, "command": command, "stderr": message[:500]})
             shutil.rmtree(case_dir, ignore_errors=True)
-    result = {"command": f"python scripts/fuzz_files.py --cases {args.cases} --seed {args.seed}",
-              "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
-              "cases": args.cases, "seconds": round(time.time() - start, 1),
-              "outcomes": {kind: dict(c) for kind, c in outcomes.items()},
-              "tracebacks": len(tracebacks), "multi_line_errors": len(multi_line),
-              "first_tracebacks": tracebacks[:20], "first_multi_line_errors": multi_line[:10]}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: result[k] for k in ("cases", "tracebacks", "multi_line_errors", "seconds")}))
+    rows = [{"file": kind, "result": outcome, "cases": count}
+            for kind, counter in outcomes.items() for outcome, count in sorted(counter.items())]
+    summary = {"cases": args.cases, "seconds": round(time.time() - start, 1),
+               "tracebacks": len(tracebacks), "multi_line_errors": len(multi_line),
+               "first_tracebacks": tracebacks[:20], "first_multi_line_errors": multi_line[:10]}
+    write_result(args.out, "fuzz_files", rows, summary,
+                 command=f"python scripts/fuzz_files.py --cases {args.cases} --seed {args.seed}")
+    print(json.dumps({k: summary[k] for k in ("cases", "tracebacks", "multi_line_errors", "seconds")}))
     for t in tracebacks[:10]:
         print(t)
     raise SystemExit(1 if tracebacks or multi_line else 0)

@@ -29,8 +29,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 BAD_OUTCOMES = ("other_error", "crash", "timeout")
 
 
@@ -110,7 +108,7 @@ def _branchy_model():
 def worker(case_dir: Path, start: int, results: Path) -> None:
     """Import cases start.. in order; append one JSON line per finished case."""
 
-    from compiler.errors import KilnError
+    from targets.errors import KilnError
     from compiler.frontend import import_onnx
 
     files = sorted(case_dir.glob("*.onnx"))
@@ -189,9 +187,13 @@ def main() -> None:
     parser.add_argument("--out", default="fuzz_frontend.json")
     args = parser.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", "1")
+    from compiler.benchmark import write_result
+
     summary = run(args.cases, args.seed, args.timeout)
-    Path(args.out).write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "bad_cases"}, indent=2))
+    rows = [{"outcome": outcome, "cases": count} for outcome, count in summary.pop("outcomes").items()]
+    write_result(args.out, "fuzz_frontend", rows, summary)
+    print(json.dumps({**{k: v for k, v in summary.items() if k != "bad_cases"},
+                      "outcomes": {r["outcome"]: r["cases"] for r in rows}}, indent=2))
     for case, outcome in list(summary["bad_cases"].items())[:20]:
         print(f"BAD {case}: {outcome}")
     sys.exit(1 if summary["bad_cases"] else 0)

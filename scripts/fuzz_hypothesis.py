@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Property-based fuzzing of kiln's ONNX import with hypothesis; thousands of cases, crash-isolated.
 
-Cases come from ``tests/onnx_strategies.py`` (random small graphs of supported and
+Cases come from ``compiler/testing/onnx_strategies.py`` (random small graphs of supported and
 unsupported operators and the built-in ``tiny`` model; dropped initializers, duplicate
 names, unknown domains, huge and mismatched dims, wrong attribute types, external data,
 names with line breaks; truncated, appended, inserted or flipped bytes). Only the
@@ -32,9 +32,6 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 BAD_OUTCOMES = ("bad_message", "other_error", "crash", "timeout")
 
 
@@ -47,7 +44,7 @@ def worker(seed: int, count: int, log_path: Path, case_path: Path, memory_gb: fl
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hypothesis_seed
 
-    from tests.onnx_strategies import FuzzCase, fuzz_cases, import_outcome
+    from compiler.testing.onnx_strategies import FuzzCase, fuzz_cases, import_outcome
 
     work_dir = Path(tempfile.mkdtemp(prefix="kiln-hfuzz-"))
     with open(log_path, "a", encoding="utf-8") as log:
@@ -98,7 +95,7 @@ def run(examples: int, seed: int, timeout: float, memory_gb: float, cases_dir: P
             workers += 1
             with open(stderr_path, "wb") as stderr:
                 proc = subprocess.Popen([sys.executable, __file__, "--worker", str(worker_seed), str(remaining),
-                                         str(log_path), str(case_path), str(memory_gb)], cwd=ROOT, stderr=stderr)
+                                         str(log_path), str(case_path), str(memory_gb)], stderr=stderr)
             last_change, seen = time.monotonic(), -1
             while proc.poll() is None:
                 time.sleep(0.5)
@@ -162,9 +159,11 @@ def main() -> None:
     os.environ.setdefault("TVM_NUM_THREADS", "1")
     out = Path(args.out)
     cases_dir = Path(args.cases_dir) if args.cases_dir else out.with_name(out.stem + "_cases")
+    from compiler.benchmark import write_result
+
     summary = run(args.examples, args.seed, args.timeout, args.memory_gb, cases_dir)
-    summary["command"] = " ".join(["python", "scripts/fuzz_hypothesis.py", *sys.argv[1:]])
-    out.write_text(json.dumps(summary, indent=2))
+    rows = [{"outcome": outcome, "cases": count} for outcome, count in summary["outcomes"].items()]
+    write_result(out, "fuzz_hypothesis", rows, {k: v for k, v in summary.items() if k != "outcomes"})
     print(json.dumps({k: summary[k] for k in ("examples", "seconds", "workers", "outcomes")}, indent=2))
     for entry in summary["bad_cases"][:20]:
         print(f"BAD {json.dumps({k: v for k, v in entry.items() if k != 'stderr_tail'})}")

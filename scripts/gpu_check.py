@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from compiler.examples import example_model  # noqa: E402
-from compiler.runtime import load, time_calls  # noqa: E402
+from compiler.benchmark import describe_machine, onnxruntime_reference, time_calls, write_result
+from compiler.examples import example_model
+from compiler.runtime import load
 
 CASES = [("resnet50", "fp32"), ("resnet50", "fp16"), ("squeezenet", "fp32"), ("squeezenet", "fp16"),
          ("squeezenet", "int8")]
@@ -86,25 +84,13 @@ def build(cases: list[tuple[str, str]], arch: str, outdir: Path) -> dict[str, fl
     return seconds
 
 
-def reference_session(model, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    available = ort.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
-
-
 def check(lib: Path, model_name: str, precision: str, runs: int) -> dict:
     model = example_model(model_name)
     m = load(lib)
     inputs = m.random_inputs(seed=0)
     ours = m.run(inputs)
-    sess = reference_session(model, os.cpu_count() or 1)
-    ref = sess.run(None, inputs)
-    expected = ref[0]
+    ref = onnxruntime_reference(model, os.cpu_count() or 1, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    expected = ref.session.run(None, inputs)[0]
     got = next(iter(ours.values())).reshape(expected.shape)
     diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
     scale = float(np.max(np.abs(expected)))
@@ -117,7 +103,7 @@ def check(lib: Path, model_name: str, precision: str, runs: int) -> dict:
         same_plan = {"max_abs_diff_vs_cpu_int8": float(np.max(np.abs(got.astype(np.float64) - cpu))),
                      "max_abs_cpu_int8": float(np.max(np.abs(cpu)))}
     stats = m.benchmark(runs, inputs, warmup=10)
-    ref_p50 = time_calls(lambda: sess.run(None, inputs), runs, warmup=5).p50_ms
+    ref_p50 = time_calls(ref.timed_call(inputs), runs, warmup=5).p50_ms
     torch_row: dict = {}
     try:  # fp16 PyTorch is the float baseline for the fp16 and int8 libraries
         torch_row = torch_reference(model, inputs, half=precision != "fp32", runs=runs)
@@ -133,7 +119,7 @@ def check(lib: Path, model_name: str, precision: str, runs: int) -> dict:
         **same_plan,
         "top1_agrees": top1, "top5_overlap": top5,
         "kiln_p50_ms": round(stats.p50_ms, 3), "kiln_p99_ms": round(stats.p99_ms, 3),
-        "onnxruntime_provider": sess.get_providers()[0], "onnxruntime_p50_ms": round(ref_p50, 3),
+        "onnxruntime_provider": ref.session.get_providers()[0], "onnxruntime_p50_ms": round(ref_p50, 3),
         "ratio": round(stats.p50_ms / ref_p50, 3), **torch_row,
     }
 
@@ -196,11 +182,11 @@ def main() -> None:
         except Exception as err:  # report every case, keep going
             errors.append(f"{lib.name}: {type(err).__name__}: {err}")
             print(errors[-1], file=sys.stderr)
-    result = {"gpu": gpu_name(), "host": platform.node(), "python": platform.python_version(),
-              "compiled_on_this_machine": not args.prebuilt, "compile_seconds": compile_seconds,
-              "rows": rows, "errors": errors}
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    machine = {**describe_machine().to_json(), "gpu": gpu_name()}
+    result = write_result(args.out, "gpu_check", rows, {"compiled_on_this_machine": not args.prebuilt,
+                                                        "compile_seconds": compile_seconds, "errors": errors},
+                          machine=machine)
+    print(json.dumps(result.to_json(), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PP-OCR recognizer INT8 accuracy under different calibration settings (one compile each).
 
-Loads the recognizer and its rendered lines (``scripts/int8_models.py``: 100 calibration,
+Loads the recognizer and its rendered lines (``compiler.testing.int8_data``: 100 calibration,
 200 test lines by default), compiles once per setting (``fp32`` is the FP32 build) and
 reports the exact-string accuracy, the misses and the one-thread latency. The ``evaluate``
 settings score mixed-precision candidates on validation lines (the calibration stream
@@ -16,18 +16,16 @@ continued; ``--validation-lines``), never on test lines. A minute per setting on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from compiler.build import CompileOptions, compile_model  # noqa: E402
-from compiler.quantization import Int8Options  # noqa: E402
-from compiler.runtime import alternating_p50_ms, load  # noqa: E402
+from compiler.benchmark import alternating_p50_ms, write_result
+from compiler.build import CompileOptions, compile_model
+from compiler.quantization import Int8Options
+from compiler.runtime import load
+from compiler.testing.int8_data import load as load_labelled
 
 SETTINGS = {
     "fp32": None,  # the FP32 build: the accuracy every other setting is compared with
@@ -65,8 +63,6 @@ def validation_accuracy(model):
 
 
 def main() -> None:
-    from scripts.int8_models import load as load_labelled
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--workdir", default=None, help="where the model and data are cached (default: temporary)")
@@ -86,8 +82,7 @@ def main() -> None:
     model.calibration = model.calibration[:100]  # the first 100 lines: the same for every --validation-lines
     shapes = {model.input_name: tuple(model.input_shape)}
     result: dict = {"model": "ppocr_rec", "calibration_samples": len(model.calibration),
-                    "validation_lines": len(model.validation),
-                    "test_lines": len(model.test_labels), "command": " ".join(sys.argv), "settings": {}}
+                    "validation_lines": len(model.validation), "test_lines": len(model.test_labels), "settings": {}}
     for name in args.settings.split(","):
         t0 = time.perf_counter()
         lib = workdir / f"rec_{name}.so"
@@ -116,9 +111,12 @@ def main() -> None:
     if args.latency_rounds:
         libs = {name: load(workdir / f"rec_{name}.so", threads=2) for name in result["settings"]}
         medians = alternating_p50_ms(libs, {model.input_name: model.test_inputs[:1]}, rounds=args.latency_rounds)
-        result["alternating_p50_ms_2_threads"] = {name: round(ms, 2) for name, ms in medians.items()}
-        print(f"p50 (2 threads, alternating): {result['alternating_p50_ms_2_threads']}", file=sys.stderr)
-    Path(args.out).write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n")
+        for name, ms in medians.items():
+            result["settings"][name]["alternating_p50_ms_2_threads"] = round(ms, 2)
+        print(f"p50 (2 threads, alternating): { {name: round(ms, 2) for name, ms in medians.items()} }",
+              file=sys.stderr)
+    rows = [{"setting": name, **row} for name, row in result.pop("settings").items()]
+    write_result(args.out, "int8_rec_sweep", rows, result)
 
 
 if __name__ == "__main__":

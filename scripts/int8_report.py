@@ -6,7 +6,7 @@ ONNX Runtime FP32 and ONNX Runtime INT8 (its own ``quantize_static`` QDQ model f
 calibration samples, per-channel, ``reduce_range`` as ONNX Runtime advises for AVX2, after
 its advised ``quant_pre_process`` at opset 13), and kiln running that same QDQ file
 (``kiln_qdq``: the pre-quantized path, imported as int8 kernels). The
-labelled models (``scripts/int8_models.py``: digits, ppocr_cls, ppocr_rec) report test
+labelled models (``compiler.testing.int8_data``: digits, ppocr_cls, ppocr_rec) report test
 accuracy; the light-zoo models (squeezenet, resnet50: seeded random weights, no labels)
 report latency and INT8-vs-FP32 top-1 agreement only. Kiln's FP32 is built with ``--layout
 auto`` (NCHW and NHWC timed, the faster kept: kiln's best FP32 here), its INT8 with the
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,14 +30,12 @@ import numpy as np
 import onnx
 import onnx.version_converter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for scripts.int8_models when run as a file
-
+from compiler.benchmark import alternating_calls_p50_ms, onnxruntime_reference, write_result
 from compiler.build import CompileOptions, compile_model
 from compiler.quantization import Int8Options
-from compiler.reference import OnnxRuntimeReference
-from compiler.runtime import alternating_calls_p50_ms, load
-
-ZOO = ("squeezenet", "resnet50")
+from compiler.runtime import load
+from compiler.testing.int8_data import ZOO_MODELS, zoo_case
+from compiler.testing.int8_data import load as load_labelled
 
 
 def ort_qdq(onnx_path: Path, out: Path, input_name: str, samples: list[np.ndarray]) -> Path:
@@ -68,30 +64,14 @@ def ort_qdq(onnx_path: Path, out: Path, input_name: str, samples: list[np.ndarra
     return out
 
 
-def _zoo_case(name: str, workdir: Path, n_calibration: int):
-    from compiler.examples import example_model
-
-    # The light-zoo files are old opsets; ONNX Runtime's quantize_static needs 13 for
-    # per-channel QDQ (kiln upgrades by itself, the same way).
-    model = onnx.version_converter.convert_version(example_model(name), 13)
-    path = workdir / f"{name}.onnx"
-    onnx.save(model, path)
-    inp = model.graph.input[0]
-    shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
-    rng = np.random.default_rng(0)
-    calibration = rng.uniform(0.0, 1.0, (n_calibration, *shape[1:])).astype(np.float32)
-    test = rng.uniform(0.0, 1.0, (20, *shape[1:])).astype(np.float32)
-    return path, inp.name, shape, calibration, test
-
-
 def report_model(name: str, workdir: Path, threads: int, runs: int, method: str, n_calibration: int,
                  weight_rounding: str = "gptq") -> dict:
     labelled = None
-    if name in ZOO:
-        path, input_name, shape, calibration, test = _zoo_case(name, workdir, n_calibration)
+    if name in ZOO_MODELS:
+        case = zoo_case(name, workdir, n_calibration)
+        path, input_name, shape = case.onnx_path, case.input_name, case.input_shape
+        calibration, test = case.calibration, case.test_inputs
     else:
-        from scripts.int8_models import load as load_labelled
-
         labelled = load_labelled(name, workdir / name, n_calibration=n_calibration)
         path, input_name, shape = labelled.onnx_path, labelled.input_name, labelled.input_shape
         calibration, test = labelled.calibration, labelled.test_inputs
@@ -113,8 +93,8 @@ def report_model(name: str, workdir: Path, threads: int, runs: int, method: str,
     fp32 = load(workdir / f"{name}_fp32.so", threads=threads)
     int8 = load(workdir / f"{name}_int8.so", threads=threads)
     kiln_qdq = load(workdir / f"{name}_kiln_qdq.so", threads=threads)
-    ort_fp32 = OnnxRuntimeReference(path, threads)
-    ort_int8 = OnnxRuntimeReference(qdq, threads)
+    ort_fp32 = onnxruntime_reference(path, threads)
+    ort_int8 = onnxruntime_reference(qdq, threads)
     runners = {
         "fp32": lambda x: next(iter(fp32.run({input_name: x}).values())),
         "int8": lambda x: next(iter(int8.run({input_name: x}).values())),
@@ -193,11 +173,7 @@ def main() -> int:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             rows[name] = report_model(name, workdir, args.threads, args.runs, args.method, args.calibration,
                                       args.weight_rounding)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    for row in rows.values():  # the top level maps model names to rows, nothing else
-        row.update(machine=machine, command=" ".join(sys.argv))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rows, indent=2))
+    write_result(args.json, "int8_report", [{"model": name, **row} for name, row in rows.items()])
     print(markdown(rows))
     return 0
 

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import onnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from schedules.database import DurableDatabase  # noqa: E402
-from schedules.tune import TuneOptions, tune_model  # noqa: E402
-from tests.test_tune import complete_lines, small_model  # noqa: E402
+from compiler.benchmark import write_result
+from compiler.testing.tuning import complete_lines, small_model
+from schedules.database import DurableDatabase
+from compiler.tune import TuneOptions, tune_model
 
 
 def main() -> None:
@@ -62,12 +61,12 @@ def main() -> None:
             survived = lines
         report = tune_model(model, db, TuneOptions(trials=len(survived) + 4, trials_per_iter=4, population=64,
                                                     progress=False))
-    result = {"kills": args.kills, "records_lost": lost, "unreadable_after_kill": unreadable,
-              "records_at_end": len(survived), "resumed_trials_before": report.trials_before,
-              "resume_counts_all_records": report.trials_before == len(survived), "history": history}
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
-    sys.exit(0 if lost == 0 and unreadable == 0 and result["resume_counts_all_records"] else 1)
+    summary = {"kills": args.kills, "records_lost": lost, "unreadable_after_kill": unreadable,
+               "records_at_end": len(survived), "resumed_trials_before": report.trials_before,
+               "resume_counts_all_records": report.trials_before == len(survived)}
+    write_result(args.out, "kill_test", history, summary)
+    print(json.dumps(summary, indent=2))
+    sys.exit(0 if lost == 0 and unreadable == 0 and summary["resume_counts_all_records"] else 1)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+from compiler.benchmark import alternating_p50_ms, onnxruntime_reference, write_result
 from compiler.build import CompileOptions, compile_model
 from compiler.examples import LIGHT_ZOO_BENCH, example_model
-from compiler.reference import OnnxRuntimeReference, max_abs_diff
-from compiler.runtime import alternating_p50_ms, load
+from compiler.reference import max_abs_diff
+from compiler.runtime import load
 from targets.registry import CONV_LAYOUTS
 
 
@@ -42,7 +43,7 @@ def build(name: str, workdir: Path) -> dict[str, float]:
 def compare(name: str, workdir: Path, threads: int, rounds: int, runs: int) -> dict:
     libs = {layout: load(workdir / f"{name}_{layout}.so", threads=threads) for layout in CONV_LAYOUTS}
     inputs = libs["NCHW"].random_inputs(seed=0)
-    reference = OnnxRuntimeReference(example_model(name), threads).run(inputs)
+    reference = onnxruntime_reference(example_model(name), threads).run(inputs)
     row: dict = {"model": name}
     for layout, lib in libs.items():
         row[f"{layout}_max_rel_diff"] = max_abs_diff(lib.run(inputs), reference)[1]
@@ -72,8 +73,7 @@ def main() -> None:
     if args.compile_only:
         return
     rows = [compare(name, workdir, args.threads, args.rounds, args.runs) for name in names]
-    Path(args.out).write_text(json.dumps({"threads": args.threads, "rounds": args.rounds, "runs": args.runs,
-                                          "command": " ".join(sys.argv), "rows": rows}, indent=2) + "\n")
+    write_result(args.out, "layout_report", rows, {"threads": args.threads, "rounds": args.rounds, "runs": args.runs})
     others = CONV_LAYOUTS[1:]
     print("| model | " + " | ".join(f"{layout} p50 (ms)" for layout in CONV_LAYOUTS) + " | "
           + " | ".join(f"{layout} / NCHW" for layout in others) + " | max rel diff |")

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from compiler.runtime import load  # noqa: E402
+from compiler.benchmark import write_result
+from compiler.runtime import load
 
 
 def run(library: Path, calls: int, threads: int) -> dict:
@@ -77,7 +76,7 @@ def main() -> None:
 
             compile_model(example_model("tiny"), library)
         result = run(library, args.calls, args.threads)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, "load_test", [result])
     print(json.dumps(result, indent=2))
     sys.exit(1 if result["wrong_results"] else 0)
 

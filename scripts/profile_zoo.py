@@ -19,16 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from compiler.benchmark import time_calls, write_result
 from compiler.build import compile_model
 from compiler.examples import LIGHT_ZOO_BENCH, example_model
 from compiler.profile import profile_library
 from compiler.runtime import load
-from targets.registry import cpu_flags, machine_description
+from targets.registry import cpu_flags
 
 
 def fma_datapath() -> tuple[int, int, str]:
@@ -59,13 +59,8 @@ def sgemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float | None:
         return None
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     with threadpool_limits(limits=threads, user_api="blas"):
-        a @ a
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ a
-            times.append(time.perf_counter() - start)
-    return 2 * n**3 / float(np.median(times)) / 1e9
+        p50_ms = time_calls(lambda: a @ a, repeats, warmup=1).p50_ms
+    return 2 * n**3 / p50_ms / 1e6
 
 
 def profile_model(name: str, threads: int, runs: int, workdir: Path) -> dict:
@@ -116,17 +111,13 @@ def main() -> None:
             rows.append(profile_model(name, args.threads, args.runs, Path(tmp)))
             print(json.dumps({k: rows[-1][k] for k in ("model", "kiln_ms", "ort_ms", "kiln_over_ort",
                                                         "kernel_sum_share", "conv_gflops_per_s")}), flush=True)
-    result = {"command": f"python scripts/profile_zoo.py --threads {args.threads}", "threads": args.threads,
-              "machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "peak": peak, "models": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"| model | kiln ms | ORT ms | kiln/ORT | kernels' share of end-to-end | conv GFLOP/s |")
+    write_result(args.out, "profile_zoo", rows, {"threads": args.threads, "peak": peak})
+    print("| model | kiln ms | ORT ms | kiln/ORT | kernels' share of end-to-end | conv GFLOP/s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['kiln_ms']:.2f} | {r['ort_ms']:.2f} | {r['kiln_over_ort']:.2f}x | "
               f"{r['kernel_sum_share']:.0%} | {r['conv_gflops_per_s'] or '-'} |")
     print(f"peak: {peak}")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

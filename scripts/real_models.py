@@ -16,7 +16,6 @@ decisions (p > 0.5) of kiln and ONNX Runtime side by side. Writes JSON, prints a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from compiler.benchmark import alternating_calls_p50_ms, onnxruntime_reference, write_result
 from compiler.build import compile_model
 from compiler.real_models import REAL_MODELS, real_model_path, sample_inputs
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
-from compiler.runtime import alternating_calls_p50_ms, load
+from compiler.runtime import load
 from compiler.synthetic_speech import synthetic_speech
-from targets.registry import machine_description
 
 
 def argmax_agreement(ours: dict, ref: dict) -> float | None:
@@ -70,11 +69,11 @@ def check(name: str, threads: int, runs: int, rounds: int, workdir: Path) -> dic
     compile_model(path, lib_path, target="host", input_shapes=spec.input_shapes, input_values=spec.input_values)
     compile_s = time.perf_counter() - t0
     lib = load(lib_path, threads=threads)
-    ref = OnnxRuntimeReference(path, threads, spec.input_values)
+    ref = onnxruntime_reference(path, lib.threads, spec.input_values)
     inputs = sample_inputs(spec, lib.inputs, seed=0)
     ours, theirs = lib.run(inputs), ref.run(inputs)
     diff, rel = max_abs_diff(ours, theirs)
-    p50 = alternating_calls_p50_ms({"kiln": lib.timed_call(inputs), "onnxruntime": lambda: ref.run(inputs)},
+    p50 = alternating_calls_p50_ms({"kiln": lib.timed_call(inputs), "onnxruntime": ref.timed_call(inputs)},
                                    rounds=rounds, runs=runs)
     row = {"model": name, "kind": spec.kind, "package": f"{spec.package}=={spec.version}",
            "recurrent": spec.recurrent, "input_shapes": {k: list(v) for k, v in spec.input_shapes.items()},
@@ -108,8 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kiln-real-") as tmp:
         rows = [check(n, args.threads, args.runs, args.rounds, Path(tmp)) for n in args.models]
-    Path(args.out).write_text(json.dumps({"machine": machine_description(), "threads": args.threads,
-                                          "rows": rows}, indent=2))
+    write_result(args.out, "real_models", rows, {"threads": args.threads})
     print(markdown(rows))
 
 

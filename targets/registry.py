@@ -182,25 +182,11 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def machine_description() -> dict:
-    """This machine for a benchmark record: CPU model, its SIMD flags, cores, Python."""
-    import os
-
-    name = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:  # not Linux: the platform's own description
-        name = platform.processor()
-    simd = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "sse4", "asimd", "sve")))
-    return {"cpu": name or platform.processor(), "simd_flags": simd, "cores": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "host_target": detect_host().target}
-
-
-def detect_host() -> TargetPreset:
-    """The preset matching this machine's CPU, read from its feature flags."""
-    machine = platform.machine().lower()
-    flags = cpu_flags()
+def detect_host(flags: frozenset[str] | None = None, machine: str | None = None) -> TargetPreset:
+    """The preset matching this machine's CPU, read from its feature flags (or the given ``flags``
+    of a CPU of architecture ``machine``, e.g. a benchmark record's)."""
+    machine = (machine or platform.machine()).lower()
+    flags = cpu_flags() if flags is None else flags
     if machine in ("aarch64", "arm64"):
         mattr = ["+neon"] + [f"+{f}" for f in ("dotprod", "fullfp16") if f.replace("fullfp16", "asimdhp") in flags]
         target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": mattr}

@@ -127,10 +127,10 @@ def test_fuzzed_models_end_in_kiln_errors(tmp_path):
     out = tmp_path / "fuzz.json"
     done = subprocess.run([sys.executable, "scripts/fuzz_frontend.py", "--cases", "200", "--seed", "11",
                            "--timeout", "60", "--out", str(out)], capture_output=True, text=True, timeout=600)
-    summary = json.loads(out.read_text())
-    assert done.returncode == 0, summary["bad_cases"]
-    assert sum(summary["outcomes"].values()) == 200
-    assert any(k.startswith("kiln_error") for k in summary["outcomes"])
+    result = json.loads(out.read_text())
+    assert done.returncode == 0, result["summary"]["bad_cases"]
+    assert sum(row["cases"] for row in result["rows"]) == 200
+    assert any(row["outcome"].startswith("kiln_error") for row in result["rows"])
 
 
 def _one_node(node, inputs, outputs) -> onnx.ModelProto:

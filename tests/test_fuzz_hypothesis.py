@@ -1,6 +1,6 @@
 """Property: any model, however broken, imports or ends in one kiln error with a one-line message.
 
-Cases come from ``tests/onnx_strategies.py``: random small graphs of supported and
+Cases come from ``compiler/testing/onnx_strategies.py``: random small graphs of supported and
 unsupported operators and the built-in ``tiny`` model, with graph-level and byte-level
 mutations. A bounded, derandomized slice runs here; ``scripts/fuzz_hypothesis.py`` runs
 thousands of random ones in a crash-isolated worker. Below it, the cases it found.
@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from targets.errors import InputError, KilnError, ModelError, UnsupportedOperatorError
 from compiler.frontend import import_onnx
-from tests.onnx_strategies import FuzzCase, fuzz_cases, import_case, is_clear_message
+from compiler.testing.onnx_strategies import FuzzCase, fuzz_cases, import_case, is_clear_message
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_EXAMPLES = 300  # about 10 s on an idle 2-core machine

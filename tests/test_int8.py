@@ -376,7 +376,7 @@ def test_keep_fp32_depthwise_keeps_every_depthwise_conv():
 def test_digits_cnn_int8_accuracy(tmp_path):
     """A real classifier with real labels: INT8 loses at most half a point of accuracy."""
     pytest.importorskip("sklearn")
-    from scripts.int8_models import load as load_labelled
+    from compiler.testing.int8_data import load as load_labelled
 
     labelled = load_labelled("digits", tmp_path)
     shapes = {labelled.input_name: labelled.input_shape}

@@ -1,8 +1,7 @@
-"""The labelled models for the INT8 accuracy report (scripts/int8_models.py): fast parts only."""
+"""The labelled models for the INT8 accuracy report (compiler/testing/int8_data.py): fast parts only."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import int8_models  # noqa: E402
-from onnx_static import freeze_input_shapes  # noqa: E402
-
-from targets.errors import InputError  # noqa: E402
-from compiler.reference import OnnxRuntimeReference  # noqa: E402
+from targets.errors import InputError
+from compiler.reference import OnnxRuntimeReference
+from compiler.shape_folding import freeze_input_shapes
+from compiler.testing import int8_data as int8_models
 
 
 @pytest.fixture(scope="module")

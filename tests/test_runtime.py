@@ -136,14 +136,21 @@ def test_modified_library_is_refused(tiny_lib, tmp_path):
     load(tiny_lib)  # the original still loads
 
 
-def test_many_concurrent_calls_stay_correct_without_leaking(tiny_lib):
+def test_many_concurrent_calls_stay_correct_without_leaking(tiny_lib, tmp_path):
+    import json
+    import os
+    import subprocess
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    from load_test import run
-
-    result = run(tiny_lib, calls=4000, threads=4)
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "load_test.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "load_test.py"), "--library", str(tiny_lib),
+                           "--calls", "4000", "--threads", "4", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())["rows"][0]
     assert result["wrong_results"] == 0 and result["calls"] == 4000
     assert result["rss_growth_mb"] < 20, result
 

@@ -13,45 +13,21 @@ from pathlib import Path
 
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from compiler.build import compile_model
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import load
+from compiler.testing.tuning import complete_lines, small_model
 from schedules.database import RECORD_FILE, DurableDatabase
 from schedules.report import tune_report
 from compiler.tune import TuneOptions, tune_model
 from schedules.tune import parse_budget
-
-RNG = __import__("numpy").random.default_rng(0)
-
-
-def small_model() -> onnx.ModelProto:
-    """MatMul + bias + ReLU, then Softmax: two kernels with a search space."""
-    w = numpy_helper.from_array(RNG.standard_normal((64, 48)).astype("float32"), "w")
-    b = numpy_helper.from_array(RNG.standard_normal(48).astype("float32"), "b")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["a"]),
-             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Softmax", ["r"], ["y"], axis=-1)]
-    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 48])], [w, b])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tune") / "small.onnx"
     onnx.save(small_model(), path)
     return path
-
-
-def complete_lines(db: Path) -> list[str]:
-    path = db / RECORD_FILE
-    if not path.exists():
-        return []
-    text = path.read_text()
-    return text[: text.rfind("\n") + 1].splitlines()
 
 
 def test_parse_budget():

@@ -25,7 +25,7 @@ class QuantizationPlan:
     input_means: dict[str, np.ndarray] = field(default_factory=dict)
     requantize: str = "float"  # float | fixed_point (integer multiplier and shift: ``fixed_point_requantize``)
     # nearest | gptq: round weights so each layer's output on its calibration inputs moves least
-    # (``compiler.passes.gptq``, done once by ``plan_int8``)
+    # (``compiler.quantization.gptq``, done once by ``plan_int8``)
     weight_rounding: str = "nearest"
     # layer name -> its integer weights and scales when not rounded to nearest: conv2d weights
     # in OIHW, matmul weights [K, N] (each layer's own layout is applied when inserted)

@@ -9,7 +9,8 @@ values. ``import_outcome`` imports it and says how that ended: ``imported``,
 ``kiln_error:<Type>``, or a bug (``bad_message:<Type>``, ``other_error:<Type>``).
 
 Used by ``tests/test_fuzz_hypothesis.py`` (a bounded slice) and
-``scripts/fuzz_hypothesis.py`` (thousands of cases in a crash-isolated worker).
+``scripts/fuzz_hypothesis.py`` (thousands of cases in a crash-isolated worker). Needs
+``hypothesis`` (kiln's ``test`` extra).
 """
 
 from __future__ import annotations

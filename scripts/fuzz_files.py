@@ -9,7 +9,10 @@ text files) valid JSON of the wrong shape:
 - ``calibration``: an ``.npz`` for int8 calibration (``compiler.quantization.calibration_data``);
 - ``tuning-db``: each file of a tuning database (workloads, records, baselines, run log),
   through ``kiln tune-report`` and the database loader ``compile --db`` uses;
-- ``model``: an ONNX file, through ``kiln inspect``.
+- ``model``: an ONNX file, through ``kiln inspect``;
+- ``plan``: an INT8 plan (``kiln quantize -o``), through ``load_plan`` and, where it refuses the
+  file, ``kiln compile --int8-plan``; besides byte damage, its ``plan.json`` is replaced by valid
+  JSON of the wrong shape or has one field replaced so.
 
 Commands run in this process through ``compiler.cli.main``, which turns kiln's errors into
 exit code 2 and one line on stderr; any other exception escaping it is a traceback (a bug).
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-KINDS = ("library", "inputs", "calibration", "tuning-db", "model")
+KINDS = ("library", "inputs", "calibration", "tuning-db", "model", "plan")
 
 
 def damage(data: bytes, rng: random.Random) -> tuple[str, bytes]:
@@ -89,6 +92,11 @@ def make_bases(work: Path) -> dict[str, Path]:
     np.savez(inputs, **load(lib, threads=1).random_inputs())
     calibration = work / "calibration.npz"
     np.savez(calibration, data=np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    plan = work / "tiny.kq"
+    code, err = run_cli(["quantize", str(model), "--calibration", str(calibration), "--weight-rounding", "gptq",
+                         "--bias-correction", "-o", str(plan)])
+    if code != 0:
+        raise SystemExit(f"could not write the base INT8 plan: {err}")
 
     db_dir = work / "db"
     db = DurableDatabase(db_dir, writable=True)
@@ -107,7 +115,39 @@ def make_bases(work: Path) -> dict[str, Path]:
     (db_dir / BASELINE_FILE).write_text(json.dumps({"w": 1e-4}))
     (db_dir / LOG_FILE).write_text("".join(json.dumps({"trials": t, "elapsed_s": 1.0 * t, "tasks": 1, "tasks_measured": 1,
                                                        "estimated_ms": 0.5 / t}) + "\n" for t in (1, 2, 3)))
-    return {"model": model, "library": lib, "inputs": inputs, "calibration": calibration, "tuning-db": db_dir}
+    return {"model": model, "library": lib, "inputs": inputs, "calibration": calibration, "tuning-db": db_dir,
+            "plan": plan}
+
+
+def wrong_plan_json(data: bytes, rng: random.Random) -> tuple[str, bytes]:
+    """The plan archive with ``plan.json`` (or one of its top-level fields) replaced by valid JSON of
+    the wrong shape."""
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    document = json.loads(entries["plan.json"])
+    wrong = rng.choice(WRONG_SHAPES)
+    if rng.random() < 0.3:
+        how, entries["plan.json"] = "plan.json", wrong.encode()
+    else:
+        field = rng.choice(sorted(document))
+        section = document[field]
+        if isinstance(section, dict) and section and rng.random() < 0.6:
+            key = rng.choice(sorted(section))
+            how = f"{field}.{key}"
+            text = json.dumps(document).replace(json.dumps({field: section})[1:-1],
+                                                json.dumps(field) + ": " + json.dumps({**section, key: None}), 1)
+            entries["plan.json"] = text.replace(json.dumps(key) + ": null", json.dumps(key) + ": " + wrong, 1).encode()
+        else:
+            how = field
+            entries["plan.json"] = json.dumps({**document, field: None}).replace(
+                json.dumps(field) + ": null", json.dumps(field) + ": " + wrong, 1).encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    return f"json:{how}", out.getvalue()
 
 
 def run_cli(args: list[str]) -> tuple[int | None, str]:
@@ -150,8 +190,13 @@ def one_case(kind: str, bases: dict[str, Path], case_dir: Path, rng: random.Rand
 
     source = bases[kind]
     path = case_dir / source.name
-    how, damaged = damage(source.read_bytes(), rng)
+    if kind == "plan" and rng.random() < 0.4:
+        how, damaged = wrong_plan_json(source.read_bytes(), rng)
+    else:
+        how, damaged = damage(source.read_bytes(), rng)
     path.write_bytes(damaged)
+    if kind == "plan":
+        return how, plan_results(path, bases, case_dir)
     if kind == "library":
         results = [("inspect", *run_cli(["inspect", str(path)]))]
         try:
@@ -175,6 +220,27 @@ def one_case(kind: str, bases: dict[str, Path], case_dir: Path, rng: random.Rand
         except Exception:
             return how, [("calibration", None, traceback.format_exc())]
     return how, [("inspect model", *run_cli(["inspect", str(path)]))]
+
+
+def plan_results(path: Path, bases: dict[str, Path], case_dir: Path) -> list[tuple]:
+    """``load_plan`` on a damaged plan; where it refuses the file, ``kiln compile --int8-plan`` too."""
+    from compiler.build import model_input_shapes
+    from compiler.frontend import import_onnx
+    from compiler.quantization.plan_file import load_plan
+    from targets.errors import KilnError
+
+    imported = import_onnx(bases["model"])
+    try:
+        load_plan(path, imported.sha256, model_input_shapes(imported), weight_bits=8, channel_multiple=4,
+                  signed_activations=False)
+        return [("load_plan", 0, "")]  # damage the format tolerates (e.g. a report field): it loads
+    except KilnError as err:
+        results = [("load_plan", 2, str(err))]
+    except Exception:
+        return [("load_plan", None, traceback.format_exc())]
+    results.append(("compile --int8-plan", *run_cli(["compile", str(bases["model"]), "--int8-plan", str(path),
+                                                      "-o", str(case_dir / "out.so")])))
+    return results
 
 
 def main() -> None:

@@ -15,23 +15,26 @@ def fold_relu_into_quantize(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Drop ``relu`` whose every reader quantizes with its type's lowest zero point (uint8 0, int8
     -128): the quantize's clip does it."""
     bindings = {b.var: b.value for block in mod["main"].body.blocks for b in block.bindings}
-    readers: dict = {}
-    for var, value in bindings.items():
-        for arg in getattr(value, "args", []):
-            if isinstance(arg, relax.Var):
-                readers.setdefault(arg, []).append(value)
+    readers: dict = {}  # var -> every expression reading it (inside tuples too); None: main's result
+    for value in bindings.values():
+        for var in set(relax.analysis.all_vars(value)):
+            readers.setdefault(var, []).append(value)
+    for var in set(relax.analysis.all_vars(mod["main"].body.body)):
+        readers.setdefault(var, []).append(None)
 
     lowest = {"uint8": 0, "int8": -128}
 
-    def _clips_at_zero(value) -> bool:
-        """A quantize whose zero point is its type's lowest value: it clips negatives itself."""
-        dtype = str(value.attrs.out_dtype) if op_name(value) == "relax.quantize" else None
+    def _clips_at_zero(value, var) -> bool:
+        """``value`` quantizes ``var`` with its type's lowest zero point: it clips negatives itself."""
+        if value is None or op_name(value) != "relax.quantize" or not value.args[0].same_as(var):
+            return False
+        dtype = str(value.attrs.out_dtype)
         zero = value.args[2] if dtype in lowest else None
         return isinstance(zero, Constant) and bool(np.all(zero.value.numpy() == lowest[dtype]))
 
     droppable = {var for var, value in bindings.items()
                  if op_name(value) == "relax.nn.relu" and readers.get(var)
-                 and all(_clips_at_zero(r) for r in readers[var])}
+                 and all(_clips_at_zero(r, var) for r in readers[var])}
     if not droppable:
         return mod
 

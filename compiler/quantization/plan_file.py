@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -112,8 +113,8 @@ def _read(path: Path) -> tuple[dict, zipfile.ZipFile]:
     try:
         archive = zipfile.ZipFile(path)
         document = json.loads(archive.read(PLAN_JSON).decode("utf-8"))
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError, UnicodeDecodeError, ValueError, RuntimeError,
-            NotImplementedError, zipfile.LargeZipFile) as err:  # every way a zip or its JSON can be damaged
+    except (zipfile.BadZipFile, zlib.error, KeyError, OSError, EOFError, UnicodeDecodeError, ValueError,
+            RuntimeError, NotImplementedError, zipfile.LargeZipFile, RecursionError) as err:  # every way a zip or its JSON can be damaged
         raise PlanFileError(f"{path} is not a readable kiln INT8 plan ({type(err).__name__}: "
                             f"{str(err)[:120]}); write it again with kiln quantize") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
@@ -173,7 +174,7 @@ def load_plan(path: str | Path, model_sha256: str, input_shapes: dict[str, list]
                               document["fp32_score"], float(document["probe_seconds"]))
         except KilnError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError, zipfile.BadZipFile,
-                RuntimeError) as err:  # a damaged entry or a field of the wrong shape
+        except (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+                RuntimeError, RecursionError) as err:  # a damaged entry or a field of the wrong shape
             raise PlanFileError(f"{path} is a damaged kiln INT8 plan ({type(err).__name__}: {str(err)[:120]}); "
                                 "write it again with kiln quantize") from None

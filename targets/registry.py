@@ -188,7 +188,9 @@ def detect_host(flags: frozenset[str] | None = None, machine: str | None = None)
     machine = (machine or platform.machine()).lower()
     flags = cpu_flags() if flags is None else flags
     if machine in ("aarch64", "arm64"):
-        mattr = ["+neon"] + [f"+{f}" for f in ("dotprod", "fullfp16") if f.replace("fullfp16", "asimdhp") in flags]
+        from targets.cpu_features import ARM_MATTR  # LLVM attribute -> Linux feature name (dotprod: asimddp)
+
+        mattr = ["+neon"] + [attr for attr in ("+dotprod", "+i8mm", "+fullfp16") if ARM_MATTR[attr] in flags]
         target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": mattr}
         return TargetPreset("host", f"this machine (aarch64, {' '.join(mattr)})", target)
     if "avx512_vnni" in flags:

@@ -99,3 +99,12 @@ def test_a_library_needing_a_missing_feature_is_refused_before_loading(tiny_lib,
     with pytest.raises(LibraryError, match=r"needs the CPU features amx_bf16, amx_int8, .*which this CPU lacks.*"
                                            r"one of the presets this CPU runs: x86-avx2"):
         runtime.check_runnable_here(amx, tiny_lib)
+
+
+def test_an_arm_host_is_detected_from_linux_feature_names():
+    """/proc/cpuinfo names dotprod ``asimddp`` and fp16 ``asimdhp``: a Graviton3 host gets all three."""
+    from targets.registry import detect_host
+
+    graviton3 = frozenset({"fp", "asimd", "asimdhp", "asimddp", "i8mm", "sve"})
+    assert detect_host(graviton3, "aarch64").target["mattr"] == ["+neon", "+dotprod", "+i8mm", "+fullfp16"]
+    assert detect_host(frozenset({"fp", "asimd"}), "aarch64").target["mattr"] == ["+neon"]

@@ -535,6 +535,7 @@ def test_evaluate_keeps_layers_fp32_until_accuracy_is_within_the_drop(tmp_path, 
     x = _samples(40, seed=4)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     labels = np.array([session.run(None, {"x": s})[0].argmax() for s in x])
+    labels[::4] = (labels[::4] + 1) % 10  # 10 of 40 wrong for FP32 too: the score is the user's, not agreement
     np.savez(tmp_path / "val.npz", x=x, labels=labels)
     (tmp_path / "acc.py").write_text(
         "import numpy as np\n"
@@ -547,11 +548,12 @@ def test_evaluate_keeps_layers_fp32_until_accuracy_is_within_the_drop(tmp_path, 
             "minmax", "--evaluate", f"{tmp_path / 'acc.py'}:accuracy", "--max-accuracy-drop", "0"]
     assert kiln(args) == 0
     out = capsys.readouterr().out
-    assert "every layer in FP32: accuracy (evaluate) 100.00%" in out  # the labels are FP32's own answers
+    assert "every layer in FP32: accuracy (evaluate) 75.00%" in out  # FP32 scores 30/40 on these labels
     searched = [line for line in out.splitlines() if "layer(s) in FP32: accuracy (evaluate)" in line]
     int8_layers = int(out.split(" layers int8")[0].rsplit("\n", 1)[-1].split("/")[0])  # "N/3 layers int8"
-    assert searched and any(line.endswith("100.00%") for line in searched)
-    assert 3 - int8_layers == min(int(line.split()[0]) for line in searched if line.endswith("100.00%"))
+    scores = {int(line.split()[0]): float(line.rsplit(" ", 1)[1].rstrip("%")) for line in searched}
+    assert scores and max(scores.values()) >= 75.0
+    assert 3 - int8_layers == min(kept for kept, score in scores.items() if score >= 75.0)
     assert kiln(args[:-4] + ["--evaluate", f"{tmp_path / 'acc.py'}:nope"]) == 2
     assert "defines no function 'nope'" in capsys.readouterr().err
     assert kiln(args + ["--min-agreement", "99"]) == 2

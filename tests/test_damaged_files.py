@@ -120,4 +120,4 @@ def test_fuzzing_every_file_kind_finds_no_traceback(tmp_path):
     result = json.loads(out.read_text())
     summary = result["summary"]
     assert summary["cases"] == 100 and summary["tracebacks"] == 0 and {row["file"] for row in result["rows"]} == {
-        "library", "inputs", "calibration", "tuning-db", "model"}
+        "library", "inputs", "calibration", "tuning-db", "model", "plan"}

@@ -194,8 +194,9 @@ def _print_top(outputs: dict[str, np.ndarray], n: int) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from compiler.runtime import load
+    from compiler.runtime import check_streams, load
 
+    check_streams(args.streams, args.threads)
     model = load(args.library, threads=args.threads)
     inputs = _load_inputs(args, model)
     outputs = model.run(inputs)
@@ -207,12 +208,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.output:
         np.savez(args.output, **outputs)
         print(f"wrote outputs to {args.output}")
-    if args.bench:
+    if args.bench and args.streams > 1:
+        _bench_streams(args, inputs, outputs)
+    elif args.bench:
         stats = model.benchmark(args.bench, inputs)
         print(f"kiln         {stats.describe()}")
     if args.reference:
-        return _compare_reference(args, model, inputs, outputs, stats if args.bench else None)
+        return _compare_reference(args, model, inputs, outputs, stats if args.bench and args.streams == 1 else None)
     return 0
+
+
+def _bench_streams(args: argparse.Namespace, inputs, single: dict[str, np.ndarray]) -> None:
+    """Throughput and latency with 1..--streams streams sharing the threads; each configuration's
+    outputs against the single-stream run's."""
+    import time
+
+    from compiler.runtime import PAUSE_S, check_streams, load, measure_throughput
+
+    total = check_streams(args.streams, args.threads)
+    for streams in range(1, args.streams + 1):
+        time.sleep(PAUSE_S)
+        model = load(args.library, threads=total, streams=streams)
+        try:
+            same = all(np.array_equal(value, single[name]) for name, value in model.run(inputs).items())
+            stats = measure_throughput(model, inputs, args.bench)
+        finally:
+            if streams > 1:
+                model.close()
+        print(f"kiln  {stats.describe()}  outputs {'identical' if same else 'DIFFERENT'} to 1 stream")
 
 
 def _compare_reference(args, model, inputs, outputs, stats) -> int:
@@ -473,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help=".npz to write the outputs to")
     p.add_argument("--print-top", type=int, metavar="N", help="print the N largest values of each output")
     p.add_argument("--bench", type=int, metavar="N", help="time N runs and print p50/p90/p99")
+    p.add_argument("--streams", type=int, default=1, metavar="N",
+                   help="with --bench: throughput and latency with 1..N streams serving requests at once, the "
+                        "threads split between them (N <= threads)")
     p.add_argument("--reference", metavar="MODEL.onnx", help="compare with ONNX Runtime on the same inputs")
     p.add_argument("--threads", type=int, help="CPU threads (default: this machine's cores)")
     p.set_defaults(func=_cmd_run)

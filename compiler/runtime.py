@@ -11,14 +11,23 @@ Every mismatch between the inputs given and what the model expects raises
 ``InputError`` (a ``ValueError``) naming the input and the expected shape and dtype,
 before TVM sees the data. One loaded model may be called from several threads: calls
 are serialised by a lock (the Relax VM keeps per-call state).
+
+``load(path, streams=N)`` serves N requests at once instead (``StreamedModel``): N worker
+threads, each with its own VM (its own workspace) and its own share of the threads::
+
+    m = load("model.so", streams=2)    # 2 streams of 1 thread each on a 2-core machine
+    futures = [m.submit(x) for x in batch]
+    outs = [f.result() for f in futures]
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -265,7 +274,9 @@ class CompiledModel:
 
         Returns the outputs as numpy arrays keyed by ONNX output name, in graph order.
         """
-        result = self._call(self._to_device(self._ordered_arrays(inputs)))
+        return self._outputs(self._call(self._to_device(self._ordered_arrays(inputs))))
+
+    def _outputs(self, result) -> dict[str, np.ndarray]:
         values = list(result) if not hasattr(result, "numpy") else [result]
         return {spec.name: v.numpy() for spec, v in zip(self.metadata.outputs, values)}
 
@@ -291,6 +302,156 @@ class CompiledModel:
     def benchmark(self, runs: int = 50, inputs=None, warmup: int = 3) -> LatencyStats:
         """Latency over ``runs`` calls (after ``warmup``), inputs already on the device."""
         return time_calls(self.timed_call(inputs), runs, warmup)
+
+
+@dataclass(frozen=True)
+class ThroughputStats:
+    """Requests served by ``streams`` streams at once: per-request latency and inferences per second."""
+
+    streams: int
+    threads_per_stream: int
+    requests: int
+    seconds: float
+    latency: LatencyStats
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds
+
+    def describe(self) -> str:
+        return (f"{self.streams} stream(s) x {self.threads_per_stream} thread(s): {self.per_second:.1f} inferences/s, "
+                f"latency p50 {self.latency.p50_ms:.3f} ms  p90 {self.latency.p90_ms:.3f} ms  "
+                f"p99 {self.latency.p99_ms:.3f} ms  ({self.requests} requests)")
+
+
+def measure_throughput(model: "CompiledModel | StreamedModel", inputs=None, requests: int = 100,
+                       warmup: int = 2) -> ThroughputStats:
+    """Serve ``requests`` copies of ``inputs`` (default: random) from one client thread per stream
+    of ``model``, each sending its next request when its last one returned (a closed loop):
+    per-request latency, and the inferences per second of all streams together."""
+    streams = getattr(model, "streams", 1)
+    inputs = inputs if inputs is not None else model.random_inputs()
+    for _ in range(warmup * streams):
+        model.run(inputs)
+    samples: list[float] = []
+    lock = threading.Lock()
+    left = [requests]
+
+    def client() -> None:
+        while True:
+            with lock:
+                if left[0] == 0:
+                    return
+                left[0] -= 1
+            began = time.perf_counter()
+            model.run(inputs)
+            with lock:
+                samples.append(time.perf_counter() - began)
+
+    clients = [threading.Thread(target=client) for _ in range(streams)]
+    began = time.perf_counter()
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join()
+    seconds = time.perf_counter() - began
+    threads = getattr(model, "threads_per_stream", None) or model.threads
+    return ThroughputStats(streams, threads, requests, seconds, LatencyStats.from_seconds(samples))
+
+
+class StreamedModel:
+    """A loaded library serving ``streams`` requests at once. Use ``load(path, streams=N)``.
+
+    Each stream is a worker thread with its own Relax VM (so its own workspace) and its own TVM
+    thread pool of ``threads_per_stream`` threads (TVM keeps one pool per calling thread):
+    the streams split the threads, none is oversubscribed. Requests wait in one queue and the
+    first free stream takes the next. ``run`` and ``submit`` are thread-safe; inputs are checked
+    in the caller's thread, as ``CompiledModel.run`` checks them. ``close`` (or a ``with``
+    block) stops the workers.
+    """
+
+    def __init__(self, model: CompiledModel, streams: int, threads_per_stream: int):
+        self.model = model
+        self.metadata = model.metadata
+        self.path = model.path
+        self.streams = streams
+        self.threads_per_stream = threads_per_stream
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._workers = []
+        started = []
+        for number in range(streams):
+            ready: Future = Future()
+            worker = threading.Thread(target=self._serve, args=(ready,), name=f"kiln-stream-{number}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+            started.append(ready)
+        for ready in started:
+            ready.result()  # a stream that cannot start (no memory for its VM) fails the load
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.model.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.model.outputs
+
+    def __repr__(self) -> str:
+        return f"{self.model!r} x {self.streams} streams of {self.threads_per_stream} thread(s)"
+
+    def _serve(self, ready: Future) -> None:
+        tvm = self.model._tvm
+        try:
+            configure_threads(self.threads_per_stream)  # this worker thread's own pool
+            main = tvm.runtime.vm.VirtualMachine(self.model._executable, self.model.device)["main"]
+        except Exception as err:  # TVM's own error types
+            ready.set_exception(LibraryError(f"{self.path}: could not start a stream: {err}"))
+            return
+        ready.set_result(None)
+        while (job := self._jobs.get()) is not None:
+            future, arrays = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = main(*self.model._to_device(arrays))
+                if self.metadata.device != "cpu":
+                    self.model.device.sync()
+                future.set_result(self.model._outputs(result))
+            except BaseException as err:  # handed to the caller through the future
+                future.set_exception(err)
+
+    def submit(self, inputs) -> Future:
+        """Queue one request; the future's result is what ``run`` returns."""
+        if not self._workers:
+            raise InputError(f"{self.path.name}: the streams are closed")
+        future: Future = Future()
+        self._jobs.put((future, self.model._ordered_arrays(inputs)))
+        return future
+
+    def run(self, inputs) -> dict[str, np.ndarray]:
+        """Run once on the next free stream (blocks): outputs by ONNX output name."""
+        return self.submit(inputs).result()
+
+    def random_inputs(self, seed: int = 0, fill: str = "random") -> dict[str, np.ndarray]:
+        return self.model.random_inputs(seed, fill)
+
+    def throughput(self, inputs=None, requests: int = 100, warmup: int = 2) -> ThroughputStats:
+        """``measure_throughput`` of this model with one client per stream."""
+        return measure_throughput(self, inputs, requests, warmup)
+
+    def close(self) -> None:
+        """Stop the workers once the queued requests are served."""
+        for _ in self._workers:
+            self._jobs.put(None)
+        for worker in self._workers:
+            worker.join()
+        self._workers = []
+
+    def __enter__(self) -> "StreamedModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def alternating_p50_ms(models: Mapping[str, CompiledModel], inputs, rounds: int = 3, runs: int = 10) -> dict[str, float]:
@@ -326,10 +487,31 @@ def alternating_calls_p50_ms(calls: Mapping[str, Callable[[], object]], rounds: 
     return {name: float(np.median([s.p50_ms for s in stats])) for name, stats in per_round.items()}
 
 
-def load(path: str | Path, threads: int | None = None) -> CompiledModel:
-    """Load a library made by ``kiln compile``; ``threads`` defaults to this machine's cores."""
+def check_streams(streams: int, threads: int | None) -> int:
+    """The thread count ``streams`` streams split (``threads``, default this machine's cores);
+    ``InputError`` unless every stream gets at least one thread of it."""
+    total = threads or len(os.sched_getaffinity(0))
+    if streams < 1:
+        raise InputError(f"streams must be at least 1, not {streams}")
+    if streams > total:
+        raise InputError(f"{streams} streams need at least {streams} threads (one each; more would oversubscribe "
+                         f"the {total} asked for): use streams <= {total} or threads >= {streams}")
+    return total
+
+
+def load(path: str | Path, threads: int | None = None, streams: int = 1) -> CompiledModel | StreamedModel:
+    """Load a library made by ``kiln compile``; ``threads`` defaults to this machine's cores.
+
+    ``streams`` > 1: a ``StreamedModel`` serving that many requests at once, the threads split
+    evenly between them (``threads`` must be at least ``streams``: one thread per stream at least,
+    never more threads than asked for)."""
     path = Path(path)
     meta = read_metadata(path)  # checks the seal before it parses anything
     check_runnable_here(meta, path)
-    used = configure_threads(threads)
-    return CompiledModel(path, meta, used)
+    total = check_streams(streams, threads)
+    if streams == 1:
+        return CompiledModel(path, meta, configure_threads(threads))
+    if meta.device != "cpu":
+        raise InputError(f"streams run CPU libraries; {path.name} targets {meta.device}")
+    # the caller's own thread keeps its pool as it is: the streams' worker threads run the kernels
+    return StreamedModel(CompiledModel(path, meta, total // streams), streams, total // streams)

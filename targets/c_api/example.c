@@ -121,10 +121,16 @@ int main(int argc, char** argv) {
       printf("%s %d %s %s ", io ? "output-spec" : "input-spec", i, spec.name, spec.dtype_name);
       for (int32_t d = 0; d < spec.ndim; ++d) {
         if (d) putchar('x');
-        if (spec.shape_min[d] != spec.shape_max[d] || spec.shape[d] < 0)
-          printf("(%lld..%lld)", (long long)spec.shape_min[d], (long long)spec.shape_max[d]);
-        else
+        /* as kiln prints shapes: 1x(2..64)x8, "?" where the size is known only at run time */
+        if (spec.shape_min[d] != spec.shape_max[d] || (spec.shape[d] < 0 && spec.shape_min[d] >= 0)) {
+          printf("(%lld..", (long long)spec.shape_min[d]);
+          if (spec.shape_max[d] >= 0) printf("%lld", (long long)spec.shape_max[d]);
+          putchar(')');
+        } else if (spec.shape[d] < 0) {
+          putchar('?');
+        } else {
           printf("%lld", (long long)spec.shape[d]);
+        }
       }
       putchar('\n');
     }

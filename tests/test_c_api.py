@@ -216,3 +216,75 @@ def test_arm64_under_qemu_matches_native(arm_build: Path, native: Path, tiny_onn
     # an x86 library on ARM64: the architecture is refused before the features are compared
     status, _, stderr, _ = run_example(arm_build, tiny_lib, qemu_cpu="max")
     assert status == KILN_E_LIBRARY and "was built for x86_64" in stderr
+
+
+# Drives libkiln_runtime.so through ctypes in a fresh process (without TVM's Python package, whose
+# own libtvm_runtime must not meet the build's copy): API misuse, and a library replaced at the same
+# path while the first one is still loaded.
+_CTYPES_DRIVER = r"""
+import ctypes, json, os, shutil, sys
+import numpy as np
+
+build, lib_a, lib_b, path, x_file = sys.argv[1:]
+k = ctypes.CDLL(os.path.join(build, "libkiln_runtime.so"))
+k.kiln_last_error.restype = ctypes.c_char_p
+
+
+class Tensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int), ("ndim", ctypes.c_int32),
+                ("shape", ctypes.POINTER(ctypes.c_int64))]
+
+
+x = np.fromfile(x_file, np.float32)
+shape = (ctypes.c_int64 * 4)(1, 3, 32, 32)
+report = {}
+
+
+def load_and_run(name):
+    model = ctypes.c_void_p()
+    assert k.kiln_load(path.encode(), 1, ctypes.byref(model)) == 0, k.kiln_last_error()
+    out = Tensor()
+    report[name + "_output_before_run"] = k.kiln_output(model, 0, ctypes.byref(out))
+    t = Tensor(x.ctypes.data, 1, 4, shape)
+    assert k.kiln_run(model, ctypes.byref(t), 1) == 0, k.kiln_last_error()
+    assert k.kiln_output(model, 0, ctypes.byref(out)) == 0
+    report[name] = np.ctypeslib.as_array(ctypes.cast(out.data, ctypes.POINTER(ctypes.c_float)), (10,)).tolist()
+    return model
+
+
+def replace_with(src):  # as `kiln compile` writes: a new file renamed over the old one
+    shutil.copyfile(src, path + ".partial")
+    os.replace(path + ".partial", path)
+
+
+replace_with(lib_a)
+first = load_and_run("a")
+replace_with(lib_b)
+second = load_and_run("b")  # the first is still loaded
+report["spec_out_of_range"] = k.kiln_input_spec(first, 5, ctypes.byref(Tensor()))
+report["spec_error"] = k.kiln_last_error().decode()
+report["load_null"] = k.kiln_load(None, 1, ctypes.byref(ctypes.c_void_p()))
+k.kiln_free(first)
+k.kiln_free(second)
+print(json.dumps(report))
+"""
+
+
+def test_replaced_library_is_loaded_afresh_and_misuse_is_reported(native: Path, tiny_lib: Path, tiny_x,
+                                                                   tmp_path: Path):
+    from compiler.examples import example_model
+
+    other = tmp_path / "tiny-seed1.so"
+    compile_model(example_model("tiny", seed=1), other, target="host")
+    x_file = tmp_path / "x.bin"
+    tiny_x.tofile(x_file)
+    proc = subprocess.run([sys.executable, "-c", _CTYPES_DRIVER, str(native), str(tiny_lib), str(other),
+                           str(tmp_path / "model.so"), str(x_file)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    expected_a = load(tiny_lib, threads=1).run({"data": tiny_x})["prob"][0]
+    expected_b = load(other, threads=1).run({"data": tiny_x})["prob"][0]
+    assert not np.array_equal(expected_a, expected_b)
+    assert np.array_equal(report["a"], expected_a) and np.array_equal(report["b"], expected_b)
+    assert report["a_output_before_run"] == report["spec_out_of_range"] == report["load_null"] == 6  # KILN_E_ARGUMENT
+    assert "index 5 out of range (the model has 1)" in report["spec_error"]

@@ -25,6 +25,8 @@
 #include <tvm/ffi/string.h>
 
 #include <sched.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #if defined(__aarch64__)
 #include <sys/auxv.h>
 #endif
@@ -36,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -172,12 +175,26 @@ const size_t kSealMagicSize = 8;
 const size_t kSealSize = kSealMagicSize + 32;
 const uint16_t kEmX86_64 = 62, kEmAarch64 = 183;
 
-std::vector<uint8_t> ReadFile(const std::string& path) {
+// Which file a path named when it was read: a file rebuilt or replaced at the same path differs.
+struct FileIdentity {
+  uint64_t dev = 0, ino = 0, size = 0;
+  int64_t mtime_s = 0, mtime_ns = 0;
+  bool operator==(const FileIdentity& o) const {
+    return dev == o.dev && ino == o.ino && size == o.size && mtime_s == o.mtime_s && mtime_ns == o.mtime_ns;
+  }
+};
+
+std::vector<uint8_t> ReadFile(const std::string& path, FileIdentity* identity) {
   FILE* f = std::fopen(path.c_str(), "rb");
   if (f == nullptr) {
     int err = errno;
     Fail(KILN_E_IO, path + ": " + (err == ENOENT ? std::string("no such library file") : std::strerror(err)));
   }
+  struct stat st;
+  if (fstat(fileno(f), &st) == 0)
+    *identity = FileIdentity{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+                             static_cast<uint64_t>(st.st_size), static_cast<int64_t>(st.st_mtim.tv_sec),
+                             static_cast<int64_t>(st.st_mtim.tv_nsec)};
   std::vector<uint8_t> data;
   uint8_t chunk[1 << 16];
   size_t got;
@@ -526,6 +543,48 @@ void CheckRunnableHere(const std::string& path, const std::vector<uint8_t>& data
 // ---------------------------------------------------------------------------------------------
 // TVM.
 
+// The dynamic loader hands back the library it already has for a path while that one is still
+// loaded, so a library rebuilt or replaced at the same path and loaded again in the same process
+// would silently run the old code with the new metadata (compiler/runtime.py _load_module_fresh).
+// A path whose file changed since this process first loaded it is loaded from a private copy of
+// the bytes kiln_load read and verified.
+std::mutex g_loaded_lock;
+std::map<std::string, FileIdentity> g_loaded;  // resolved path -> the file first loaded from it
+
+// The file TVM should open for `path`; sets *copy to a temporary file to remove after loading.
+std::string LoadPath(const std::string& path, const FileIdentity& identity, const std::vector<uint8_t>& data,
+                     std::string* copy) {
+  char* real = realpath(path.c_str(), nullptr);
+  std::string key = real ? real : path;
+  std::free(real);
+  {
+    std::lock_guard<std::mutex> hold(g_loaded_lock);
+    auto entry = g_loaded.emplace(key, identity);
+    if (entry.second || entry.first->second == identity) return path;
+  }
+  const char* tmp = std::getenv("TMPDIR");
+  std::string dir = tmp && *tmp ? tmp : "/tmp";
+  std::string name = dir + "/kiln-reload-XXXXXX.so";
+  int fd = mkstemps(&name[0], 3);
+  if (fd < 0) Fail(KILN_E_IO, path + " changed since this process loaded it; cannot write a private copy in " + dir +
+                                  ": " + std::strerror(errno));
+  *copy = name;
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = errno;
+      close(fd);
+      unlink(name.c_str());
+      Fail(KILN_E_IO, "cannot write a private copy of " + path + " to " + name + ": " + std::strerror(err));
+    }
+    done += static_cast<size_t>(n);
+  }
+  close(fd);
+  return name;
+}
+
 struct AlignedCPUAlloc {  // 64-byte aligned, as TVM's own CPU allocator
   void AllocData(DLTensor* t) {
     size_t bytes = (ffi::GetDataSize(*t) + 63) / 64 * 64;
@@ -636,8 +695,10 @@ kiln_status kiln_load(const char* path, int threads, kiln_model** model) {
   if (m == nullptr) return Report(KILN_E_RUNTIME, "out of memory");
   kiln_status status = Guard(KILN_E_LIBRARY, [&] {
     m->path = path;
+    std::string load_path, copy;
     {
-      std::vector<uint8_t> data = ReadFile(m->path);  // freed before TVM maps the file
+      FileIdentity identity;
+      std::vector<uint8_t> data = ReadFile(m->path, &identity);  // freed before TVM maps the file
       if (data.size() < 64 || std::memcmp(data.data(), "\x7f" "ELF", 4) != 0)
         Fail(KILN_E_LIBRARY, m->path + ": not an ELF shared library; give a library made by `kiln compile`");
       VerifySeal(m->path, data);  // before anything in the file is parsed
@@ -646,6 +707,7 @@ kiln_status kiln_load(const char* path, int threads, kiln_model** model) {
         Fail(KILN_E_LIBRARY, m->path + ": not a kiln library (no .kiln_metadata section); compile it with `kiln compile`");
       m->meta = ParseMetadata(m->path, *json);
       CheckRunnableHere(m->path, data, m->meta);
+      load_path = LoadPath(m->path, identity, data, &copy);
     }
     for (const Spec& s : m->meta.inputs) m->input_specs.push_back(PublicSpec(s));
     for (const Spec& s : m->meta.outputs) m->output_specs.push_back(PublicSpec(s));
@@ -656,10 +718,12 @@ kiln_status kiln_load(const char* path, int threads, kiln_model** model) {
     setenv("TVM_NUM_THREADS", std::to_string(std::max(m->threads_wanted, cores)).c_str(), 0);
     setenv("TVM_BIND_THREADS", "0", 0);
     try {
-      m->lib = ffi::Module::LoadFromFile(ffi::String(m->path));
+      m->lib = ffi::Module::LoadFromFile(ffi::String(load_path));
     } catch (const ffi::Error& err) {
+      if (!copy.empty()) unlink(copy.c_str());
       Fail(KILN_E_LIBRARY, m->path + ": TVM could not load the library: " + TvmMessage(err));
     }
+    if (!copy.empty()) unlink(copy.c_str());  // stays mapped
     ffi::Optional<ffi::Function> load_exec = (*m->lib)->GetFunction("vm_load_executable");
     if (!load_exec) Fail(KILN_E_LIBRARY, m->path + ": not a Relax VM library (no vm_load_executable)");
     m->vm = (*load_exec)().cast<ffi::Module>();

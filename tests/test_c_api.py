@@ -288,3 +288,17 @@ def test_replaced_library_is_loaded_afresh_and_misuse_is_reported(native: Path, 
     assert np.array_equal(report["a"], expected_a) and np.array_equal(report["b"], expected_b)
     assert report["a_output_before_run"] == report["spec_out_of_range"] == report["load_null"] == 6  # KILN_E_ARGUMENT
     assert "index 5 out of range (the model has 1)" in report["spec_error"]
+
+
+def test_minimal_program_in_the_docs_builds_and_runs(native: Path, tiny_lib: Path, tmp_path: Path):
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "c-api.md").read_text()
+    source = re.search(r"```c\n(/\* app\.c:.*?)```", doc, re.S).group(1)
+    (tmp_path / "app.c").write_text(source)
+    build = subprocess.run(["gcc", "-std=c11", "-Wall", "-Werror", str(tmp_path / "app.c"), f"-I{native}",
+                            f"-L{native}", "-lkiln_runtime", f"-Wl,-rpath,{native}", "-o", str(tmp_path / "app")],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    proc = subprocess.run([str(tmp_path / "app"), str(tiny_lib)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    expected = load(tiny_lib, threads=1).run({"data": np.zeros((1, 3, 32, 32), np.float32)})["prob"][0]
+    np.testing.assert_allclose([float(v) for v in proc.stdout.split()], expected, rtol=1e-5)

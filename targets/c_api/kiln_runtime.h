@@ -113,7 +113,7 @@ typedef struct kiln_tensor {
  * `threads` of it on whichever thread calls it. */
 KILN_API kiln_status kiln_load(const char* path, int threads, kiln_model** model);
 
-/* Release the model, its outputs and its copy of the library's code (NULL: nothing). */
+/* Release the model, its inputs' copies and its outputs (NULL: nothing). */
 KILN_API void kiln_free(kiln_model* model);
 
 KILN_API int kiln_num_inputs(const kiln_model* model);   /* -1 when model is NULL */

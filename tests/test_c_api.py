@@ -259,6 +259,11 @@ def replace_with(src):  # as `kiln compile` writes: a new file renamed over the 
 
 replace_with(lib_a)
 first = load_and_run("a")
+half = (x * 0.5).astype(np.float32)  # a second run on the same model reuses its input buffer
+out = Tensor()
+assert k.kiln_run(first, ctypes.byref(Tensor(half.ctypes.data, 1, 4, shape)), 1) == 0
+assert k.kiln_output(first, 0, ctypes.byref(out)) == 0
+report["a_half"] = np.ctypeslib.as_array(ctypes.cast(out.data, ctypes.POINTER(ctypes.c_float)), (10,)).tolist()
 replace_with(lib_b)
 second = load_and_run("b")  # the first is still loaded
 report["spec_out_of_range"] = k.kiln_input_spec(first, 5, ctypes.byref(Tensor()))
@@ -286,6 +291,8 @@ def test_replaced_library_is_loaded_afresh_and_misuse_is_reported(native: Path, 
     expected_b = load(other, threads=1).run({"data": tiny_x})["prob"][0]
     assert not np.array_equal(expected_a, expected_b)
     assert np.array_equal(report["a"], expected_a) and np.array_equal(report["b"], expected_b)
+    half = load(tiny_lib, threads=1).run({"data": tiny_x * np.float32(0.5)})["prob"][0]
+    assert np.array_equal(report["a_half"], half) and not np.array_equal(half, expected_a)
     assert report["a_output_before_run"] == report["spec_out_of_range"] == report["load_null"] == 6  # KILN_E_ARGUMENT
     assert "index 5 out of range (the model has 1)" in report["spec_error"]
 

@@ -376,7 +376,8 @@ Spec ParseSpec(const ffi::Any& value) {
       ffi::json::Array r = Item<ffi::json::Array>(ranges, i);
       if (r.size() != 3) throw BadMetadata{"a range is not (axis, low, high)"};
       int64_t axis = Item<int64_t>(r, 0);
-      if (axis < 0 || static_cast<size_t>(axis) >= spec.shape.size()) throw BadMetadata{"a range's axis is out of range"};
+      if (axis < 0 || static_cast<size_t>(axis) >= spec.shape.size())
+        throw BadMetadata{"a range's axis is out of range"};
       spec.ranged[axis] = true;
       spec.low[axis] = Item<int64_t>(r, 1);
       spec.high[axis] = Item<int64_t>(r, 2);
@@ -658,7 +659,8 @@ ffi::Tensor CheckedCopy(const Spec& spec, const kiln_tensor& t, const ffi::Tenso
   size_t count = 1;
   for (int32_t i = 0; i < t.ndim; ++i) {
     uint64_t dim = static_cast<uint64_t>(t.shape[i]);
-    if (dim != 0 && count > SIZE_MAX / 16 / dim) Fail(KILN_E_INPUT, where + "shape " + ShapeText(t.shape, t.ndim) + " is too large");
+    if (dim != 0 && count > SIZE_MAX / 16 / dim)
+      Fail(KILN_E_INPUT, where + "shape " + ShapeText(t.shape, t.ndim) + " is too large");
     count *= dim;
   }
   size_t bytes = count * ByDtype(t.dtype)->size;
@@ -690,7 +692,8 @@ kiln_status kiln_load(const char* path, int threads, kiln_model** model) {
   if (model == nullptr) return Report(KILN_E_ARGUMENT, "kiln_load: model is NULL");
   *model = nullptr;
   if (path == nullptr) return Report(KILN_E_ARGUMENT, "kiln_load: path is NULL");
-  if (threads < 0) return Report(KILN_E_ARGUMENT, "kiln_load: threads is " + std::to_string(threads) + "; give 0 (every core) or more");
+  if (threads < 0)
+    return Report(KILN_E_ARGUMENT, "kiln_load: threads is " + std::to_string(threads) + "; give 0 (every core) or more");
   kiln_model* m = new (std::nothrow) kiln_model();
   if (m == nullptr) return Report(KILN_E_RUNTIME, "out of memory");
   kiln_status status = Guard(KILN_E_LIBRARY, [&] {
@@ -704,7 +707,8 @@ kiln_status kiln_load(const char* path, int threads, kiln_model** model) {
       VerifySeal(m->path, data);  // before anything in the file is parsed
       std::optional<std::string> json = ElfSection(m->path, data, ".kiln_metadata");
       if (!json)
-        Fail(KILN_E_LIBRARY, m->path + ": not a kiln library (no .kiln_metadata section); compile it with `kiln compile`");
+        Fail(KILN_E_LIBRARY,
+             m->path + ": not a kiln library (no .kiln_metadata section); compile it with `kiln compile`");
       m->meta = ParseMetadata(m->path, *json);
       CheckRunnableHere(m->path, data, m->meta);
       load_path = LoadPath(m->path, identity, data, &copy);
@@ -754,8 +758,8 @@ static kiln_status SpecAt(const char* fn, const kiln_model* model, const std::ve
                           int index, kiln_tensor_spec* spec) {
   if (model == nullptr || spec == nullptr) return Report(KILN_E_ARGUMENT, std::string(fn) + ": model or spec is NULL");
   if (index < 0 || static_cast<size_t>(index) >= specs.size())
-    return Report(KILN_E_ARGUMENT, std::string(fn) + ": index " + std::to_string(index) + " out of range (the model has " +
-                                       std::to_string(specs.size()) + ")");
+    return Report(KILN_E_ARGUMENT, std::string(fn) + ": index " + std::to_string(index) +
+                                       " out of range (the model has " + std::to_string(specs.size()) + ")");
   *spec = specs[index];
   return KILN_OK;
 }

@@ -24,6 +24,7 @@ from targets.library_format import LibraryMetadata, TensorSpec, metadata_source,
 from compiler.pipeline import PRECISIONS, build_pipeline
 from compiler.pipeline import simplified_module
 from compiler.quantization.planner import Int8Options, Int8Result, plan_int8
+from targets.cpu_features import required_features
 from targets.cuda import cuda_compile_hook, enable_cuda_codegen, parse_archs
 from schedules.resolved_target import ResolvedTarget, as_resolved, resolve
 from targets.registry import TargetPreset, fp16_refusal, resolve_target
@@ -188,6 +189,13 @@ def _symbolic_twins(imported: ImportedModel, preset: ResolvedTarget, options: Co
     return schedule_twins(preset, twin.mod, options.precision, fusion=options.fusion)
 
 
+def _cpu_features(preset: TargetPreset) -> dict:
+    """The host CPU's architecture and the Linux feature names (``/proc/cpuinfo``) the library's
+    CPU code needs, so that a runtime without kiln's tables (the C API) can refuse it exactly."""
+    arch, features = required_features(preset.host or preset.target)
+    return {"arch": arch, "features": sorted(features)}
+
+
 def build_imported(imported: ImportedModel, output: str | Path, options: CompileOptions) -> CompileReport:
     """Build an already imported model; see ``compile_model``."""
     import tvm
@@ -249,6 +257,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         tuned_kernels=sum(v == "tuned" for v in schedules.values()),
         default_kernels=sum(v != "tuned" for v in schedules.values()),
         extra=dict(extra, kernel_schedules=schedules, kernel_flops=flops, conv_layout=preset.conv_layout,
+                   cpu_features=_cpu_features(preset),
                    **({"input_values": {k: np.asarray(v).tolist() for k, v in options.input_values.items()}}
                       if options.input_values else {})),
     )

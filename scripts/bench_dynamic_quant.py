@@ -49,13 +49,16 @@ def feed_forward_mlp(blocks: int = 4, tokens: int = 128, width: int = 768, hidde
 
 
 MODELS = {"mlp": feed_forward_mlp, "lstm_bidirectional": lambda: recurrent_stack("LSTM")}
+# --small: the same graphs, a fraction of the size (a smoke run: seconds, not minutes)
+SMALL_MODELS = {"mlp": lambda: feed_forward_mlp(blocks=1, tokens=16, width=64, hidden=256),
+                "lstm_bidirectional": lambda: recurrent_stack("LSTM", input_size=16, hidden=32, steps=20)}
 
 
-def bench(name: str, threads: int, runs: int, rounds: int, workdir: Path) -> dict:
+def bench(name: str, threads: int, runs: int, rounds: int, workdir: Path, small: bool = False) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32_path, dq_path = workdir / f"{name}.onnx", workdir / f"{name}_dq.onnx"
-    onnx.save(MODELS[name](), fp32_path)
+    onnx.save((SMALL_MODELS if small else MODELS)[name](), fp32_path)
     quantize_dynamic(str(fp32_path), str(dq_path), weight_type=QuantType.QInt8)
     ops = sorted({f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in onnx.load(dq_path).graph.node
                   if "Integer" in n.op_type or "Dynamic" in n.op_type})
@@ -83,11 +86,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--small", action="store_true",
+                        help="small versions of the models (1 MLP block of 16 x 64 -> 256 -> 64; LSTM hidden 32, "
+                             "20 steps): checks that the script runs, measures nothing worth keeping")
     parser.add_argument("--out", default="bench_dynamic_quant.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kiln-dq-") as tmp:
-        rows = [bench(n, args.threads, args.runs, args.rounds, Path(tmp)) for n in args.models]
-    write_result(args.out, "bench_dynamic_quant", rows, {"threads": args.threads})
+        rows = [bench(n, args.threads, args.runs, args.rounds, Path(tmp), args.small) for n in args.models]
+    write_result(args.out, "bench_dynamic_quant", rows, {"threads": args.threads, "small": args.small})
     print("| model | kiln int8 (ms) | kiln FP32 (ms) | ORT int8 (ms) | ORT FP32 (ms) | kiln int8 / kiln FP32 | "
           "kiln int8 / ORT int8 | rel diff vs ORT int8 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -32,6 +32,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-delay", type=float, default=25.0,
+                        help="each kill comes 0.5 s to this many seconds after the start (a smoke run: a few)")
     parser.add_argument("--out", default="kill_test.json")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -45,7 +47,7 @@ def main() -> None:
             proc = subprocess.Popen([sys.executable, "-m", "compiler", "tune", str(model), "--db", str(db),
                                      "--trials", "100000", "--trials-per-iter", "4", "--population", "64",
                                      "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            delay = rng.uniform(0.5, 25.0)  # from mid start-up to mid-batch
+            delay = rng.uniform(0.5, max(0.5, args.max_delay))  # from mid start-up to mid-batch
             time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -61,7 +63,8 @@ def main() -> None:
             survived = lines
         report = tune_model(model, db, TuneOptions(trials=len(survived) + 4, trials_per_iter=4, population=64,
                                                     progress=False))
-    summary = {"kills": args.kills, "records_lost": lost, "unreadable_after_kill": unreadable,
+    summary = {"kills": args.kills, "max_delay_s": args.max_delay, "records_lost": lost,
+               "unreadable_after_kill": unreadable,
                "records_at_end": len(survived), "resumed_trials_before": report.trials_before,
                "resume_counts_all_records": report.trials_before == len(survived)}
     write_result(args.out, "kill_test", history, summary)

@@ -92,7 +92,10 @@ def int8_plan_for(imported: ImportedModel, preset: TargetPreset, int8: Int8Optio
     if int8 is None:
         raise KilnError("precision int8 needs calibration data: pass --calibration DATA (.npz, .npy or a "
                         "directory of them), or a saved plan --int8-plan model.kq (kiln quantize)")
-    return plan_int8(simplified_module(imported, target), imported, target, int8)
+    from compiler.host_runner import HostRunner
+
+    # calibration and the sensitivity probe run on this machine, whatever the target
+    return plan_int8(simplified_module(imported, target), imported, target, int8, HostRunner(int8.threads))
 
 
 def model_input_shapes(imported: ImportedModel) -> dict[str, list]:

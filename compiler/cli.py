@@ -101,13 +101,15 @@ def _load_function(spec: str):
 
 def _cmd_quantize_report(args: argparse.Namespace) -> int:
     from compiler.frontend import import_onnx, parse_input_shapes
+    from compiler.host_runner import HostRunner
     from compiler.pipeline import simplified_module
     from compiler.quantization import describe_layers, plan_int8
     from schedules.resolved_target import resolve
 
     preset = resolve(args.target, precision="int8")
     imported = import_onnx(args.model, parse_input_shapes(args.input_shape), preset.tvm_target())
-    result = plan_int8(simplified_module(imported, preset), imported, preset, _int8_options(args))
+    options = _int8_options(args)
+    result = plan_int8(simplified_module(imported, preset), imported, preset, options, HostRunner(options.threads))
     print(describe_layers(result))
     if args.json:
         from dataclasses import asdict
@@ -124,6 +126,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from compiler.build import model_input_shapes
     from compiler.control_flow import parse_input_values
     from compiler.frontend import import_onnx, parse_input_shapes
+    from compiler.host_runner import HostRunner
     from compiler.pipeline import simplified_module
     from compiler.quantization import describe_layers, plan_int8
     from compiler.quantization.plan_file import save_plan
@@ -133,7 +136,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     imported = import_onnx(args.model, parse_input_shapes(args.input_shape), preset.tvm_target(),
                            parse_input_values(args.input_value))
     options = _int8_options(args)
-    result = plan_int8(simplified_module(imported, preset), imported, preset, options)
+    result = plan_int8(simplified_module(imported, preset), imported, preset, options, HostRunner(options.threads))
     print(describe_layers(result))
     save_plan(result, args.output, imported.sha256, model_input_shapes(imported), preset.name, options)
     print(f"wrote {args.output}: use it with kiln compile {args.model} --int8-plan {args.output} (and kiln tune "

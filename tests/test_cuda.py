@@ -98,6 +98,7 @@ def _cuda_source_of_int8_build(tmp_path, monkeypatch, **int8_options) -> str:
 
 
 @needs_nvcc
+@pytest.mark.slow  # about a minute of nvcc
 def test_int8_conv_on_cuda_builds_for_int8_tensor_cores(tmp_path, monkeypatch):
     # int8 activations on sm_90 (the tensor cores multiply int8 x int8); kiln's Int8TensorCore rule
     # drops the software pipelining that makes TVM 0.27 fail on dlight's int8 wmma schedule.

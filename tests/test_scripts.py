@@ -102,6 +102,8 @@ SMOKES = [
           "bench_int8_kernel", 1),
     Smoke("bench_recurrent.py", ["--models", "gru_forward", "--rounds", "1", "--runs", "2", "--out", "{out}"],
           "bench_recurrent", 1),
+    Smoke("bench_streams.py", ["--models", "tiny", "--requests", "10", "--rounds", "1", "--out", "{out}"],
+          "bench_streams", 2),
     Smoke("bench_requantize.py", ["--models", "tiny", "--rounds", "1", "--out", "{out}"], "bench_requantize", 1),
     Smoke("bench_symbolic.py", ["--cases", "tiny_width", "--quick", "--rounds", "1", "--runs", "2", "--out", "{out}"],
           "bench_symbolic", 1),
@@ -111,15 +113,16 @@ SMOKES = [
     Smoke("fuzz_frontend.py", ["--cases", "20", "--seed", "0", "--out", "{out}"], "fuzz_frontend"),
     Smoke("fuzz_hypothesis.py", ["--examples", "50", "--seed", "0", "--out", "{out}", "--cases-dir", "{tmp}/cases"],
           "fuzz_hypothesis"),
-    Smoke("int8_report.py", ["--models", "digits", "--runs", "2", "--calibration", "20", "--json", "{out}"],
-          "int8_report", 1, needs=["sympy"]),  # ONNX Runtime's quant_pre_process: the int8 extra
-    Smoke("kill_test.py", ["--kills", "1", "--max-delay", "3", "--out", "{out}"], "kill_test", 1),
     Smoke("layout_report.py", ["--models", "tiny", "--rounds", "1", "--runs", "2", "--workdir", "{tmp}/libs",
                                "--out", "{out}"], "layout_report", 1),
     Smoke("load_test.py", ["--calls", "200", "--threads", "2", "--out", "{out}"], "load_test", 1),
     Smoke("profile_zoo.py", ["--models", "tiny", "--runs", "2", "--out", "{out}"], "profile_zoo", 1),
 ]
 SLOW_SMOKES = [
+    # over 20 s each: a digits CNN trained, calibrated and built three ways; a tuning run killed and resumed
+    Smoke("int8_report.py", ["--models", "digits", "--runs", "2", "--calibration", "20", "--json", "{out}"],
+          "int8_report", 1, needs=["sympy"]),  # ONNX Runtime's quant_pre_process: the int8 extra
+    Smoke("kill_test.py", ["--kills", "1", "--max-delay", "3", "--out", "{out}"], "kill_test", 1),
     # TVM's stock LocalBuilder alone takes ~75 s here for two candidates (its workers import TVM):
     # what the script measures, so there is no faster setting.
     Smoke("bench_builder.py", ["--model", "tiny", "--candidates", "2", "--batch", "2", "--no-fast-import-row",

@@ -69,6 +69,7 @@ def test_budget_ends_the_run_on_time(model_path, tmp_path):
     assert time.monotonic() - start < 120  # ends after the batch in flight, not after every trial
 
 
+@pytest.mark.slow  # over a minute: a tuning run killed mid-batch, then resumed
 def test_sigkill_loses_no_record_and_the_next_run_resumes(model_path, tmp_path):
     db = tmp_path / "db"
     rng = random.Random(7)

@@ -104,6 +104,8 @@ SMOKES = [
           "bench_recurrent", 1),
     Smoke("bench_streams.py", ["--models", "tiny", "--requests", "10", "--rounds", "1", "--out", "{out}"],
           "bench_streams", 2),
+    Smoke("inter_op_bound.py", ["--models", "tiny", "--runs", "2", "--rounds", "1", "--out", "{out}"],
+          "inter_op_bound", 1),
     Smoke("bench_requantize.py", ["--models", "tiny", "--rounds", "1", "--out", "{out}"], "bench_requantize", 1),
     Smoke("bench_symbolic.py", ["--cases", "tiny_width", "--quick", "--rounds", "1", "--runs", "2", "--out", "{out}"],
           "bench_symbolic", 1),

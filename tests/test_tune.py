@@ -97,6 +97,7 @@ def test_sigkill_loses_no_record_and_the_next_run_resumes(model_path, tmp_path):
     assert complete_lines(db)[: len(survived)] == survived
 
 
+@pytest.mark.slow  # over 20 s of tuning
 def test_tuning_a_concat_model_tunes_the_in_place_writers(tmp_path):
     """SqueezeNet's fire module: its conv kernels write into the concat buffer (WriteConcatInPlace);
     tuning them with packed weights must work end to end, and the tuned library stays correct."""
@@ -155,6 +156,7 @@ def test_tune_int8_then_compile_int8_with_the_records(model_path, tmp_path):
         tune_model(model_path, tmp_path / "db2", TuneOptions(trials=4, progress=False, precision="int8"))
 
 
+@pytest.mark.slow  # over 20 s of tuning
 def test_int8_tuning_tensorizes_with_kiln_dot_intrinsic_and_stays_exact(tmp_path):
     """On a CPU with an int8 dot intrinsic, MetaSchedule's design space for int8 convs includes
     kiln's intrinsic (TVM's own spaces have none for AVX2); the tensorized candidates it

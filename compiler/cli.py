@@ -414,7 +414,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"2. compiled it for this machine into {lib_path} in {report.seconds_total:.1f} s ({report.kernels} kernels)")
     print("3. running it next to ONNX Runtime:")
     run_args = argparse.Namespace(library=str(lib_path), threads=args.threads, inputs=None, fill="random",
-                                  print_top=5, output=None, bench=args.bench, reference=str(model_path))
+                                  print_top=5, output=None, bench=args.bench, streams=1, reference=str(model_path))
     return _cmd_run(run_args)
 
 

@@ -112,3 +112,10 @@ def test_inspect_passes_reports_kernel_counts(tiny_onnx):
     assert info["passes"][-1]["launches"] == info["launches_kiln"]
     text = kiln("inspect", str(tiny_onnx), "--passes").stdout
     assert "kernels: TVM stock fusion" in text
+
+
+def test_demo_runs_the_main_job_end_to_end(tmp_path):
+    """`kiln demo` (the README's first command) on the tiny model: compile, run, agree with ONNX Runtime."""
+    done = kiln("demo", "tiny", "--workdir", str(tmp_path), "--bench", "3", "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    assert "onnxruntime agreement" in done.stdout and "kiln / onnxruntime latency" in done.stdout

@@ -31,7 +31,15 @@ def __getattr__(name: str):
         from compiler.runtime import load
 
         return load
+    if name in _ERRORS:  # the error types live in targets/ (every layer raises them)
+        from targets import errors
+
+        return getattr(errors, name)
     raise AttributeError(name)
 
 
-__all__ = ["__version__", "compile_model", "CompileOptions", "CompileReport", "load"]
+_ERRORS = ("KilnError", "ModelError", "UnsupportedOperatorError", "InputError", "TargetError", "LibraryError", "DeviceError",
+           "ToolMissingError")
+
+
+__all__ = ["__version__", "compile_model", "CompileOptions", "CompileReport", "load", *_ERRORS]

@@ -324,15 +324,13 @@ class ThroughputStats:
                 f"p99 {self.latency.p99_ms:.3f} ms  ({self.requests} requests)")
 
 
-def measure_throughput(model: "CompiledModel | StreamedModel", inputs=None, requests: int = 100,
-                       warmup: int = 2) -> ThroughputStats:
-    """Serve ``requests`` copies of ``inputs`` (default: random) from one client thread per stream
-    of ``model``, each sending its next request when its last one returned (a closed loop):
-    per-request latency, and the inferences per second of all streams together."""
-    streams = getattr(model, "streams", 1)
-    inputs = inputs if inputs is not None else model.random_inputs()
-    for _ in range(warmup * streams):
-        model.run(inputs)
+def closed_loop(call: Callable[[], object], clients: int, requests: int,
+                warmup: int = 2) -> tuple[float, LatencyStats]:
+    """``requests`` calls of ``call`` from ``clients`` threads, each sending its next request when its
+    last one returned (a closed loop), after ``warmup`` calls per client: (wall seconds of the
+    timed calls, per-call latency)."""
+    for _ in range(warmup * clients):
+        call()
     samples: list[float] = []
     lock = threading.Lock()
     left = [requests]
@@ -344,19 +342,29 @@ def measure_throughput(model: "CompiledModel | StreamedModel", inputs=None, requ
                     return
                 left[0] -= 1
             began = time.perf_counter()
-            model.run(inputs)
+            call()
             with lock:
                 samples.append(time.perf_counter() - began)
 
-    clients = [threading.Thread(target=client) for _ in range(streams)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     began = time.perf_counter()
-    for c in clients:
-        c.start()
-    for c in clients:
-        c.join()
-    seconds = time.perf_counter() - began
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - began, LatencyStats.from_seconds(samples)
+
+
+def measure_throughput(model: "CompiledModel | StreamedModel", inputs=None, requests: int = 100,
+                       warmup: int = 2) -> ThroughputStats:
+    """Serve ``requests`` copies of ``inputs`` (default: random) from one client thread per stream
+    of ``model`` (``closed_loop``): per-request latency, and the inferences per second of all
+    streams together."""
+    streams = getattr(model, "streams", 1)
+    inputs = inputs if inputs is not None else model.random_inputs()
+    seconds, latency = closed_loop(lambda: model.run(inputs), streams, requests, warmup)
     threads = getattr(model, "threads_per_stream", None) or model.threads
-    return ThroughputStats(streams, threads, requests, seconds, LatencyStats.from_seconds(samples))
+    return ThroughputStats(streams, threads, requests, seconds, latency)
 
 
 class StreamedModel:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,36 +26,13 @@ import numpy as np
 from compiler.benchmark import onnxruntime_reference, write_result
 from compiler.build import compile_model
 from compiler.examples import example_model
-from compiler.runtime import PAUSE_S, LatencyStats, load, measure_throughput
+from compiler.runtime import PAUSE_S, LatencyStats, closed_loop, load, measure_throughput
 
 
 def onnxruntime_throughput(ref, inputs, clients: int, requests: int) -> tuple[float, LatencyStats]:
     """(inferences/s, latency) of ONNX Runtime session ``ref`` called from ``clients`` threads at once."""
-    call = ref.timed_call(inputs)
-    for _ in range(2 * clients):
-        call()
-    samples: list[float] = []
-    lock = threading.Lock()
-    left = [requests]
-
-    def client() -> None:
-        while True:
-            with lock:
-                if left[0] == 0:
-                    return
-                left[0] -= 1
-            began = time.perf_counter()
-            call()
-            with lock:
-                samples.append(time.perf_counter() - began)
-
-    workers = [threading.Thread(target=client) for _ in range(clients)]
-    began = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return requests / (time.perf_counter() - began), LatencyStats.from_seconds(samples)
+    seconds, latency = closed_loop(ref.timed_call(inputs), clients, requests)
+    return requests / seconds, latency
 
 
 def bench_model(name: str, threads: int, streams: int, requests: int, rounds: int, reference: bool,

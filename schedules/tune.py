@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from targets.errors import KilnError
@@ -119,12 +119,12 @@ def rpc_tracker_warning(host: str, trusted: tuple[str, ...] = ()) -> str | None:
             f"--rpc-trust {host} if you control that network")
 
 
-def check_rpc_options(options: SearchOptions) -> None:
-    """Fail at once (before the slow import and task extraction) on bad RPC options; warn when
-    the tracker is not on loopback or on a private address the user trusts."""
+def check_rpc_options(options: SearchOptions, warn: bool = True) -> None:
+    """Fail at once (before the slow import and task extraction) on bad RPC options; with ``warn``,
+    warn when the tracker is not on loopback or on a private address the user trusts."""
     if options.rpc_tracker:
         host, _ = parse_tracker(options.rpc_tracker)
-        warning = rpc_tracker_warning(host, options.rpc_trust)
+        warning = rpc_tracker_warning(host, options.rpc_trust) if warn else None
         if warning:
             log.warning("%s", warning)
         if not options.rpc_key:
@@ -357,7 +357,9 @@ def tune_module(mod, db: str | Path, preset, threads: int, weight_bits: int,
     ``preset`` at ``threads`` threads into the durable database ``db``.
 
     ``weight_bits`` is the int8 weight width the kernels were quantized to (their workloads carry
-    it); it selects kiln's int8 dot intrinsics for the search space.
+    it); it selects kiln's int8 dot intrinsics for the search space. The RPC options are checked
+    here, but the tracker warning is the caller's: ``check_rpc_options`` before its slow work
+    (``compiler.tune.tune_model`` does), so it is logged once.
     """
     from dataclasses import replace
 
@@ -365,7 +367,7 @@ def tune_module(mod, db: str | Path, preset, threads: int, weight_bits: int,
     from schedules.intrinsics import import_tensor_intrinsics
 
     options = options or SearchOptions()
-    check_rpc_options(options)
+    check_rpc_options(options, warn=False)
     if options.trials is None and options.budget_seconds is None:
         options = replace(options, trials=-1)  # resolved to DEFAULT_TRIALS_PER_TASK per task
     import_tensor_intrinsics()  # ~11 s instead of ~100 s (see schedules/intrinsics.py)

@@ -119,6 +119,9 @@ def make_bases(work: Path) -> dict[str, Path]:
             "plan": plan}
 
 
+PLACEHOLDER = "<kiln-fuzz-wrong-shape>"
+
+
 def wrong_plan_json(data: bytes, rng: random.Random) -> tuple[str, bytes]:
     """The plan archive with ``plan.json`` (or one of its top-level fields) replaced by valid JSON of
     the wrong shape."""
@@ -130,19 +133,15 @@ def wrong_plan_json(data: bytes, rng: random.Random) -> tuple[str, bytes]:
     wrong = rng.choice(WRONG_SHAPES)
     if rng.random() < 0.3:
         how, entries["plan.json"] = "plan.json", wrong.encode()
-    else:
+    else:  # a placeholder spliced out after dumping: WRONG_SHAPES holds JSON json.loads cannot nest
         field = rng.choice(sorted(document))
         section = document[field]
         if isinstance(section, dict) and section and rng.random() < 0.6:
             key = rng.choice(sorted(section))
-            how = f"{field}.{key}"
-            text = json.dumps(document).replace(json.dumps({field: section})[1:-1],
-                                                json.dumps(field) + ": " + json.dumps({**section, key: None}), 1)
-            entries["plan.json"] = text.replace(json.dumps(key) + ": null", json.dumps(key) + ": " + wrong, 1).encode()
+            how, section[key] = f"{field}.{key}", PLACEHOLDER
         else:
-            how = field
-            entries["plan.json"] = json.dumps({**document, field: None}).replace(
-                json.dumps(field) + ": null", json.dumps(field) + ": " + wrong, 1).encode()
+            how, document[field] = field, PLACEHOLDER
+        entries["plan.json"] = json.dumps(document).replace(json.dumps(PLACEHOLDER), wrong, 1).encode()
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as archive:
         for name, content in entries.items():

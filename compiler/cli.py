@@ -99,17 +99,24 @@ def _load_function(spec: str):
     return function
 
 
-def _cmd_quantize_report(args: argparse.Namespace) -> int:
+def _calibrate_from_args(args: argparse.Namespace, layout: str | None = None, input_values: list | None = None):
+    """``kiln quantize``/``quantize-report``: (preset, imported model, int8 options, ``Int8Result``)."""
+    from compiler.build import int8_plan_for
+    from compiler.control_flow import parse_input_values
     from compiler.frontend import import_onnx, parse_input_shapes
-    from compiler.host_runner import HostRunner
-    from compiler.pipeline import simplified_module
-    from compiler.quantization import describe_layers, plan_int8
     from schedules.resolved_target import resolve
 
-    preset = resolve(args.target, precision="int8")
-    imported = import_onnx(args.model, parse_input_shapes(args.input_shape), preset.tvm_target())
+    preset = resolve(args.target, layout, "int8")
+    imported = import_onnx(args.model, parse_input_shapes(args.input_shape), preset.tvm_target(),
+                           parse_input_values(input_values))
     options = _int8_options(args)
-    result = plan_int8(simplified_module(imported, preset), imported, preset, options, HostRunner(options.threads))
+    return preset, imported, options, int8_plan_for(imported, preset, options, None)
+
+
+def _cmd_quantize_report(args: argparse.Namespace) -> int:
+    from compiler.quantization import describe_layers
+
+    preset, _, _, result = _calibrate_from_args(args)
     print(describe_layers(result))
     if args.json:
         from dataclasses import asdict
@@ -124,19 +131,10 @@ def _cmd_quantize_report(args: argparse.Namespace) -> int:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from compiler.build import model_input_shapes
-    from compiler.control_flow import parse_input_values
-    from compiler.frontend import import_onnx, parse_input_shapes
-    from compiler.host_runner import HostRunner
-    from compiler.pipeline import simplified_module
-    from compiler.quantization import describe_layers, plan_int8
+    from compiler.quantization import describe_layers
     from compiler.quantization.plan_file import save_plan
-    from schedules.resolved_target import resolve
 
-    preset = resolve(args.target, args.layout, "int8")
-    imported = import_onnx(args.model, parse_input_shapes(args.input_shape), preset.tvm_target(),
-                           parse_input_values(args.input_value))
-    options = _int8_options(args)
-    result = plan_int8(simplified_module(imported, preset), imported, preset, options, HostRunner(options.threads))
+    preset, imported, options, result = _calibrate_from_args(args, args.layout, args.input_value)
     print(describe_layers(result))
     save_plan(result, args.output, imported.sha256, model_input_shapes(imported), preset.name, options)
     print(f"wrote {args.output}: use it with kiln compile {args.model} --int8-plan {args.output} (and kiln tune "

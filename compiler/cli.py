@@ -303,7 +303,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         trials_per_iter=args.trials_per_iter, threads=args.threads,
         input_shapes=parse_input_shapes(args.input_shape), input_values=parse_input_values(args.input_value),
         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc_trust=tuple(args.rpc_trust or ()),
-        progress=not args.no_progress, population=args.population, conv_layout=args.layout,
+        progress=not args.no_progress, population=args.population, space=args.space, conv_layout=args.layout,
         precision=precision, int8=_int8_options(args) if precision == "int8" and not args.int8_plan else None,
         int8_plan=args.int8_plan,
     )
@@ -477,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-trust", action="append", metavar="ADDRESS",
                    help="a private tracker address on a network you control: no warning (TVM RPC is unauthenticated)")
     p.add_argument("--population", type=int, default=512, help="evolutionary search population (smaller: faster batches)")
+    p.add_argument("--space", choices=["kiln", "generic"], default="kiln",
+                   help="kiln: search kiln's default rules with their decisions open where a kernel's rule allows it "
+                        "(MetaSchedule's space for the others); generic: MetaSchedule's space for every kernel")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.add_argument("--precision", choices=["fp32", "int8"],
                    help="fp32 (default); int8: tune the quantized model's kernels (calibrated from --calibration, "

@@ -49,6 +49,9 @@ class SearchOptions:
     progress: bool = True
     # Evolutionary search population (TVM's default 512); smaller means quicker batches.
     population: int = 512
+    # "kiln": kernels whose default rule is tunable are searched in that rule's space
+    # (schedules.space), the others in MetaSchedule's; "generic": MetaSchedule's for all.
+    space: str = "kiln"
 
 
 @dataclass
@@ -275,18 +278,22 @@ def save_cost_model(cost_model, work_dir: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def seed_default_schedules(contexts, database, target, builder, runner) -> int:
+def seed_default_schedules(contexts, database, target, builder, runner, kiln_space: frozenset = frozenset()) -> int:
     """Measure kiln's default schedule of every task without a baseline yet, and keep it.
 
     The time becomes the task's baseline: compiling with the database applies a tuned
     record only when it beats it, so a partially tuned model is never slower than an
-    untuned one. Returns how many baselines were measured.
+    untuned one. Tasks searched in kiln's space (``kiln_space``, task names) also get the
+    default as their first tuning record: it is a point of that space, and the search
+    starts from it. Returns how many baselines were measured.
     """
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
     from schedules.defaults import CPU_RULES
+
+    from tvm.s_tir.meta_schedule.database import TuningRecord
 
     pending = []
     for context in contexts:
@@ -300,22 +307,23 @@ def seed_default_schedules(contexts, database, target, builder, runner) -> int:
                 sch = sch if not isinstance(sch, list) else sch[0]
                 # The arguments as the builder compiles it: weight-packing blocks removed, so a
                 # packed weight is an argument of its packed shape (as in the final library).
-                pending.append((workload, sch, ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
+                pending.append((workload, sch, ArgInfo.from_entry_func(sch.mod, remove_preproc=True),
+                                context.task_name in kiln_space))
                 break
         else:  # no default rule: the untuned kernel is naive loops, any record beats it
             database.record_baseline(workload, float("inf"))
     if not pending:
         return 0
-    built = builder.build([BuilderInput(sch.mod, target) for _, sch, _ in pending])
-    for (workload, _, _), b in zip(pending, built):
+    built = builder.build([BuilderInput(sch.mod, target) for _, sch, _, _ in pending])
+    for (workload, _, _, _), b in zip(pending, built):
         if b.error_msg is not None:
             log.warning("default schedule of a task did not build: %s", b.error_msg[-300:])
             database.record_baseline(workload, float("inf"))
     runs = [(item, b) for item, b in zip(pending, built) if b.error_msg is None]
     device = "cuda" if target.kind.name == "cuda" else "cpu"
-    futures = runner.run([RunnerInput(b.artifact_path, device, args) for (_, _, args), b in runs])
+    futures = runner.run([RunnerInput(b.artifact_path, device, args) for (_, _, args, _), b in runs])
     added = 0
-    for ((workload, sch, args), built_result), future in zip(runs, futures):
+    for ((workload, sch, args, in_kiln_space), built_result), future in zip(runs, futures):
         result = future.result()
         shutil.rmtree(os.path.dirname(built_result.artifact_path), ignore_errors=True)
         if result.error_msg is not None or not result.run_secs:
@@ -326,8 +334,11 @@ def seed_default_schedules(contexts, database, target, builder, runner) -> int:
             continue
         secs = [float(s) for s in result.run_secs]
         database.record_baseline(workload, sum(secs) / len(secs))
-        # Not stored as a tuning record: the search would start from its trace, and MetaSchedule's
-        # RewriteLayout cannot re-pack a weight the default rule already packed.
+        # In MetaSchedule's generic space the default is not a tuning record: the search would start
+        # from its trace, and the generic RewriteLayout cannot re-pack a weight the default rule packed.
+        if in_kiln_space:
+            database.commit_tuning_record(TuningRecord(sch.trace.simplified(remove_postproc=True), workload,
+                                                       result.run_secs, target, args))
         added += 1
     return added
 
@@ -387,6 +398,36 @@ def tune_module(mod, db: str | Path, preset, threads: int, weight_bits: int,
         database.close()
 
 
+SPACES = ("kiln", "generic")
+
+
+def _tune_contexts(extracted, work_dir: Path, target, generic_space, strategy, threads: int,
+                   options: SearchOptions, cpu: bool):
+    """MetaSchedule tuning contexts in task order, their weights, and the names of the tasks
+    searched in kiln's space (``schedules.space``): on CPUs with ``options.space == "kiln"``,
+    every task whose default rule is tunable; the others get ``generic_space``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from schedules.space import kiln_space_generator, tunable_rule
+
+    if options.space not in SPACES:
+        raise KilnError(f"unknown search space '{options.space}'; use one of {', '.join(SPACES)}")
+    ours = {i for i, task in enumerate(extracted)
+            if cpu and options.space == "kiln" and tunable_rule(task.dispatched[0]["main"], target) is not None}
+    groups = [([t for i, t in enumerate(extracted) if i in ours], kiln_space_generator(target, options.seed)),
+              ([t for i, t in enumerate(extracted) if i not in ours], generic_space)]
+    by_name = {}
+    for tasks, space in groups:
+        if tasks:
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                tasks, work_dir=str(work_dir / "logs"), space=space, strategy=strategy, num_threads=threads,
+                seed=options.seed)
+            by_name.update({c.task_name: (c, w) for c, w in zip(contexts, weights)})
+    ordered = [by_name[t.task_name] for t in extracted if t.task_name in by_name]
+    return ([c for c, _ in ordered], [w for _, w in ordered],
+            frozenset(extracted[i].task_name for i in ours))
+
+
 def _tune(mod, options, preset, threads, weight_bits, work_dir, database) -> TuneReport:
     from tvm.s_tir import meta_schedule as ms
 
@@ -403,9 +444,8 @@ def _tune(mod, options, preset, threads, weight_bits, work_dir, database) -> Tun
     space = "post-order-apply"
     if preset.device == "cpu":
         space = int8_tuning_space(target, weight_bits, extracted) or space
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted, work_dir=str(work_dir / "logs"), space=space, strategy=strategy, num_threads=threads,
-        seed=options.seed)
+    contexts, weights, kiln_space = _tune_contexts(extracted, work_dir, target, space, strategy, threads, options,
+                                                   preset.device == "cpu")
     summaries: dict[str, TaskSummary] = {}
     tunable, tunable_weights = [], []
     for context, weight in zip(contexts, weights):
@@ -418,7 +458,7 @@ def _tune(mod, options, preset, threads, weight_bits, work_dir, database) -> Tun
     builder = ForkedBuilder()
     runner = _runner(options)
     if preset.device == "cpu":
-        seeded = seed_default_schedules(tunable, database, target, builder, runner)
+        seeded = seed_default_schedules(tunable, database, target, builder, runner, kiln_space)
         log.info("recorded the default schedule of %d kernels as their baseline", seeded)
     done = {c.task_name: len(database.get_top_k(database.commit_workload(c.mod), 1 << 30)) for c in tunable}
     trials_before = sum(done.values())

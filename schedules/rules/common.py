@@ -28,6 +28,17 @@ class CPUScheduleRule(ScheduleRule):
         return vector_spec(target)
 
 
+def choose(sch: s_tir.Schedule, candidates, default: int):
+    """A tunable decision: MetaSchedule's ``sample_categorical`` over ``candidates`` (uniform
+    probabilities), decided as ``default``, so the schedule built now is the default one and the
+    search may replay its trace with another value. A single candidate is returned as a plain
+    int: nothing to search."""
+    values = sorted(set(int(c) for c in candidates) | {int(default)})
+    if len(values) == 1:
+        return values[0]
+    return sch.sample_categorical(values, [1.0 / len(values)] * len(values), decision=values.index(int(default)))
+
+
 def divisor_at_most(n: int, cap: int) -> int:
     """The largest divisor of ``n`` that is at most ``cap`` (at least 1)."""
     for d in range(min(n, max(cap, 1)), 0, -1):

@@ -33,6 +33,7 @@ from tvm.target import Target
 
 from schedules.rules.common import (
     CPUScheduleRule,
+    choose,
     divisor_at_most,
     inline_epilogue,
     inline_producers,
@@ -121,7 +122,7 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
                  spec: VectorSpec, pack: tuple[int, int] | None = None, rows: int = 1,
                  chunk: int | None = None, inline_padding: bool = False,
                  blocking: ReductionBlocking | None = None, vec_blocks_last: bool = False,
-                 vec_blocks: tuple[tirx.Var, int] | None = None) -> s_tir.Schedule:
+                 vec_blocks: tuple[tirx.Var, int] | None = None, unroll=None) -> s_tir.Schedule:
     """Tile the anchor as ``parallel(outer) · reductions · unroll(reg) · vectorize(lanes)``.
 
     ``pack=(read_index, dim)`` first copies that read buffer into a layout whose ``dim`` is
@@ -137,7 +138,9 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
     blocks of one spatial tile (they share its data, read once into L1) instead of all spatial
     tiles of one block (which streams all the data again per block). ``vec_blocks=(var, n)``:
     the vector axis is the inner part of a blocked axis (NCHWc's ``fi`` under ``fo``); ``n``
-    values of ``var`` are register-tiled too, ``n`` vectors per tile.
+    values of ``var`` are register-tiled too, ``n`` vectors per tile. ``reg``, ``blocking``'s rows
+    and chunk may be sampled decisions (``choose``); ``unroll``, when given, is the parallel
+    loop's ``pragma_auto_unroll_max_step``.
     """
     sch = a.sch
     lanes_base = spec.lanes()
@@ -179,7 +182,7 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
         elif rows_var is not None and v.same_as(rows_var):
             o, inner_rows = sch.split(loop, [None, rows])
             outer.append(o)
-        elif reg_var is not None and v.same_as(reg_var) and reg > 1:
+        elif reg_var is not None and v.same_as(reg_var) and (not isinstance(reg, int) or reg > 1):
             o, inner_reg = sch.split(loop, [None, reg])
             outer.append(o)
         else:
@@ -202,16 +205,22 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
         inner_vec = sch.fuse(inner_rows, inner_vec)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.parallel(fused)
-    # Accumulate into a local tile; the epilogue (or a plain write-back) follows per tile.
+    if unroll is not None:
+        sch.annotate(fused, "pragma_auto_unroll_max_step", unroll)
+        sch.annotate(fused, "pragma_unroll_explicit", 1)
+    # Accumulate into a local tile; the epilogue (or a plain write-back) follows per tile. With
+    # sampled decisions its unit loops stay: a trace replayed with a tile of 1 must still find as
+    # many loops as the trace recorded.
+    keep_unit = any(not isinstance(x, int) for x in (reg, unroll, *(blocking_sizes(blocking))))
     if consumers:
         for c in consumers[:-1]:
             schedule_injective_nest(sch, c.block_rv, lanes_base)
         epilogue = consumers[-1].block_rv
-        sch.reverse_compute_at(epilogue, fused, preserve_unit_loops=False)
+        sch.reverse_compute_at(epilogue, fused, preserve_unit_loops=keep_unit)
         sch.set_scope(block, 0, "local")
     else:
         epilogue = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(epilogue, fused, preserve_unit_loops=False)
+        sch.reverse_compute_at(epilogue, fused, preserve_unit_loops=keep_unit)
     out_dim = next(i for i, v in enumerate(a.out_dims) if v is not None and v.same_as(vec_var))
     nd = len(a.out_dims)
     if out_dim != nd - 1:
@@ -263,6 +272,10 @@ class ReductionBlocking:
     row_var: tirx.Var
     rows: int
     chunk: int
+
+
+def blocking_sizes(blocking: ReductionBlocking | None) -> tuple:
+    return () if blocking is None else (blocking.rows, blocking.chunk)
 
 
 MIN_BLOCK_TILES = 24  # register tiles per task that make a weight chunk worth keeping in L1
@@ -457,6 +470,43 @@ def narrowest_fitting(spec: VectorSpec, channels: int) -> VectorSpec | None:
     return spec if channels % spec.lanes() == 0 else None
 
 
+@dataclass(frozen=True)
+class ChannelTiling:
+    """One design space of ``ChannelVectorized``: the decisions that change the loop structure.
+
+    ``vector_bits``: the register width used (a narrower one leaves lanes idle but fits more
+    channel counts); ``nvec``: weight vectors per register tile, so the packed weight block is
+    ``nvec`` vectors (blocked-channel convs: ``nvec`` channel blocks); ``blocked``: windowed convs
+    walk input channels in chunks per block of rows (``ReductionBlocking``);
+    ``vec_blocks_last``: the parallel loop steps through channel blocks before spatial tiles.
+    Within a space the register rows, the blocking rows and chunk, and the unroll depth are
+    sampling decisions (``schedules.rules.common.choose``).
+    """
+
+    vector_bits: int
+    nvec: int
+    blocked: bool
+    vec_blocks_last: bool
+
+
+UNROLL_STEPS = (0, 16, 64, 512)  # pragma_auto_unroll_max_step candidates (MetaSchedule's CPU set)
+
+
+@dataclass
+class _ChannelCase:
+    """What ``ChannelVectorized`` reads from one function before deciding anything."""
+
+    a: _Anchor
+    v: tirx.Var  # vectorized output axis (weight only)
+    r: tirx.Var  # register-tiled output axis (data only)
+    w_index: int
+    w_region: tirx.BufferRegion
+    windowed: bool
+    channels_var: tirx.Var | None  # NCHWc: the outer channel-block axis
+    row: tirx.Var | None  # the output axis above ``r`` (rows), when blocking may apply
+    per_step: int  # input channels per step of the first reduction axis
+
+
 class ChannelVectorized(CPUScheduleRule):
     """conv2d (NCHW) and matmul-like kernels: vectorize the weight-only output axis.
 
@@ -464,11 +514,34 @@ class ChannelVectorized(CPUScheduleRule):
     axis (conv: F, matmul: N) is indexed by the weight but not by the data, and that
     axis' extent is a multiple of the vector width. Declines (None) otherwise, e.g. for
     depthwise/grouped conv (every output axis also indexes the data) or odd channel counts.
+
+    ``apply`` gives the default schedule; ``design_spaces`` gives one schedule per
+    ``ChannelTiling`` this kernel allows, the default one first, each with its numeric decisions
+    sampled (``choose``) and decided as the defaults: replaying the first space's trace with its
+    own decisions rebuilds the default schedule exactly.
     """
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not self.is_target_available(target):
+        if not self.is_target_available(target) or _find_anchor(func) is None:
             return None
+        default = self._default_tiling(func, target)
+        return None if default is None else self._schedule(func, target, default)
+
+    def design_spaces(self, func: tirx.PrimFunc, target: Target) -> list[s_tir.Schedule]:
+        """The default schedule's space first, then every other tiling that schedules."""
+        if not self.is_target_available(target) or _find_anchor(func) is None:
+            return []
+        default = self._default_tiling(func, target)
+        if default is None:
+            return []
+        spaces = []
+        for tiling in [default, *(t for t in self._tilings(func, target) if t != default)]:
+            sch = self._schedule(func, target, tiling)
+            if sch is not None:
+                spaces.append(sch)
+        return spaces
+
+    def _case(self, func: tirx.PrimFunc) -> _ChannelCase | None:
         a = _find_anchor(func)
         if a is None:
             return None
@@ -485,39 +558,141 @@ class ChannelVectorized(CPUScheduleRule):
         if not plain[w] or not only_w or not only_d or not (spatial & w_vars) - d_vars:
             return None
         v, r = only_w[-1], only_d[-1]
-        spec = narrowest_fitting(self.spec(target), a.extents[v])
-        if spec is None:
-            return None
-        base = spec.lanes()
         windowed = is_windowed(a, reads[d][1])
-        # Blocked channels (NCHWc: [fo, .., fi], fi one vector): the tile takes several fo blocks.
-        blocks_var = only_w[-2] if len(only_w) >= 2 and a.extents[v] == base else None
-        channels = a.extents[v] * (a.extents[blocks_var] if blocks_var is not None else 1)
-        nvec, reg = register_tile(channels, a.extents[r], spec, windowed)
-        vec_blocks = (blocks_var, nvec) if blocks_var is not None and nvec > 1 else None
-        lanes = base if blocks_var is not None else base * nvec
-        w_index, w_region = reads[w]
-        dim = next(i for i, x in enumerate(w_region.region) if x.min.same_as(v))
-        # Weights already blocked by the vector (NCHWc convs: [.., ci, fi], fi innermost) need no packing.
-        prepacked = dim == len(w_region.region) - 1 and a.extents[v] == lanes
-        blocking = None
+        row = None
         if windowed:
             r_pos = next(i for i, x in enumerate(a.out_dims) if x is not None and x.same_as(r))
             row = a.out_dims[r_pos - 1] if r_pos > 0 else None
             row = row if row is not None and row in only_d else None
-            tasks = 1
-            for var in a.out_vars[: a.out_vars.index(row)] if row is not None else []:
-                tasks *= a.extents[var] // (lanes if var.same_as(v) else nvec if var.same_as(blocks_var) else 1)
-            last = reads[d][1].region[-1].min  # blocked channels: [.., ci] indexed by a reduction axis
-            per_step = a.extents[last] if isinstance(last, tirx.Var) and last not in spatial else 1
-            blocking = reduction_blocking(a, row, a.extents[r] // reg, tasks, per_step)
+        last = reads[d][1].region[-1].min  # blocked channels: [.., ci] indexed by a reduction axis
+        per_step = a.extents[last] if isinstance(last, tirx.Var) and last not in spatial else 1
+        return _ChannelCase(a, v, r, reads[w][0], reads[w][1], windowed, only_w[-2] if len(only_w) >= 2 else None,
+                            row, per_step)
+
+    @staticmethod
+    def _blocks_var(c: _ChannelCase, base: int) -> tirx.Var | None:
+        """Blocked channels (NCHWc: [fo, .., fi], fi one vector): the tile takes several fo blocks."""
+        return c.channels_var if c.channels_var is not None and c.a.extents[c.v] == base else None
+
+    def _fitting_spec(self, c: _ChannelCase, target: Target, vector_bits: int | None = None) -> VectorSpec | None:
+        spec = self.spec(target)
+        if vector_bits is not None:
+            spec = replace(spec, vector_bits=vector_bits)
+        return narrowest_fitting(spec, c.a.extents[c.v])
+
+    def _default_tiling(self, func: tirx.PrimFunc, target: Target) -> ChannelTiling | None:
+        c = self._case(func)
+        spec = None if c is None else self._fitting_spec(c, target)
+        if spec is None:
+            return None
+        nvec, reg = self._default_tile(c, spec)
+        blocked = c.windowed and self._default_blocking(c, spec, nvec, reg) is not None
+        return ChannelTiling(spec.vector_bits, nvec, blocked, not c.windowed)
+
+    def _default_tile(self, c: _ChannelCase, spec: VectorSpec) -> tuple[int, int]:
+        base = spec.lanes()
+        blocks_var = self._blocks_var(c, base)
+        channels = c.a.extents[c.v] * (c.a.extents[blocks_var] if blocks_var is not None else 1)
+        return register_tile(channels, c.a.extents[c.r], spec, c.windowed)
+
+    def _row_tasks(self, c: _ChannelCase, spec: VectorSpec, nvec: int) -> int:
+        """Parallel tasks per block of rows: the output axes above the rows, in tiles."""
+        base = spec.lanes()
+        blocks_var = self._blocks_var(c, base)
+        lanes = base if blocks_var is not None else base * nvec
+        tasks = 1
+        for var in c.a.out_vars[: c.a.out_vars.index(c.row)] if c.row is not None else []:
+            tasks *= c.a.extents[var] // (lanes if var.same_as(c.v) else nvec if var.same_as(blocks_var) else 1)
+        return tasks
+
+    def _default_blocking(self, c: _ChannelCase, spec: VectorSpec, nvec: int, reg: int) -> ReductionBlocking | None:
+        return reduction_blocking(c.a, c.row, c.a.extents[c.r] // reg, self._row_tasks(c, spec, nvec), c.per_step)
+
+    def _tilings(self, func: tirx.PrimFunc, target: Target) -> list[ChannelTiling]:
+        """Every structural variant: the register widths that fit, 1/2/4 vectors per tile,
+        blocking on and off for windowed convs, both parallel orders for the others."""
+        c = self._case(func)
+        if c is None:
+            return []
+        out = []
+        full = self.spec(target).vector_bits
+        for bits in sorted({full, full // 2}, reverse=True):
+            spec = self._fitting_spec(c, target, bits)
+            if spec is None or spec.vector_bits != bits:
+                continue
+            base = spec.lanes()
+            blocks_var = self._blocks_var(c, base)
+            channels = c.a.extents[c.v] * (c.a.extents[blocks_var] if blocks_var is not None else 1)
+            for nvec in (1, 2, 4):
+                if channels % (base * nvec):
+                    continue
+                if c.windowed:
+                    can_block = c.row is not None and bool(self._blocking_candidates(c, spec, nvec)[1])
+                    out += [ChannelTiling(bits, nvec, blocked, False) for blocked in (False, True)
+                            if can_block or not blocked]
+                else:
+                    out += [ChannelTiling(bits, nvec, False, last) for last in (True, False)]
+        return out
+
+    def _blocking_candidates(self, c: _ChannelCase, spec: VectorSpec, nvec: int) -> tuple[list[int], list[int]]:
+        """(rows, chunks) a blocked tiling may sample: row counts dividing the height that leave
+        two parallel tasks, and input-channel chunks dividing the first reduction axis (up to 64
+        channels)."""
+        stmt = c.a.sch.get(c.a.anchor.block_rv)
+        reduction = [iv for iv in stmt.iter_vars if iv.iter_type != tirx.IterVar.DataPar]
+        if c.row is None or not reduction:
+            return [], []
+        height, steps = c.a.extents[c.row], c.a.extents[reduction[0].var]
+        tasks = self._row_tasks(c, spec, nvec)
+        rows = [d for d in range(1, height + 1) if height % d == 0 and tasks * (height // d) >= 2]
+        chunks = [k for k in range(1, steps) if steps % k == 0 and k * c.per_step <= 64]
+        return rows, chunks
+
+    def _schedule(self, func: tirx.PrimFunc, target: Target, tiling: ChannelTiling) -> s_tir.Schedule | None:
+        c = self._case(func)
+        spec = None if c is None else self._fitting_spec(c, target, tiling.vector_bits)
+        if spec is None or spec.vector_bits != tiling.vector_bits:
+            return None
+        a, sch, base = c.a, c.a.sch, spec.lanes()
+        blocks_var = self._blocks_var(c, base)
+        nvec = tiling.nvec
+        default_nvec, default_reg = self._default_tile(c, spec)
+        if nvec != default_nvec:  # the rows the default tile would take with this many vectors
+            default_reg = self._reg_candidates(c, spec, nvec)[-1]
+        reg = choose(sch, self._reg_candidates(c, spec, nvec), default_reg)
+        vec_blocks = (blocks_var, nvec) if blocks_var is not None and nvec > 1 else None
+        lanes = base if blocks_var is not None else base * nvec
+        dim = next(i for i, x in enumerate(c.w_region.region) if x.min.same_as(c.v))
+        # Weights already blocked by the vector (NCHWc convs: [.., ci, fi], fi innermost) need no packing.
+        prepacked = dim == len(c.w_region.region) - 1 and a.extents[c.v] == lanes
+        blocking = None
+        if tiling.blocked:
+            rows, chunks = self._blocking_candidates(c, spec, nvec)
+            if not rows or not chunks:
+                return None
+            default = self._default_blocking(c, spec, nvec, default_reg if isinstance(default_reg, int) else 1)
+            default_rows = default.rows if default is not None and default.rows in rows else rows[0]
+            default_chunk = default.chunk if default is not None and default.chunk in chunks else chunks[-1]
+            blocking = ReductionBlocking(c.row, choose(sch, rows, default_rows), choose(sch, chunks, default_chunk))
         try:
             # 1x1 convs and matmuls: a data tile shared by all channel blocks (ResNet-50's 256->64 1x1
             # at 56x56: 1.18 -> 1.00 ms; whole network 84.95 -> 79.95 ms, same process).
-            return _tile_anchor(a, v, lanes, r, reg, spec, pack=None if prepacked else (w_index, dim),
-                                blocking=blocking, vec_blocks_last=not windowed, vec_blocks=vec_blocks)
+            return _tile_anchor(a, c.v, lanes, c.r, reg, spec, pack=None if prepacked else (c.w_index, dim),
+                                blocking=blocking, vec_blocks_last=tiling.vec_blocks_last, vec_blocks=vec_blocks,
+                                unroll=choose(sch, UNROLL_STEPS, 0))
         except ScheduleError:
             return None
+
+    @staticmethod
+    def _reg_candidates(c: _ChannelCase, spec: VectorSpec, nvec: int) -> list[int]:
+        """Register rows a tile of ``nvec`` vectors may take (``register_tile``'s register budget):
+        any count up to it for windowed convs (a tail is allowed), divisors of the axis otherwise."""
+        extent = c.a.extents[c.r]
+        if c.windowed:
+            cap = max(1, min(spec.registers - nvec - 3, 16) // nvec)
+            return list(range(1, min(extent, cap) + 1))
+        cap = max(1, min(spec.registers - 2, 16) // nvec)
+        return [d for d in range(1, min(extent, cap) + 1) if extent % d == 0]
 
 
 def _weight_to_pack(a: _Anchor, x: tirx.Var, lanes: int) -> tuple[int, int] | None:

@@ -130,10 +130,12 @@ def int8_layer_kernels(mod) -> int:
 
 
 def kernel_schedules(mod, device: str) -> dict[str, str]:
-    """Who scheduled each TIR kernel: ``tuned`` (database record), ``default:<rule>``, or ``naive``."""
+    """Who scheduled each TIR kernel: ``tuned`` (a database record from MetaSchedule's space),
+    ``tuned:<rule>`` (a record from that kiln rule's space), ``default:<rule>``, or ``naive``."""
     import tvm
 
     from schedules.defaults import RULE_ATTR, SCHEDULED_ATTR
+    from schedules.rules.common import space_of
 
     sources = {}
     for gvar, func in mod.functions_items():
@@ -144,7 +146,9 @@ def kernel_schedules(mod, device: str) -> dict[str, str]:
             sources[gvar.name_hint] = f"default:{attrs[RULE_ATTR]}"
         elif SCHEDULED_ATTR in attrs and bool(attrs[SCHEDULED_ATTR]):
             # On CUDA both tuning records and dlight's rules set the same attribute.
-            sources[gvar.name_hint] = "tuned or dlight" if device == "cuda" else "tuned"
+            space = space_of(func)
+            sources[gvar.name_hint] = ("tuned or dlight" if device == "cuda" else
+                                       f"tuned:{space}" if space is not None else "tuned")
         else:
             sources[gvar.name_hint] = "naive"
     return sources
@@ -257,8 +261,8 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         source_sha256=imported.sha256,
         source_name=imported.name,
         opset=imported.opset,
-        tuned_kernels=sum(v == "tuned" for v in schedules.values()),
-        default_kernels=sum(v != "tuned" for v in schedules.values()),
+        tuned_kernels=sum(v.startswith("tuned") for v in schedules.values()),
+        default_kernels=sum(not v.startswith("tuned") for v in schedules.values()),
         extra=dict(extra, kernel_schedules=schedules, kernel_flops=flops, conv_layout=preset.conv_layout,
                    cpu_features=_cpu_features(preset),
                    **({"input_values": {k: np.asarray(v).tolist() for k, v in options.input_values.items()}}

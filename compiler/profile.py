@@ -84,7 +84,7 @@ class KernelTime:
     ms_per_call: float
     total_ms: float
     share: float  # of the end-to-end median
-    schedule: str  # "default:<rule>", "tuned", "naive", or "" when the library does not say
+    schedule: str  # "default:<rule>", "tuned", "tuned:<rule>", "naive", or "" when the library does not say
     flops: float | None  # per call, TVM's estimate on the scheduled kernel; None when unknown
     arguments: list[str] = field(default_factory=list)  # "float32[1x64x56x56]" per argument
 

@@ -37,6 +37,10 @@ class EagerGradientScheduler(PyTaskScheduler):
         if self.pending is None:
             return
         task_id, self.pending = self.pending, None
+        if self._outer().tasks_[task_id].is_terminated:
+            # TVM ends a task instead of measuring it when its search has nothing new to offer
+            # (a small design space, measured through) or its per-task cap is reached: no batch.
+            return
         results = self.join_running_task(task_id)
         times = [sum(float(s) for s in r.run_secs) / len(r.run_secs)
                  for r in results if r.error_msg is None and r.run_secs]

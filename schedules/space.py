@@ -1,14 +1,15 @@
 """kiln's own design space for MetaSchedule: the default rules with their decisions left open.
 
-A kernel whose default rule is tunable (it has ``design_spaces``, e.g. ``ChannelVectorized``)
-is searched in that rule's spaces instead of MetaSchedule's generic one. Each space is a
-schedule whose structural choices are fixed (vector width, vectors per tile, blocking) and
-whose numeric ones are ``sample_categorical`` decisions (register rows, blocking rows and
-channel chunk, unroll depth), decided as the default rule decides them. MetaSchedule does
-the rest: the evolutionary search replays the spaces' traces with sampled decisions, the
-XGBoost cost model ranks them, and ``MutateDecision`` moves one decision of a measured
-trace to another of its candidates (TVM's own mutators only mutate tile sizes, unroll
-annotations, parallel extents and compute locations, none of which kiln's traces use).
+A kernel whose default rule is tunable (it has ``design_spaces``: ``ChannelVectorized``,
+``SpatialVectorized``) is searched in that rule's spaces instead of MetaSchedule's generic
+one. Each space is a schedule whose structural choices are fixed (vector width, vectors per
+tile, blocking, the accumulator tile's shape) and whose numeric ones are
+``sample_categorical`` decisions (register rows, blocking rows and channel chunk), decided as
+the default rule decides them. MetaSchedule does the rest: the evolutionary search replays
+the spaces' traces with sampled decisions, the XGBoost cost model ranks them, and
+``MutateDecision`` moves one decision of a measured trace to another of its candidates
+(TVM's own mutators only mutate tile sizes, unroll annotations, parallel extents and compute
+locations, none of which kiln's traces use).
 
 Expects a CPU (LLVM) target. Guarantees: the first space of a kernel, with its decisions as
 recorded, is the kernel's default schedule (``test_tunable_rules.py`` checks the replay is
@@ -32,11 +33,12 @@ SAMPLE_CATEGORICAL = "SampleCategorical"
 
 
 def tunable_rule(func: tirx.PrimFunc, target: Target):
-    """The rule that schedules ``func`` by default, when that rule is tunable; else None."""
+    """The rule that schedules ``func`` by default, when that rule offers design spaces for it
+    (strided pooling, which ``SpatialVectorized`` runs as scalar rows, has none); else None."""
     for rule in CPU_RULES:
         if not rule.is_target_available(target) or rule.apply(func, target, False) is None:
             continue
-        return rule if hasattr(rule, "design_spaces") else None
+        return rule if hasattr(rule, "design_spaces") and rule.design_spaces(func, target) else None
     return None
 
 

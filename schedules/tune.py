@@ -459,7 +459,8 @@ def _tune(mod, options, preset, threads, weight_bits, work_dir, database) -> Tun
     runner = _runner(options)
     if preset.device == "cpu":
         seeded = seed_default_schedules(tunable, database, target, builder, runner, kiln_space)
-        log.info("recorded the default schedule of %d kernels as their baseline", seeded)
+        log.info("recorded the default schedule of %d kernels as their baseline (%d kernels are searched in kiln's "
+                 "space, where it is also their first record)", seeded, len(kiln_space))
     done = {c.task_name: len(database.get_top_k(database.commit_workload(c.mod), 1 << 30)) for c in tunable}
     trials_before = sum(done.values())
     if options.per_task is not None:

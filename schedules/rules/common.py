@@ -28,6 +28,16 @@ class CPUScheduleRule(ScheduleRule):
         return vector_spec(target)
 
 
+SPACE_ANNOTATION = "kiln.space"  # root-block annotation: the kiln rule whose design space a schedule is from
+
+
+def space_of(func: tirx.PrimFunc) -> str | None:
+    """The kiln rule whose design space scheduled ``func`` (``SPACE_ANNOTATION``), or None."""
+    root = getattr(func.body, "block", None)
+    value = root.annotations.get(SPACE_ANNOTATION) if root is not None else None
+    return None if value is None else str(value)
+
+
 def choose(sch: s_tir.Schedule, candidates, default: int):
     """A tunable decision: MetaSchedule's ``sample_categorical`` over ``candidates`` (uniform
     probabilities), decided as ``default``, so the schedule built now is the default one and the

@@ -32,6 +32,7 @@ from tvm.s_tir.schedule import ScheduleError
 from tvm.target import Target
 
 from schedules.rules.common import (
+    SPACE_ANNOTATION,
     CPUScheduleRule,
     choose,
     divisor_at_most,
@@ -122,7 +123,7 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
                  spec: VectorSpec, pack: tuple[int, int] | None = None, rows: int = 1,
                  chunk: int | None = None, inline_padding: bool = False,
                  blocking: ReductionBlocking | None = None, vec_blocks_last: bool = False,
-                 vec_blocks: tuple[tirx.Var, int] | None = None, unroll=None) -> s_tir.Schedule:
+                 vec_blocks: tuple[tirx.Var, int] | None = None) -> s_tir.Schedule:
     """Tile the anchor as ``parallel(outer) · reductions · unroll(reg) · vectorize(lanes)``.
 
     ``pack=(read_index, dim)`` first copies that read buffer into a layout whose ``dim`` is
@@ -139,8 +140,7 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
     tiles of one block (which streams all the data again per block). ``vec_blocks=(var, n)``:
     the vector axis is the inner part of a blocked axis (NCHWc's ``fi`` under ``fo``); ``n``
     values of ``var`` are register-tiled too, ``n`` vectors per tile. ``reg``, ``blocking``'s rows
-    and chunk may be sampled decisions (``choose``); ``unroll``, when given, is the parallel
-    loop's ``pragma_auto_unroll_max_step``.
+    and chunk may be sampled decisions (``choose``).
     """
     sch = a.sch
     lanes_base = spec.lanes()
@@ -205,13 +205,10 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
         inner_vec = sch.fuse(inner_rows, inner_vec)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.parallel(fused)
-    if unroll is not None:
-        sch.annotate(fused, "pragma_auto_unroll_max_step", unroll)
-        sch.annotate(fused, "pragma_unroll_explicit", 1)
     # Accumulate into a local tile; the epilogue (or a plain write-back) follows per tile. With
     # sampled decisions its unit loops stay: a trace replayed with a tile of 1 must still find as
     # many loops as the trace recorded.
-    keep_unit = any(not isinstance(x, int) for x in (reg, unroll, *(blocking_sizes(blocking))))
+    keep_unit = any(not isinstance(x, int) for x in (reg, *(blocking_sizes(blocking))))
     if consumers:
         for c in consumers[:-1]:
             schedule_injective_nest(sch, c.block_rv, lanes_base)
@@ -399,6 +396,32 @@ def spatial_tile(width: int, height: int, channels: int, spec: VectorSpec, bits:
     return best[1:]
 
 
+def spatial_tile_shapes(width: int, height: int, channels: int, spec: VectorSpec, bits: int = 32,
+                        strided: bool = False) -> list[tuple[int, int, int]]:
+    """Every (rows, lanes, chunk) accumulator shape ``spatial_tile`` weighs for these extents (the
+    design spaces of ``SpatialVectorized``): divisors of the width of at least 4 lanes as one
+    vector of up to two registers, and with contiguous rows (``height > 1``) whole rows as
+    unrolled full or half registers within the register budget."""
+    base = spec.lanes(bits)
+    shapes = [(1, d, d) for d in range(4, min(width, 2 * base) + 1) if width % d == 0]
+    if height > 1:
+        cap = spec.registers - 2
+        tiles = [(1, d) for d in range(4, width + 1) if width % d == 0]
+        tiles += [(k, k * width) for k in range(2, height + 1) if height % k == 0]
+        for rows, lanes in tiles:
+            chunk = next((c for c in (base, base // 2) if c >= 4 and lanes % c == 0), lanes if lanes <= base else 0)
+            if chunk and lanes // chunk <= cap and (rows, lanes, chunk) not in shapes:
+                shapes.append((rows, lanes, chunk))
+    return shapes
+
+
+def spatial_channel_rows(channels: int, lanes: int, chunk: int, spec: VectorSpec) -> int:
+    """The channel register tile ``spatial_tile`` pairs with a ``lanes``-wide tile of ``chunk``-lane
+    vectors: as many channels as leave registers for the vectors, at most 8."""
+    nvec = max(1, lanes // max(chunk, 1))
+    return divisor_at_most(channels, max(1, min(8, (spec.registers - 2) // nvec)))
+
+
 def register_tile(vec_extent: int, reg_extent: int, spec: VectorSpec, windowed: bool = True) -> tuple[int, int]:
     """(vectors, rows) of the accumulator tile: ``vectors`` registers along the vectorized axis
     times ``rows`` along the register-tiled one; ``vectors`` divides ``vec_extent / lanes`` and
@@ -479,8 +502,10 @@ class ChannelTiling:
     ``nvec`` vectors (blocked-channel convs: ``nvec`` channel blocks); ``blocked``: windowed convs
     walk input channels in chunks per block of rows (``ReductionBlocking``);
     ``vec_blocks_last``: the parallel loop steps through channel blocks before spatial tiles.
-    Within a space the register rows, the blocking rows and chunk, and the unroll depth are
-    sampling decisions (``schedules.rules.common.choose``).
+    Within a space the register rows and the blocking rows and chunk are sampling decisions
+    (``schedules.rules.common.choose``). The unroll depth is not: kiln already unrolls the
+    register tile, and MetaSchedule's auto-unroll (16 or 64 steps) on top of it made LLVM take
+    20 s to 5 minutes to compile one candidate (SqueezeNet's stem conv), against 2 s without.
     """
 
     vector_bits: int
@@ -489,7 +514,7 @@ class ChannelTiling:
     vec_blocks_last: bool
 
 
-UNROLL_STEPS = (0, 16, 64, 512)  # pragma_auto_unroll_max_step candidates (MetaSchedule's CPU set)
+MAX_BLOCK_ROWS = 16  # rows of a ReductionBlocking a tiling may sample
 
 
 @dataclass
@@ -635,16 +660,16 @@ class ChannelVectorized(CPUScheduleRule):
         return out
 
     def _blocking_candidates(self, c: _ChannelCase, spec: VectorSpec, nvec: int) -> tuple[list[int], list[int]]:
-        """(rows, chunks) a blocked tiling may sample: row counts dividing the height that leave
-        two parallel tasks, and input-channel chunks dividing the first reduction axis (up to 64
-        channels)."""
+        """(rows, chunks) a blocked tiling may sample: row counts dividing the height (up to
+        ``MAX_BLOCK_ROWS``) that leave two parallel tasks, and input-channel chunks dividing the
+        first reduction axis (up to 64 channels)."""
         stmt = c.a.sch.get(c.a.anchor.block_rv)
         reduction = [iv for iv in stmt.iter_vars if iv.iter_type != tirx.IterVar.DataPar]
         if c.row is None or not reduction:
             return [], []
         height, steps = c.a.extents[c.row], c.a.extents[reduction[0].var]
         tasks = self._row_tasks(c, spec, nvec)
-        rows = [d for d in range(1, height + 1) if height % d == 0 and tasks * (height // d) >= 2]
+        rows = [d for d in range(1, min(height, MAX_BLOCK_ROWS) + 1) if height % d == 0 and tasks * (height // d) >= 2]
         chunks = [k for k in range(1, steps) if steps % k == 0 and k * c.per_step <= 64]
         return rows, chunks
 
@@ -654,6 +679,7 @@ class ChannelVectorized(CPUScheduleRule):
         if spec is None or spec.vector_bits != tiling.vector_bits:
             return None
         a, sch, base = c.a, c.a.sch, spec.lanes()
+        sch.annotate(sch.get_sblock("root"), SPACE_ANNOTATION, type(self).__name__)
         blocks_var = self._blocks_var(c, base)
         nvec = tiling.nvec
         default_nvec, default_reg = self._default_tile(c, spec)
@@ -678,8 +704,7 @@ class ChannelVectorized(CPUScheduleRule):
             # 1x1 convs and matmuls: a data tile shared by all channel blocks (ResNet-50's 256->64 1x1
             # at 56x56: 1.18 -> 1.00 ms; whole network 84.95 -> 79.95 ms, same process).
             return _tile_anchor(a, c.v, lanes, c.r, reg, spec, pack=None if prepacked else (c.w_index, dim),
-                                blocking=blocking, vec_blocks_last=tiling.vec_blocks_last, vec_blocks=vec_blocks,
-                                unroll=choose(sch, UNROLL_STEPS, 0))
+                                blocking=blocking, vec_blocks_last=tiling.vec_blocks_last, vec_blocks=vec_blocks)
         except ScheduleError:
             return None
 
@@ -724,6 +749,27 @@ class SpatialVectorized(CPUScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not self.is_target_available(target):
             return None
+        c = self._case(func, target)
+        if c is None:
+            return None
+        if c.pooling_by_rows:
+            try:
+                return _rows_in_parallel(c.a)
+            except ScheduleError:
+                return None
+        return self._schedule(func, target, c.tile[:3])
+
+    def design_spaces(self, func: tirx.PrimFunc, target: Target) -> list[s_tir.Schedule]:
+        """One space per accumulator tile shape (rows, lanes, chunk) that ``spatial_tile`` would
+        consider, the default first; the channel register tile is a sampled decision. Strided
+        pooling (scalar rows, no decisions) has none."""
+        c = self._case(func, target) if self.is_target_available(target) else None
+        if c is None or c.pooling_by_rows:
+            return []
+        shapes = [c.tile[:3], *(t for t in spatial_tile_shapes(*c.tile_args) if t != c.tile[:3])]
+        return [sch for sch in (self._schedule(func, target, shape) for shape in shapes) if sch is not None]
+
+    def _case(self, func: tirx.PrimFunc, target: Target) -> "_SpatialCase | None":
         a = _find_anchor(func)
         if a is None:
             return None
@@ -738,26 +784,51 @@ class SpatialVectorized(CPUScheduleRule):
         stmt = a.sch.get(a.anchor.block_rv)
         bits = tvm.DataType(str(stmt.writes[0].source.dtype)).bits
         strided = x_stride(a, x) > 1
-        tile = spatial_tile(a.extents[x], a.extents[y] if rows_ok else 1,
-                            a.extents[reg_var] if reg_var is not None else 1, spec, bits, strided)
+        tile_args = (a.extents[x], a.extents[y] if rows_ok else 1,
+                     a.extents[reg_var] if reg_var is not None else 1, spec, bits, strided)
+        tile = spatial_tile(*tile_args)
         if tile is None:
             return None
-        rows, lanes, chunk, reg = tile
         products = len(input_reads(stmt)) >= 2  # a conv, not a pooling
+        return _SpatialCase(a, spec, x, reg_var, tile, tile_args, products, strided and not products)
+
+    def _schedule(self, func: tirx.PrimFunc, target: Target, shape: tuple[int, int, int]) -> s_tir.Schedule | None:
+        c = self._case(func, target)
+        if c is None:
+            return None
+        rows, lanes, chunk = shape
+        a, sch = c.a, c.a.sch
+        sch.annotate(sch.get_sblock("root"), SPACE_ANNOTATION, type(self).__name__)
+        channels = a.extents[c.reg_var] if c.reg_var is not None else 1
+        default_reg = c.tile[3] if shape == c.tile[:3] else spatial_channel_rows(channels, lanes, chunk, c.spec)
+        reg = choose(sch, [d for d in range(1, min(channels, 8) + 1) if channels % d == 0], default_reg)
+        strided = c.tile_args[5]
         try:
-            if strided and not products:  # pooling
-                return _rows_in_parallel(a)
             # Strided depthwise/grouped convs: each lane is loaded on its own anyway, so zero padding
             # is cheaper as a select per load than as a padded copy (ShuffleNet's 116-channel 3x3
             # stride-2 depthwise: 0.56 -> 0.16 ms; ONNX Runtime 0.15). Not for max-pooling: its
             # -inf padding inlined was slower (ResNet-50's max-pool 0.41 -> 1.18 ms).
             # NHWC depthwise weights packed channel-innermost at compile time: the PP-OCR
             # classifier's INT8 200-channel 5x5 depthwise 0.33 -> 0.25 ms (same process, 6 pairs).
-            pack = _weight_to_pack(a, x, lanes) if products and rows == 1 else None
-            return _tile_anchor(a, x, lanes, reg_var, reg, spec, pack=pack, rows=rows, chunk=chunk,
-                                inline_padding=strided and products)
+            pack = _weight_to_pack(a, c.x, lanes) if c.products and rows == 1 else None
+            return _tile_anchor(a, c.x, lanes, c.reg_var, reg, c.spec, pack=pack, rows=rows, chunk=chunk,
+                                inline_padding=strided and c.products)
         except ScheduleError:
             return None
+
+
+@dataclass
+class _SpatialCase:
+    """What ``SpatialVectorized`` reads from one function before deciding anything."""
+
+    a: _Anchor
+    spec: VectorSpec
+    x: tirx.Var  # vectorized output axis (the last)
+    reg_var: tirx.Var | None  # register-tiled channel axis
+    tile: tuple[int, int, int, int]  # spatial_tile's default (rows, lanes, chunk, channel rows)
+    tile_args: tuple  # spatial_tile's arguments
+    products: bool  # a conv (two reads), not a pooling
+    pooling_by_rows: bool  # strided pooling: scalar rows in parallel (_rows_in_parallel)
 
 
 class RowReduction(CPUScheduleRule):

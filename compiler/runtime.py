@@ -478,12 +478,15 @@ def alternating_rounds(calls: Mapping[str, Callable[[], object]], rounds: int = 
 
     Each runner's block starts after a short pause: thread pools spin-wait after a call, and an
     ONNX Runtime session still spinning doubled the next session's latency on 2 cores
-    (SqueezeNet QDQ: 8.3 ms alternating without the pause, 4.5 ms with it, 4.1 ms alone)."""
+    (SqueezeNet QDQ: 8.3 ms alternating without the pause, 4.5 ms with it, 4.1 ms alone).
+    Odd rounds run the runners in reverse order, so that none is always the one that follows a
+    given other (two copies of one SqueezeNet library, always in the same order, differed by
+    10 %)."""
     stats: dict[str, list[LatencyStats]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
+    for r in range(rounds):
+        for name in (list(calls) if r % 2 == 0 else list(reversed(list(calls)))):
             time.sleep(PAUSE_S)
-            stats[name].append(time_calls(call, runs, warmup=warmup))
+            stats[name].append(time_calls(calls[name], runs, warmup=warmup))
     return stats
 
 

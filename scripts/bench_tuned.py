@@ -7,7 +7,8 @@ that a noisy moment on a shared machine hits all three alike. Reports the median
 of each one's p50, the tuned/untuned ratio (the "a partially tuned model is never slower" check) and the ratios
 to ONNX Runtime. Writes JSON.
 
-    python scripts/bench_tuned.py squeezenet.onnx --db tuning/ --threads 2 --out result.json
+    python scripts/bench_tuned.py squeezenet.onnx --db tuning/ --threads 2 --rounds 30 \
+        --tuned-with "kiln tune --budget 10m" --out result.json
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--runs", type=int, default=10, help="timed calls per library per round")
+    parser.add_argument("--tuned-with", default=None,
+                        help="how --db was tuned, kept in the result (e.g. 'kiln tune --budget 10m --space kiln')")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kiln-bench-tuned-") as tmp:
@@ -45,7 +48,7 @@ def main() -> int:
                  "onnxruntime": ref.timed_call(inputs)}
         p50 = alternating_calls_p50_ms(calls, rounds=args.rounds, runs=args.runs)
     row = {
-        "model": Path(args.model).stem, "db": str(args.db), "threads": untuned.threads,
+        "model": Path(args.model).stem, "db": str(args.db), "tuned_with": args.tuned_with, "threads": untuned.threads,
         "tuned_kernels": report.tuned_kernels, "kernels": report.kernels,
         "untuned_p50_ms": round(p50["untuned"], 3), "tuned_p50_ms": round(p50["tuned"], 3),
         "onnxruntime_p50_ms": round(p50["onnxruntime"], 3),

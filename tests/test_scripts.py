@@ -156,9 +156,10 @@ def test_bench_tuned(tmp_path: Path, tiny_onnx: Path) -> None:
     """With an empty tuning database (tuning itself is kiln tune's test): both builds, three timings."""
     (tmp_path / "db").mkdir()
     out = tmp_path / "bench_tuned.json"
-    run_script("bench_tuned.py", tiny_onnx, "--db", tmp_path / "db", "--rounds", "1", "--runs", "2", "--out", out)
+    run_script("bench_tuned.py", tiny_onnx, "--db", tmp_path / "db", "--rounds", "1", "--runs", "2",
+               "--tuned-with", "nothing", "--out", out)
     row = check_envelope(out, "bench_tuned", 1).rows[0]
-    assert row["tuned_kernels"] == 0 and row["untuned_p50_ms"] > 0
+    assert row["tuned_kernels"] == 0 and row["untuned_p50_ms"] > 0 and row["tuned_with"] == "nothing"
 
 
 def test_runtime_example(tiny_lib: Path) -> None:

@@ -19,6 +19,7 @@ from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import load
 from compiler.testing.tuning import complete_lines, small_model
 from schedules.database import RECORD_FILE, DurableDatabase
+from schedules.rules.common import SPACE_ANNOTATION
 from schedules.report import tune_report
 from compiler.tune import TuneOptions, tune_model
 from schedules.tune import parse_budget
@@ -56,6 +57,18 @@ def test_tune_then_compile_applies_records(model_path, tmp_path):
     assert rel <= 1e-4
     again = tune_model(model_path, db, TuneOptions(trials=8, trials_per_iter=4, progress=False, population=64))
     assert again.stopped_by == "already done" and again.trials_run == 0  # trials in the db count
+    # The matmul was searched in kiln's own space (ChannelVectorized's): its records are that rule's
+    # traces, the default schedule first. With every baseline made unbeatable-by-nothing (as if each
+    # record had measured faster), compile applies them, and the kernel says where it came from.
+    records = DurableDatabase(db).get_all_tuning_records()
+    assert any(SPACE_ANNOTATION in str(r.trace) and "sample_categorical" in str(r.trace) for r in records)
+    baselines_file = db / "default_baselines.json"
+    baselines_file.write_text(json.dumps({k: 1e9 for k in json.loads(baselines_file.read_text())}))
+    compile_model(model_path, tmp_path / "forced.so", db=db)
+    m = load(tmp_path / "forced.so")
+    assert "tuned:ChannelVectorized" in m.metadata.extra["kernel_schedules"].values()
+    _, rel = max_abs_diff(m.run(x), OnnxRuntimeReference(model_path, 2).run(x))
+    assert rel <= 1e-4
     summary = tune_report(db, tmp_path / "curve.png")
     assert summary["records"] == len(DurableDatabase(db)) and summary["final_estimated_ms"] > 0
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

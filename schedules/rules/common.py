@@ -28,14 +28,22 @@ class CPUScheduleRule(ScheduleRule):
         return vector_spec(target)
 
 
-SPACE_ANNOTATION = "kiln.space"  # root-block annotation: the kiln rule whose design space a schedule is from
+# Annotation of the reduction block: the kiln rule whose design space a schedule is from. On that
+# block, not the root: relax's SplitLayoutRewritePreproc rebuilds the root without annotations.
+SPACE_ANNOTATION = "kiln.space"
 
 
 def space_of(func: tirx.PrimFunc) -> str | None:
     """The kiln rule whose design space scheduled ``func`` (``SPACE_ANNOTATION``), or None."""
-    root = getattr(func.body, "block", None)
-    value = root.annotations.get(SPACE_ANNOTATION) if root is not None else None
-    return None if value is None else str(value)
+    sch = s_tir.Schedule(func)
+    pending = [sch.get_sblock("root")]
+    while pending:
+        block = pending.pop()
+        value = sch.get(block).annotations.get(SPACE_ANNOTATION)
+        if value is not None:
+            return str(value)
+        pending += list(sch.get_child_blocks(block))
+    return None
 
 
 def choose(sch: s_tir.Schedule, candidates, default: int):

@@ -547,24 +547,20 @@ class ChannelVectorized(CPUScheduleRule):
     """
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not self.is_target_available(target) or _find_anchor(func) is None:
-            return None
-        default = self._default_tiling(func, target)
-        return None if default is None else self._schedule(func, target, default)
+        c = self._case(func) if self.is_target_available(target) else None
+        default = None if c is None else self._default_tiling(c, target)
+        return None if default is None else self._schedule(c, target, default)
 
     def design_spaces(self, func: tirx.PrimFunc, target: Target) -> list[s_tir.Schedule]:
-        """The default schedule's space first, then every other tiling that schedules."""
-        if not self.is_target_available(target) or _find_anchor(func) is None:
-            return []
-        default = self._default_tiling(func, target)
+        """The default schedule's space first, then every other tiling that schedules (each on
+        a fresh schedule of ``func``)."""
+        c = self._case(func) if self.is_target_available(target) else None
+        default = None if c is None else self._default_tiling(c, target)
         if default is None:
             return []
-        spaces = []
-        for tiling in [default, *(t for t in self._tilings(func, target) if t != default)]:
-            sch = self._schedule(func, target, tiling)
-            if sch is not None:
-                spaces.append(sch)
-        return spaces
+        tilings = [default, *(t for t in self._tilings(c, target) if t != default)]
+        spaces = (self._schedule(self._case(func), target, tiling) for tiling in tilings)
+        return [sch for sch in spaces if sch is not None]
 
     def _case(self, func: tirx.PrimFunc) -> _ChannelCase | None:
         a = _find_anchor(func)
@@ -605,9 +601,8 @@ class ChannelVectorized(CPUScheduleRule):
             spec = replace(spec, vector_bits=vector_bits)
         return narrowest_fitting(spec, c.a.extents[c.v])
 
-    def _default_tiling(self, func: tirx.PrimFunc, target: Target) -> ChannelTiling | None:
-        c = self._case(func)
-        spec = None if c is None else self._fitting_spec(c, target)
+    def _default_tiling(self, c: _ChannelCase, target: Target) -> ChannelTiling | None:
+        spec = self._fitting_spec(c, target)
         if spec is None:
             return None
         nvec, reg = self._default_tile(c, spec)
@@ -633,12 +628,9 @@ class ChannelVectorized(CPUScheduleRule):
     def _default_blocking(self, c: _ChannelCase, spec: VectorSpec, nvec: int, reg: int) -> ReductionBlocking | None:
         return reduction_blocking(c.a, c.row, c.a.extents[c.r] // reg, self._row_tasks(c, spec, nvec), c.per_step)
 
-    def _tilings(self, func: tirx.PrimFunc, target: Target) -> list[ChannelTiling]:
+    def _tilings(self, c: _ChannelCase, target: Target) -> list[ChannelTiling]:
         """Every structural variant: the register widths that fit, 1/2/4 vectors per tile,
         blocking on and off for windowed convs, both parallel orders for the others."""
-        c = self._case(func)
-        if c is None:
-            return []
         out = []
         full = self.spec(target).vector_bits
         for bits in sorted({full, full // 2}, reverse=True):
@@ -673,13 +665,13 @@ class ChannelVectorized(CPUScheduleRule):
         chunks = [k for k in range(1, steps) if steps % k == 0 and k * c.per_step <= 64]
         return rows, chunks
 
-    def _schedule(self, func: tirx.PrimFunc, target: Target, tiling: ChannelTiling) -> s_tir.Schedule | None:
-        c = self._case(func)
-        spec = None if c is None else self._fitting_spec(c, target, tiling.vector_bits)
+    def _schedule(self, c: _ChannelCase, target: Target, tiling: ChannelTiling) -> s_tir.Schedule | None:
+        """Schedule ``c``'s function (its own schedule, which this modifies) with ``tiling``."""
+        spec = self._fitting_spec(c, target, tiling.vector_bits)
         if spec is None or spec.vector_bits != tiling.vector_bits:
             return None
         a, sch, base = c.a, c.a.sch, spec.lanes()
-        sch.annotate(sch.get_sblock("root"), SPACE_ANNOTATION, type(self).__name__)
+        sch.annotate(a.anchor.block_rv, SPACE_ANNOTATION, type(self).__name__)
         blocks_var = self._blocks_var(c, base)
         nvec = tiling.nvec
         default_nvec, default_reg = self._default_tile(c, spec)
@@ -696,7 +688,7 @@ class ChannelVectorized(CPUScheduleRule):
             rows, chunks = self._blocking_candidates(c, spec, nvec)
             if not rows or not chunks:
                 return None
-            default = self._default_blocking(c, spec, nvec, default_reg if isinstance(default_reg, int) else 1)
+            default = self._default_blocking(c, spec, nvec, default_reg)
             default_rows = default.rows if default is not None and default.rows in rows else rows[0]
             default_chunk = default.chunk if default is not None and default.chunk in chunks else chunks[-1]
             blocking = ReductionBlocking(c.row, choose(sch, rows, default_rows), choose(sch, chunks, default_chunk))
@@ -757,7 +749,7 @@ class SpatialVectorized(CPUScheduleRule):
                 return _rows_in_parallel(c.a)
             except ScheduleError:
                 return None
-        return self._schedule(func, target, c.tile[:3])
+        return self._schedule(c, c.tile[:3])
 
     def design_spaces(self, func: tirx.PrimFunc, target: Target) -> list[s_tir.Schedule]:
         """One space per accumulator tile shape (rows, lanes, chunk) that ``spatial_tile`` would
@@ -767,7 +759,8 @@ class SpatialVectorized(CPUScheduleRule):
         if c is None or c.pooling_by_rows:
             return []
         shapes = [c.tile[:3], *(t for t in spatial_tile_shapes(*c.tile_args) if t != c.tile[:3])]
-        return [sch for sch in (self._schedule(func, target, shape) for shape in shapes) if sch is not None]
+        spaces = (self._schedule(self._case(func, target), shape) for shape in shapes)
+        return [sch for sch in spaces if sch is not None]
 
     def _case(self, func: tirx.PrimFunc, target: Target) -> "_SpatialCase | None":
         a = _find_anchor(func)
@@ -792,13 +785,11 @@ class SpatialVectorized(CPUScheduleRule):
         products = len(input_reads(stmt)) >= 2  # a conv, not a pooling
         return _SpatialCase(a, spec, x, reg_var, tile, tile_args, products, strided and not products)
 
-    def _schedule(self, func: tirx.PrimFunc, target: Target, shape: tuple[int, int, int]) -> s_tir.Schedule | None:
-        c = self._case(func, target)
-        if c is None:
-            return None
+    def _schedule(self, c: "_SpatialCase", shape: tuple[int, int, int]) -> s_tir.Schedule | None:
+        """Schedule ``c``'s function (its own schedule, which this modifies) with this tile shape."""
         rows, lanes, chunk = shape
         a, sch = c.a, c.a.sch
-        sch.annotate(sch.get_sblock("root"), SPACE_ANNOTATION, type(self).__name__)
+        sch.annotate(a.anchor.block_rv, SPACE_ANNOTATION, type(self).__name__)
         channels = a.extents[c.reg_var] if c.reg_var is not None else 1
         default_reg = c.tile[3] if shape == c.tile[:3] else spatial_channel_rows(channels, lanes, chunk, c.spec)
         reg = choose(sch, [d for d in range(1, min(channels, 8) + 1) if channels % d == 0], default_reg)

@@ -176,9 +176,10 @@ def int8_tuning_space(target, weight_bits: int, tasks):
 
 
 def _has_search_space(context) -> bool:
-    """False for tasks whose design space has a single candidate (reshape, concatenate, …)."""
+    """False for tasks with a single candidate (reshape, concatenate, …): one design space and
+    no decision in it. kiln's spaces may have none and still offer several tilings."""
     spaces = context.generate_design_space()
-    return any(len(space.trace.decisions) > 0 for space in spaces)
+    return len(spaces) > 1 or any(len(space.trace.decisions) > 0 for space in spaces)
 
 
 def _best_ms(database, workload) -> float | None:

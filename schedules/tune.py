@@ -456,14 +456,18 @@ def _tune(mod, options, preset, threads, weight_bits, work_dir, database) -> Tun
         else:
             summaries[context.task_name] = TaskSummary(context.task_name, float(weight), 0, None,
                                                        "one candidate only: default schedule, not searched")
+    def records() -> dict[str, int]:
+        return {c.task_name: len(database.get_top_k(database.commit_workload(c.mod), 1 << 30)) for c in tunable}
+
     builder = ForkedBuilder()
     runner = _runner(options)
+    trials_before = sum(records().values())  # measured by earlier runs
     if preset.device == "cpu":
         seeded = seed_default_schedules(tunable, database, target, builder, runner, kiln_space)
         log.info("recorded the default schedule of %d kernels as their baseline (%d kernels are searched in kiln's "
                  "space, where it is also their first record)", seeded, len(kiln_space))
-    done = {c.task_name: len(database.get_top_k(database.commit_workload(c.mod), 1 << 30)) for c in tunable}
-    trials_before = sum(done.values())
+    done = records()
+    seeded_records = sum(done.values()) - trials_before  # default schedules stored as records by this run
     if options.per_task is not None:
         keep = [i for i, c in enumerate(tunable) if done[c.task_name] < options.per_task]
         for i, c in enumerate(tunable):
@@ -475,7 +479,7 @@ def _tune(mod, options, preset, threads, weight_bits, work_dir, database) -> Tun
     trials = options.trials
     if trials == -1:
         trials = DEFAULT_TRIALS_PER_TASK * len(contexts)
-    remaining = (trials - trials_before) if trials is not None else 1 << 30
+    remaining = (trials - trials_before - seeded_records) if trials is not None else 1 << 30
     log.info("%d tasks (%d with a search space), %d trials already in %s", len(contexts), len(tunable),
              trials_before, work_dir)
     stopped_by = "trials"
@@ -491,7 +495,7 @@ def _tune(mod, options, preset, threads, weight_bits, work_dir, database) -> Tun
         deadline = start + options.budget_seconds if options.budget_seconds is not None else None
         total = remaining if options.trials is not None else None
         state = _RunState(work_dir, tunable, tunable_weights, database, cost_model, total, deadline,
-                          trials_before, options.progress)
+                          trials_before + seeded_records, options.progress)
         callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _make_progress_callback(state)]
         try:
             ms.tune_tasks(
@@ -516,6 +520,6 @@ def _tune(mod, options, preset, threads, weight_bits, work_dir, database) -> Tun
     estimate = sum(s.weight * s.best_ms for s in measured) if measured else None
     return TuneReport(
         db=str(work_dir), target=preset.name, threads=threads, trials_before=trials_before,
-        trials_run=state.trials_run if state else 0, seconds=round(time.monotonic() - start, 1),
+        trials_run=(state.trials_run if state else 0) + seeded_records, seconds=round(time.monotonic() - start, 1),
         stopped_by=stopped_by, estimated_ms=estimate, builder_seconds=round(builder.seconds, 1), tasks=ordered,
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from schedules.tune import SPACES
 from targets.errors import InputError, KilnError
 
 log = logging.getLogger("kiln")
@@ -477,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-trust", action="append", metavar="ADDRESS",
                    help="a private tracker address on a network you control: no warning (TVM RPC is unauthenticated)")
     p.add_argument("--population", type=int, default=512, help="evolutionary search population (smaller: faster batches)")
-    p.add_argument("--space", choices=["kiln", "generic"], default="kiln",
+    p.add_argument("--space", choices=SPACES, default="kiln",
                    help="kiln: search kiln's default rules with their decisions open where a kernel's rule allows it "
                         "(MetaSchedule's space for the others); generic: MetaSchedule's space for every kernel")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")

@@ -483,8 +483,9 @@ def alternating_rounds(calls: Mapping[str, Callable[[], object]], rounds: int = 
     given other (two copies of one SqueezeNet library, always in the same order, differed by
     10 %)."""
     stats: dict[str, list[LatencyStats]] = {name: [] for name in calls}
+    order = list(calls)
     for r in range(rounds):
-        for name in (list(calls) if r % 2 == 0 else list(reversed(list(calls)))):
+        for name in (order if r % 2 == 0 else order[::-1]):
             time.sleep(PAUSE_S)
             stats[name].append(time_calls(calls[name], runs, warmup=warmup))
     return stats

@@ -27,24 +27,22 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.mutator import PyMutator
 from tvm.target import Target
 
-from schedules.defaults import CPU_RULES
+from schedules.defaults import CPU_RULES, rule_schedule
 
 SAMPLE_CATEGORICAL = "SampleCategorical"
 
 
 def tunable_rule(func: tirx.PrimFunc, target: Target):
-    """The rule that schedules ``func`` by default, when that rule offers design spaces for it
-    (strided pooling, which ``SpatialVectorized`` runs as scalar rows, has none); else None."""
-    for rule in CPU_RULES:
-        if not rule.is_target_available(target) or rule.apply(func, target, False) is None:
-            continue
-        return rule if hasattr(rule, "design_spaces") and rule.design_spaces(func, target) else None
-    return None
+    """The rule that schedules ``func`` by default, when that rule is tunable (has
+    ``design_spaces``); else None."""
+    _, name = rule_schedule(func, target)
+    rule = next((r for r in CPU_RULES if type(r).__name__ == name), None)
+    return rule if hasattr(rule, "design_spaces") else None
 
 
 def design_spaces(func: tirx.PrimFunc, target: Target) -> list[s_tir.Schedule]:
-    """kiln's design spaces of ``func`` (its default schedule's first), or [] when its
-    default rule has none."""
+    """kiln's design spaces of ``func`` (its default schedule's first), or [] when its default
+    rule has none for it (strided pooling, which ``SpatialVectorized`` runs as scalar rows)."""
     rule = tunable_rule(func, target)
     return rule.design_spaces(func, target) if rule is not None else []
 

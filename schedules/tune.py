@@ -292,27 +292,23 @@ def seed_default_schedules(contexts, database, target, builder, runner, kiln_spa
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
-    from schedules.defaults import CPU_RULES
-
     from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    from schedules.defaults import rule_schedule
 
     pending = []
     for context in contexts:
         workload = database.commit_workload(context.mod)
         if database.workload_key(workload) in database.baselines:
             continue
-        func = context.mod["main"]
-        for rule in CPU_RULES:
-            sch = rule.apply(func, target, False) if rule.is_target_available(target) else None
-            if sch is not None:
-                sch = sch if not isinstance(sch, list) else sch[0]
-                # The arguments as the builder compiles it: weight-packing blocks removed, so a
-                # packed weight is an argument of its packed shape (as in the final library).
-                pending.append((workload, sch, ArgInfo.from_entry_func(sch.mod, remove_preproc=True),
-                                context.task_name in kiln_space))
-                break
-        else:  # no default rule: the untuned kernel is naive loops, any record beats it
+        sch, _ = rule_schedule(context.mod["main"], target)
+        if sch is None:  # no default rule: the untuned kernel is naive loops, any record beats it
             database.record_baseline(workload, float("inf"))
+            continue
+        # The arguments as the builder compiles it: weight-packing blocks removed, so a
+        # packed weight is an argument of its packed shape (as in the final library).
+        pending.append((workload, sch, ArgInfo.from_entry_func(sch.mod, remove_preproc=True),
+                        context.task_name in kiln_space))
     if not pending:
         return 0
     built = builder.build([BuilderInput(sch.mod, target) for _, sch, _, _ in pending])
@@ -409,12 +405,12 @@ def _tune_contexts(extracted, work_dir: Path, target, generic_space, strategy, t
     every task whose default rule is tunable; the others get ``generic_space``."""
     from tvm.s_tir import meta_schedule as ms
 
-    from schedules.space import kiln_space_generator, tunable_rule
+    from schedules.space import design_spaces, kiln_space_generator
 
     if options.space not in SPACES:
         raise KilnError(f"unknown search space '{options.space}'; use one of {', '.join(SPACES)}")
     ours = {i for i, task in enumerate(extracted)
-            if cpu and options.space == "kiln" and tunable_rule(task.dispatched[0]["main"], target) is not None}
+            if cpu and options.space == "kiln" and design_spaces(task.dispatched[0]["main"], target)}
     groups = [([t for i, t in enumerate(extracted) if i in ours], kiln_space_generator(target, options.seed)),
               ([t for i, t in enumerate(extracted) if i not in ours], generic_space)]
     by_name = {}
@@ -456,6 +452,7 @@ def _tune(mod, options, preset, threads, weight_bits, work_dir, database) -> Tun
         else:
             summaries[context.task_name] = TaskSummary(context.task_name, float(weight), 0, None,
                                                        "one candidate only: default schedule, not searched")
+
     def records() -> dict[str, int]:
         return {c.task_name: len(database.get_top_k(database.commit_workload(c.mod), 1 << 30)) for c in tunable}
 

@@ -376,15 +376,10 @@ def spatial_tile(width: int, height: int, channels: int, spec: VectorSpec, bits:
             cap = min(cap, max(1, 8 * base // lanes))  # 3x3 depthwise at 28x28: 8 channels of 28 lanes 0.13 ms,
             # 4 channels 0.05 ms; the stride-2 112-channel one at 56x56 was slower with 4: 0.18 -> 0.24 ms
         return 1, lanes, lanes, divisor_at_most(channels, max(1, cap))
-    tiles = [(1, d) for d in range(4, width + 1) if width % d == 0]
-    tiles += [(k, k * width) for k in range(2, height + 1) if height % k == 0]
     best = None
-    for rows, lanes in tiles:
-        chunk = next((c for c in (base, base // 2) if c >= 4 and lanes % c == 0), lanes if lanes <= base else 0)
-        if not chunk or lanes // chunk > cap:
-            continue
+    for rows, lanes, chunk in row_tiles(width, height, base, cap):
         nvec = lanes // chunk
-        reg = divisor_at_most(channels, max(1, min(8, cap // nvec)))
+        reg = spatial_channel_rows(channels, lanes, chunk, spec)
         score = (chunk / base) * (nvec * reg / (nvec + reg))
         if best is None or score > best[0] + 1e-9:
             best = (score, rows, lanes, chunk, reg)
@@ -405,14 +400,22 @@ def spatial_tile_shapes(width: int, height: int, channels: int, spec: VectorSpec
     base = spec.lanes(bits)
     shapes = [(1, d, d) for d in range(4, min(width, 2 * base) + 1) if width % d == 0]
     if height > 1:
-        cap = spec.registers - 2
-        tiles = [(1, d) for d in range(4, width + 1) if width % d == 0]
-        tiles += [(k, k * width) for k in range(2, height + 1) if height % k == 0]
-        for rows, lanes in tiles:
-            chunk = next((c for c in (base, base // 2) if c >= 4 and lanes % c == 0), lanes if lanes <= base else 0)
-            if chunk and lanes // chunk <= cap and (rows, lanes, chunk) not in shapes:
-                shapes.append((rows, lanes, chunk))
+        shapes += [t for t in row_tiles(width, height, base, spec.registers - 2) if t not in shapes]
     return shapes
+
+
+def row_tiles(width: int, height: int, base: int, cap: int) -> list[tuple[int, int, int]]:
+    """(rows, lanes, chunk) tiles over contiguous rows: ``lanes`` a divisor of the width (at least
+    4) or ``rows`` whole rows, computed as ``lanes / chunk`` unrolled vectors of a full or half
+    register of ``base`` lanes (or one vector no wider than a register), at most ``cap`` of them."""
+    tiles = [(1, d) for d in range(4, width + 1) if width % d == 0]
+    tiles += [(k, k * width) for k in range(2, height + 1) if height % k == 0]
+    out = []
+    for rows, lanes in tiles:
+        chunk = next((c for c in (base, base // 2) if c >= 4 and lanes % c == 0), lanes if lanes <= base else 0)
+        if chunk and lanes // chunk <= cap:
+            out.append((rows, lanes, chunk))
+    return out
 
 
 def spatial_channel_rows(channels: int, lanes: int, chunk: int, spec: VectorSpec) -> int:

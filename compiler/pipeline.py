@@ -30,6 +30,7 @@ from compiler.passes.pad_output_channels import pad_output_channels
 from compiler.passes.power_as_roots import power_as_roots
 from compiler.passes.quantized_lookup import quantized_lookup
 from compiler.passes.scalar_constants import scalar_constants
+from compiler.passes.shape_functions_noalias import shape_functions_noalias
 from compiler.passes.split_layout_rewrite_preproc_in_place import split_layout_rewrite_preproc_in_place
 from compiler.passes.write_concat_in_place import write_concat_in_place
 from compiler.relax_utils import blocked_conv
@@ -202,6 +203,8 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
           for p in backend.dataflow_lower_passes(target)],
         *[Step(p.info.name, "plan memory and lower to VM instructions", lambda p=p: p)
           for p in backend.finalize_passes(target)],
+        Step("ShapeFunctionsNoAlias", "shape functions marked noalias like the kernels (a TVM code generation "
+             "bug otherwise drops noalias from every kernel of a symbolic build)", lambda: shape_functions_noalias),
     ]
     return steps
 

@@ -11,8 +11,9 @@ Symbolic sizes (a library for a range of input sizes): kiln's rules decide tiles
 extents and decline symbolic ones. ``default_schedule_pass(twins=...)`` takes the same
 module built for one representative static size; a symbolic function whose twin (same name)
 a rule schedules gets that schedule's trace replayed on it. Splits the rules make with a
-``None`` factor (the outer loop) carry over to a symbolic extent, adding a bound check; a
-trace that does not replay (``ScheduleError``) leaves the function to the naive loops.
+``None`` factor (the outer loop) carry over to a symbolic extent, adding a bound check, which
+``schedules.tail_tiles`` then turns into a full last tile shifted back; a trace that does not
+replay (``ScheduleError``) leaves the function to the naive loops.
 
 The vector width comes from the target (``schedules.vector_spec``), so the same rules
 produce AVX2, AVX-512 and NEON code.
@@ -31,6 +32,7 @@ from tvm.target import Target
 
 from schedules.rules import (ChannelVectorized, Injective, Int8Tensorized, ParallelFallback, RowReduction,
                              RowSoftmax, SpatialVectorized)
+from schedules.tail_tiles import clamp_tail_tiles
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ def replay_twin(func: tirx.PrimFunc, twin: tirx.PrimFunc, target: Target,
         log.debug("%s's schedule does not replay on symbolic sizes (%s)", name, str(err).strip().splitlines()[-1][:200])
         return func, None
     replayed = f"{name} (replayed)"
-    return symbolic.mod["main"].with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, replayed), replayed
+    return clamp_tail_tiles(symbolic.mod["main"]).with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, replayed), replayed
 
 
 def default_schedule_pass(target: Target | None = None, rules: tuple[ScheduleRule, ...] = CPU_RULES,

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 
 import compiler
-from targets.errors import InputError, KilnError, TargetError, ToolMissingError
-from compiler.frontend import ImportedModel, import_onnx
+from targets.errors import BuildError, InputError, KilnError, TargetError, ToolMissingError
+from compiler.frontend import ImportedModel, import_onnx, printable
 from targets.library_format import LibraryMetadata, TensorSpec, metadata_source, seal_library
 from compiler.pipeline import PRECISIONS, build_pipeline
 from compiler.pipeline import simplified_module
@@ -247,7 +247,13 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         flops = kernel_flops(lowered) if twins is None else {}
         kernels = len(schedules)
         int8_kernels = int8_layer_kernels(lowered)
-        executable = tvm.compile(lowered, target, relax_pipeline=None)
+        try:
+            executable = tvm.compile(lowered, target, relax_pipeline=None)
+        except (RuntimeError, ValueError, TypeError) as err:  # TVM's errors (InternalError is a RuntimeError)
+            reason = printable(str(err).strip().splitlines()[-1])[:300]
+            hint = "; fixing the sizes (--input-shape without ? or ..) may avoid it" if twins is not None else ""
+            raise BuildError(f"TVM failed to generate code: {reason}. This is a kiln or TVM bug, not a "
+                             f"problem with the model: please report it with the model and the command{hint}") from err
     t1 = time.perf_counter()
     meta = LibraryMetadata(
         inputs=imported.inputs,

@@ -12,8 +12,9 @@ extents and decline symbolic ones. ``default_schedule_pass(twins=...)`` takes th
 module built for one representative static size; a symbolic function whose twin (same name)
 a rule schedules gets that schedule's trace replayed on it. Splits the rules make with a
 ``None`` factor (the outer loop) carry over to a symbolic extent, adding a bound check, which
-``schedules.tail_tiles`` then turns into a full last tile shifted back; a trace that does not
-replay (``ScheduleError``) leaves the function to the naive loops.
+``schedules.tail_tiles`` then turns into a full last tile shifted back (and a vectorized loop
+whose extent became symbolic runs serial); a trace that does not replay (``ScheduleError``)
+leaves the function to the naive loops.
 
 The vector width comes from the target (``schedules.vector_spec``), so the same rules
 produce AVX2, AVX-512 and NEON code.
@@ -32,7 +33,7 @@ from tvm.target import Target
 
 from schedules.rules import (ChannelVectorized, Injective, Int8Tensorized, ParallelFallback, RowReduction,
                              RowSoftmax, SpatialVectorized)
-from schedules.tail_tiles import clamp_tail_tiles
+from schedules.tail_tiles import clamp_tail_tiles, serial_symbolic_vectors
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def replay_twin(func: tirx.PrimFunc, twin: tirx.PrimFunc, target: Target,
         log.debug("%s's schedule does not replay on symbolic sizes (%s)", name, str(err).strip().splitlines()[-1][:200])
         return func, None
     replayed = f"{name} (replayed)"
-    return clamp_tail_tiles(symbolic.mod["main"]).with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, replayed), replayed
+    return serial_symbolic_vectors(clamp_tail_tiles(symbolic.mod["main"])).with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, replayed), replayed
 
 
 def default_schedule_pass(target: Target | None = None, rules: tuple[ScheduleRule, ...] = CPU_RULES,

@@ -153,6 +153,8 @@ def recurrence_kernel(spec: RecurrenceSpec) -> tirx.PrimFunc:
     """The TIR function computing ``spec``'s recurrence (see the module docstring)."""
     steps, batch, hidden, dirs, gates, block = (spec.steps, spec.batch, spec.hidden, spec.directions,
                                                 spec.gates, spec.block)
+    if not isinstance(steps, int):  # the kernel's own variable, bound from its input's shape at the call: a
+        steps = tirx.Var("steps", "int64")  # length computed from other sizes (an OCR width) cannot be bound
     if hidden % block:
         raise ValueError(f"block {block} does not divide hidden size {hidden}")
     quantized = spec.weight_dtype == "int8"

@@ -73,16 +73,33 @@ def clamp_tail_tiles(func: tirx.PrimFunc) -> tirx.PrimFunc:
     if not changed:
         return func
     body = nests[0] if len(nests) == 1 else tirx.SeqStmt(nests)
-    block = root.block
-    new_root = SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, body, block.init,
-                      block.alloc_buffers, block.match_buffers, block.annotations)
     # both copies of a guarded body define the same loop variables: ConvertSSA renames one
-    rewritten = s_tir.transform.ConvertSSA()(tvm.IRModule({"main": func.with_body(
-        SBlockRealize(root.iter_values, root.predicate, new_root))}))["main"]
+    rewritten = s_tir.transform.ConvertSSA()(tvm.IRModule({"main": func.with_body(_with_root_body(root, body))}))["main"]
     if not s_tir.analysis.verify_well_formed(rewritten, assert_mode=False):
         log.debug("tail tiles kept: the rewritten kernel is not well formed")
         return func
     return rewritten
+
+
+def serial_symbolic_vectors(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with each vectorized loop of symbolic extent made serial; else ``func``.
+
+    A static twin may vectorize a loop over a whole row (an epilogue computed at the row's
+    tile); replayed on a symbolic width that loop's extent is symbolic, and TVM's
+    ``VectorizeLoop`` stops the build with an internal error. A serial loop is correct, and
+    LLVM may still vectorize it."""
+    root = func.body
+    if not isinstance(root, SBlockRealize):
+        return func
+
+    def serial(loop: tirx.For) -> tirx.For:
+        if loop.kind != tirx.ForKind.VECTORIZED or isinstance(loop.extent, tirx.IntImm):
+            return loop
+        return tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.SERIAL, loop.body, loop.thread_binding,
+                        loop.annotations, loop.step)
+
+    body = _map_loops(root.block.body, serial)
+    return func if body.same_as(root.block.body) else func.with_body(_with_root_body(root, body))
 
 
 # -- the rewrite of one nest ---------------------------------------------------------------
@@ -341,6 +358,24 @@ def _map_realizes(stmt: tirx.Stmt, fn) -> tirx.Stmt:
     if all(a.same_as(b) for a, b in zip(children, new)):
         return stmt
     return _rebuild(stmt, new)
+
+
+def _map_loops(stmt: tirx.Stmt, fn) -> tirx.Stmt:
+    """``stmt`` with ``fn`` applied to every loop outside nested blocks, innermost first."""
+    if isinstance(stmt, SBlockRealize):
+        return stmt
+    children = _children(stmt)
+    new = [_map_loops(c, fn) for c in children]
+    if not all(a.same_as(b) for a, b in zip(children, new)):
+        stmt = _rebuild(stmt, new)
+    return fn(stmt) if isinstance(stmt, tirx.For) else stmt
+
+
+def _with_root_body(root: SBlockRealize, body: tirx.Stmt) -> SBlockRealize:
+    block = root.block
+    return SBlockRealize(root.iter_values, root.predicate,
+                         SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, body, block.init,
+                                block.alloc_buffers, block.match_buffers, block.annotations))
 
 
 def _replace_loop(stmt: tirx.Stmt, old: tirx.For, new: tirx.For) -> tirx.Stmt:

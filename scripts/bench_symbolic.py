@@ -3,8 +3,10 @@
 each exact size, and ONNX Runtime.
 
 Cases: SqueezeNet with a symbolic batch (``?x3x224x224`` … here ``1..8``), the small CNN
-with a symbolic width (``1x3x32x16..128``) and the 2-layer bidirectional LSTM speech stack
-with a symbolic number of steps (``16..400x1x80``). For each size (a middle one and the largest, plus
+with a symbolic width (``1x3x32x16..128``), the 2-layer bidirectional LSTM speech stack
+with a symbolic number of steps (``16..400x1x80``) and a trained OCR recognizer (ddddocr's
+CNN + BiLSTM, from its PyPI wheel: ``scripts/prepare_real_models.sh``) with a symbolic image
+width (``1x1x64x64..512``). For each size (a middle one and the largest, plus
 the smallest): compare with ONNX Runtime, compile the exact-size library (with and without
 kiln's fusion rewrites, which symbolic builds skip), time them, the symbolic library and ONNX
 Runtime in alternating rounds at the same thread count.
@@ -28,6 +30,7 @@ from compiler.benchmark import alternating_calls_p50_ms, onnxruntime_reference, 
 from compiler.build import compile_model
 from compiler.examples import example_model
 from compiler.frontend import parse_input_shapes
+from compiler.real_models import REAL_MODELS, real_model_path
 from compiler.reference import max_abs_diff
 from compiler.runtime import load
 
@@ -35,12 +38,13 @@ CASES = {  # name: (example, --input-shape dims, symbolic axis, sizes timed)
     "squeezenet_batch": ("squeezenet", "1..8x3x224x224", 0, [1, 3, 8]),
     "tiny_width": ("tiny", "1x3x32x16..128", 3, [16, 45, 128]),
     "lstm_steps": ("lstm", "16..400x1x80", 0, [16, 80, 400]),
+    "ddddocr_width": ("ddddocr", "1x1x64x64..512", 3, [64, 256, 512]),  # a real model (compiler.real_models)
 }
 
 
 def dynamic_onnx(name: str, dims: str) -> onnx.ModelProto:
-    """The example with its symbolic axes (and its outputs) marked dynamic, for ONNX Runtime."""
-    model = example_model(name)
+    """The example (or real model) with its symbolic axes (and its outputs) marked dynamic, for ONNX Runtime."""
+    model = onnx.load(real_model_path(name)) if name in REAL_MODELS else example_model(name)
     for axis, d in enumerate(dims.split("x")):
         if not d.isdigit():
             dim = model.graph.input[0].type.tensor_type.shape.dim[axis]

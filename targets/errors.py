@@ -34,3 +34,8 @@ class DeviceError(KilnError):
 
 class LibraryError(KilnError):
     """A compiled library is missing, not made by kiln, or built for another machine."""
+
+
+class BuildError(KilnError):
+    """TVM failed while lowering or generating code for a kernel: a bug in kiln or TVM, not in
+    the model; the message names the kernel when TVM does and says what to try."""

@@ -119,3 +119,19 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     done = kiln("demo", "tiny", "--workdir", str(tmp_path), "--bench", "3", "--threads", "1")
     assert done.returncode == 0, done.stderr
     assert "onnxruntime agreement" in done.stdout and "kiln / onnxruntime latency" in done.stdout
+
+
+def test_a_tvm_code_generation_failure_is_one_line(tmp_path, tiny_onnx, monkeypatch, capsys):
+    import tvm
+
+    from compiler.cli import main
+
+    def broken(*_args, **_kwargs):
+        raise tvm.error.InternalError("Traceback (most recent call last):\n  File vectorize_loop.cc\n"
+                                      "Check failed: (is_scalable_expr) is false: Failed to vectorize loop")
+
+    monkeypatch.setattr(tvm, "compile", broken)
+    assert main(["compile", str(tiny_onnx), "-o", str(tmp_path / "x.so")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kiln: error: TVM failed to generate code: Check failed"), lines
+    assert "not a problem with the model" in lines[0]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from compiler.build import compile_model
+from compiler.frontend import parse_input_shapes
 from targets.errors import KilnError
 from compiler.real_models import REAL_MODELS, real_model_path, sample_inputs
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
@@ -69,3 +70,19 @@ def test_real_recurrent_model_matches_onnxruntime(name, tmp_path):
     for key, expected in theirs.items():
         if expected.ndim >= 2 and expected.shape[-1] > 2:  # per-step classes: the same decisions
             assert np.array_equal(ours[key].argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.slow
+def test_ocr_recognizer_with_a_symbolic_width_matches_onnxruntime(tmp_path):
+    # the BiLSTM's number of steps is computed from the width, and a replayed conv epilogue
+    # vectorizes a whole row: both must work with the width known only at run time
+    path = _path("ddddocr")
+    compile_model(path, tmp_path / "m.so", target="host", input_shapes=parse_input_shapes(["input1:1x1x64x64..512"]))
+    lib, ref = load(tmp_path / "m.so", threads=2), OnnxRuntimeReference(path, 2)
+    for width in (64, 200, 512):
+        x = {"input1": np.random.default_rng(width).standard_normal((1, 1, 64, width)).astype(np.float32)}
+        ours, theirs = lib.run(x), ref.run(x)
+        assert max_abs_diff(ours, theirs)[1] <= TOLERANCE
+        (key, expected), = theirs.items()
+        assert ours[key].shape == expected.shape == (width // 8, 1, 8210)
+        assert np.array_equal(ours[key].argmax(-1), expected.argmax(-1))

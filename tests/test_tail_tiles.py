@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tvm
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
@@ -14,7 +15,7 @@ from compiler.passes.shape_functions_noalias import shape_functions_noalias
 from compiler.pipeline import build_pipeline
 from compiler.build import _symbolic_twins, CompileOptions
 from schedules.defaults import replay_twin
-from schedules.tail_tiles import clamp_tail_tiles
+from schedules.tail_tiles import clamp_tail_tiles, serial_symbolic_vectors
 from targets.registry import resolve_target
 from tests.test_symbolic_shapes import _dynamic_tiny
 
@@ -120,3 +121,29 @@ def test_shape_function_pass_marks_only_host_functions():
     mod = shape_functions_noalias(tvm.IRModule({"shape_func": shape_func, "kernel": kernel}))
     assert mod["shape_func"].attrs.get("tirx.noalias")
     assert mod["kernel"].same_as(kernel)
+
+
+@T.prim_func(s_tir=True)
+def _scaled_row(a: T.handle, b: T.handle):
+    n = T.int64()
+    A = T.match_buffer(a, (T.int64(8), n))
+    B = T.match_buffer(b, (T.int64(8), n))
+    for i in T.parallel(T.int64(8)):
+        for j in T.vectorized(n):
+            with T.sblock("scale"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                B[vi, vj] = A[vi, vj] * T.float32(2.0)
+
+
+def test_a_vectorized_loop_of_symbolic_extent_runs_serial():
+    with pytest.raises(Exception, match="vectorize"):  # what TVM does with it
+        tvm.compile(tvm.IRModule({"main": _scaled_row}), target=TARGET)
+    func = serial_symbolic_vectors(_scaled_row)
+    kinds = [loop.kind for loop in _stmts(func.body, tirx.For)]
+    assert kinds == [tirx.ForKind.PARALLEL, tirx.ForKind.SERIAL]
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)
+    x = np.arange(8 * 13, dtype=np.float32).reshape(8, 13)
+    out = tvm.runtime.tensor(np.zeros_like(x), tvm.cpu())
+    lib["main"](tvm.runtime.tensor(x, tvm.cpu()), out)
+    np.testing.assert_array_equal(out.numpy(), 2 * x)
+    assert serial_symbolic_vectors(func).same_as(func)

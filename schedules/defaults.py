@@ -33,7 +33,7 @@ from tvm.target import Target
 
 from schedules.rules import (ChannelVectorized, Injective, Int8Tensorized, ParallelFallback, RowReduction,
                              RowSoftmax, SpatialVectorized)
-from schedules.tail_tiles import clamp_tail_tiles, serial_symbolic_vectors
+from schedules.tail_tiles import clamp_tail_tiles, fits_symbolic_sizes, serial_symbolic_vectors
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +113,40 @@ def has_symbolic_shape(func: tirx.PrimFunc) -> bool:
 
 def replay_twin(func: tirx.PrimFunc, twin: tirx.PrimFunc, target: Target,
                 rules: tuple[ScheduleRule, ...] = CPU_RULES) -> tuple[tirx.PrimFunc, str | None]:
-    """``func`` (symbolic sizes) scheduled as a rule schedules its static ``twin`` (module doc)."""
-    from tvm.s_tir.schedule import ScheduleError
+    """``func`` (symbolic sizes) scheduled as a rule schedules its static ``twin`` (module doc).
 
+    When the default schedule replayed keeps a register block of symbolic size (a blocked conv
+    whose block spans the symbolic width) or a vector loop of symbolic extent, the rule's other
+    design spaces (``design_spaces``, decided as the rule decides) are replayed in turn, and the
+    first without either is used."""
     sch, name = rule_schedule(twin, target, rules)
     if sch is None:
         return func, None
+    best = _replay(func, sch, name)
+    if best is None:
+        return func, None
+    rule = next(r for r in rules if type(r).__name__ == name)
+    if not fits_symbolic_sizes(best) and hasattr(rule, "design_spaces"):
+        for space in rule.design_spaces(twin, target)[1:]:
+            candidate = _replay(func, space, name)
+            if candidate is not None and fits_symbolic_sizes(candidate):
+                best = candidate
+                break
+    replayed = f"{name} (replayed)"
+    return serial_symbolic_vectors(best).with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, replayed), replayed
+
+
+def _replay(func: tirx.PrimFunc, sch: s_tir.Schedule, name: str) -> tirx.PrimFunc | None:
+    """``sch``'s trace applied to ``func``, its tail tiles made full; None if it does not replay."""
+    from tvm.s_tir.schedule import ScheduleError
+
     symbolic = s_tir.Schedule(func)
     try:
         sch.trace.apply_to_schedule(symbolic, remove_postproc=False)
     except (ScheduleError, tvm.TVMError) as err:  # the decisions need static extents: naive loops
         log.debug("%s's schedule does not replay on symbolic sizes (%s)", name, str(err).strip().splitlines()[-1][:200])
-        return func, None
-    replayed = f"{name} (replayed)"
-    return serial_symbolic_vectors(clamp_tail_tiles(symbolic.mod["main"])).with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, replayed), replayed
+        return None
+    return clamp_tail_tiles(symbolic.mod["main"])
 
 
 def default_schedule_pass(target: Target | None = None, rules: tuple[ScheduleRule, ...] = CPU_RULES,

@@ -14,7 +14,7 @@ predicated blocks, the body runs unpredicated when ``n >= R``; otherwise (an inp
 than one tile) it runs the same shifted body with its predicates.
 
 What the rewrite expects, checked per top-level loop nest (a nest that does not match is left
-as it is): every predicate is a conjunction of ``base + inner < n`` with ``n`` free of loop
+as it is): every predicate is a conjunction of ``base + inner < n`` (or ``<= n - 1``) with ``n`` free of loop
 variables, ``base`` made of the loops outside the guard and ``inner`` a dense iteration
 ``[0, R)`` of the loops inside it; the predicated iterator is a spatial one; a block with a
 predicate writes global memory only as a plain store (no reduction into global memory, which
@@ -34,6 +34,8 @@ from tvm import s_tir, sym, tirx
 from tvm.s_tir import SBlock, SBlockRealize
 
 log = logging.getLogger(__name__)
+
+_MAX_LOCAL_EXTENT = 1 << 16  # a local buffer's axis bounded by this is a tile, not a symbolic extent
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ def clamp_tail_tiles(func: tirx.PrimFunc) -> tirx.PrimFunc:
         return func
     body = nests[0] if len(nests) == 1 else tirx.SeqStmt(nests)
     # both copies of a guarded body define the same loop variables: ConvertSSA renames one
-    rewritten = s_tir.transform.ConvertSSA()(tvm.IRModule({"main": func.with_body(_with_root_body(root, body))}))["main"]
+    module = tvm.IRModule({"main": func.with_body(_with_root_body(root, body))})
+    rewritten = s_tir.transform.ConvertSSA()(module)["main"]
     if not s_tir.analysis.verify_well_formed(rewritten, assert_mode=False):
         log.debug("tail tiles kept: the rewritten kernel is not well formed")
         return func
@@ -100,6 +103,23 @@ def serial_symbolic_vectors(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
     body = _map_loops(root.block.body, serial)
     return func if body.same_as(root.block.body) else func.with_body(_with_root_body(root, body))
+
+
+def fits_symbolic_sizes(func: tirx.PrimFunc) -> bool:
+    """Whether every vectorized loop of ``func`` has a static extent and every local (register)
+    buffer a size bounded by a constant once TVM compacts it: what a kernel needs to run as fast on a symbolic
+    size as on a static one."""
+    if any(loop.kind == tirx.ForKind.VECTORIZED and not isinstance(loop.extent, tirx.IntImm)
+           for loop in _loops_below(func.body).values()):
+        return False
+    placed = tvm.transform.Sequential([
+        s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+        s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
+    ])(tvm.IRModule({"main": func}))["main"]
+    analyzer = sym.Analyzer()  # a compacted tile is often min(n, R) rows: bounded is what counts
+    return all(analyzer.const_int_bound(d).max_value <= _MAX_LOCAL_EXTENT
+               for realize in _realizes(placed.body) for buf in realize.block.alloc_buffers
+               if buf.scope() == "local" for d in buf.shape)
 
 
 # -- the rewrite of one nest ---------------------------------------------------------------
@@ -165,7 +185,7 @@ def _plan(realize: SBlockRealize, outer_vars: set, inner_loops: dict, analyzer: 
     cuts: dict[int, _Cut] = {}
     others = []
     for conjunct in _conjuncts(realize.predicate):
-        cut = _as_cut(realize, conjunct, outer_vars, inner_loops) if isinstance(conjunct, tirx.LT) else None
+        cut = _as_cut(realize, conjunct, outer_vars, inner_loops) if isinstance(conjunct, (tirx.LT, tirx.LE)) else None
         if cut is None:
             others.append(conjunct)
         elif cut[0] in cuts:
@@ -190,9 +210,11 @@ def _is_lower_check(conjunct: tirx.PrimExpr, realize: SBlockRealize, cuts: dict[
             and any(tvm_ffi.structural_equal(conjunct.b, realize.iter_values[k]) for k in cuts))
 
 
-def _as_cut(realize: SBlockRealize, conjunct: tirx.LT, outer_vars: set, inner_loops: dict) -> tuple[int, _Cut] | None:
-    """(iterator index, cut) when ``conjunct`` is a tile's bound check, else None."""
-    lhs, bound = conjunct.a, conjunct.b
+def _as_cut(realize: SBlockRealize, conjunct: tirx.LT | tirx.LE, outer_vars: set,
+            inner_loops: dict) -> tuple[int, _Cut] | None:
+    """(iterator index, cut) when ``conjunct`` is a tile's bound check (``<``, or ``<=`` as TVM's
+    simplifier sometimes writes it), else None."""
+    lhs, bound = conjunct.a, conjunct.b if isinstance(conjunct, tirx.LT) else conjunct.b + 1
     if _uses(bound, outer_vars) or _uses(bound, set(inner_loops)) or not tirx.analysis.undefined_vars(bound):
         return None  # a check against a constant or a loop is not a symbolic tail
     index = next((k for k, value in enumerate(realize.iter_values) if tvm_ffi.structural_equal(value, lhs)), None)

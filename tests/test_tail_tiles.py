@@ -15,7 +15,7 @@ from compiler.passes.shape_functions_noalias import shape_functions_noalias
 from compiler.pipeline import build_pipeline
 from compiler.build import _symbolic_twins, CompileOptions
 from schedules.defaults import replay_twin
-from schedules.tail_tiles import clamp_tail_tiles, serial_symbolic_vectors
+from schedules.tail_tiles import clamp_tail_tiles, fits_symbolic_sizes, serial_symbolic_vectors
 from targets.registry import resolve_target
 from tests.test_symbolic_shapes import _dynamic_tiny
 
@@ -147,3 +147,28 @@ def test_a_vectorized_loop_of_symbolic_extent_runs_serial():
     lib["main"](tvm.runtime.tensor(x, tvm.cpu()), out)
     np.testing.assert_array_equal(out.numpy(), 2 * x)
     assert serial_symbolic_vectors(func).same_as(func)
+
+
+def test_blocked_conv_on_a_symbolic_width_takes_a_design_space_that_fits(tmp_path, monkeypatch):
+    # the default schedule of this conv blocks whole rows of output pixels (its accumulator spans
+    # the width); replayed on a symbolic width it would not fit in registers, so another of
+    # ChannelVectorized's design spaces is replayed instead
+    import schedules.defaults as defaults
+    from compiler.build import compile_model
+    from compiler.reference import OnnxRuntimeReference, max_abs_diff
+    from compiler.runtime import load
+    from onnx import helper
+    from tests.onnx_graphs import const, model
+
+    verdicts = []
+    monkeypatch.setattr(defaults, "fits_symbolic_sizes",
+                        lambda func: verdicts.append(fits_symbolic_sizes(func)) or verdicts[-1])
+    conv = model([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
+                 [("x", [1, 48, 16, "width"])], [("y", [1, 192, 16, "width"])],
+                 [const("w", 192, 48, 3, 3, rng=np.random.default_rng(0)), const("b", 192, rng=np.random.default_rng(1))])
+    compile_model(conv, tmp_path / "m.so", target="host", input_shapes=parse_input_shapes(["x:1x48x16x16..128"]))
+    assert verdicts[0] is False and verdicts[-1] is True, verdicts
+    lib, ref = load(tmp_path / "m.so", threads=2), OnnxRuntimeReference(conv, 2)
+    for width in (16, 37, 128):
+        x = {"x": np.random.default_rng(width).standard_normal((1, 48, 16, width)).astype(np.float32)}
+        assert max_abs_diff(lib.run(x), ref.run(x))[1] <= 1e-5

@@ -340,6 +340,66 @@ def seed_default_schedules(contexts, database, target, builder, runner, kiln_spa
     return added
 
 
+def confirm_best_records(contexts, database, target, builder, runner, rounds: int = 2) -> list[str]:
+    """Measure again, side by side, the default schedule and the record compile would apply, for
+    every task that has such a record; where the record is not faster this time, lower the
+    task's baseline to the record's stored time, so compile keeps the default. Returns the names
+    of those tasks.
+
+    A baseline is measured once, when the task is first tuned, and a slow measurement then lets
+    in records that only beat that measurement (seen: baselines 2 to 25 times the time of the
+    same kernels' records). Here both run in the same batches, their order swapped each round,
+    so what differs between two measurements falls on both."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    from schedules.defaults import rule_schedule
+
+    pairs = []  # (task name, workload, stored seconds of the record, [default, record] as (mod, args))
+    for context in contexts:
+        record = database.query_tuning_record(context.mod, target, "main")
+        default, _ = rule_schedule(context.mod["main"], target)
+        tuned = database.query_schedule(context.mod, target, "main") if record is not None else None
+        if tuned is None or default is None:
+            continue
+        stored = [float(s) for s in record.run_secs]
+        pairs.append((context.task_name, database.commit_workload(context.mod), sum(stored) / len(stored),
+                      [(default.mod, ArgInfo.from_entry_func(default.mod, remove_preproc=True)),
+                       (tuned.mod, list(record.args_info))]))
+    if not pairs:
+        return []
+    flat = [candidate for *_, both in pairs for candidate in both]
+    built = builder.build([BuilderInput(mod, target) for mod, _ in flat])
+    device = "cuda" if target.kind.name == "cuda" else "cpu"
+    seconds: list[list[float]] = [[] for _ in flat]
+    try:
+        ok = [i for i, b in enumerate(built) if b.error_msg is None]
+        for round_ in range(rounds):
+            order = ok if round_ % 2 == 0 else ok[::-1]
+            futures = runner.run([RunnerInput(built[i].artifact_path, device, flat[i][1]) for i in order])
+            for i, future in zip(order, futures):
+                result = future.result()
+                if result.error_msg is None and result.run_secs:
+                    seconds[i] += [float(s) for s in result.run_secs]
+    finally:
+        for b in built:
+            if b.error_msg is None:
+                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+    demoted = []
+    for k, (name, workload, stored, _) in enumerate(pairs):
+        default_secs, record_secs = seconds[2 * k], seconds[2 * k + 1]
+        if not default_secs or not record_secs:
+            continue  # not measured this time: the first comparison stands
+        default_s, record_s = sum(default_secs) / len(default_secs), sum(record_secs) / len(record_secs)
+        if record_s >= default_s:
+            database.record_baseline(workload, stored)  # the record no longer beats it, nor do slower ones
+            demoted.append(name)
+            log.info("%s: its best record (%.3f ms) is not faster than the default (%.3f ms) measured beside it; "
+                     "compile keeps the default", name, 1e3 * record_s, 1e3 * default_s)
+    return demoted
+
+
 def _runner(options: SearchOptions):
     from tvm.s_tir import meta_schedule as ms
 
@@ -508,10 +568,16 @@ def _tune(mod, options, preset, threads, weight_bits, work_dir, database) -> Tun
         stopped_by = "budget" if state.budget_hit else ("trials" if options.trials is not None else "exhausted")
     elif remaining <= 0:
         stopped_by = "already done"
+    demoted = set()
+    if state is not None and preset.device == "cpu":
+        demoted = set(confirm_best_records(tunable, database, target, builder, runner))
     for context, weight in zip(tunable, tunable_weights):
         workload = database.commit_workload(context.mod)
         count = len(database.get_top_k(workload, 1 << 30))
-        summaries[context.task_name] = TaskSummary(context.task_name, weight, count, _best_ms(database, workload))
+        note = "best record not faster than the default measured beside it: default kept" \
+            if context.task_name in demoted else ""
+        summaries[context.task_name] = TaskSummary(context.task_name, weight, count, _best_ms(database, workload),
+                                                   note)
     ordered = [summaries[c.task_name] for c in contexts if c.task_name in summaries]
     measured = [s for s in ordered if s.best_ms is not None]
     estimate = sum(s.weight * s.best_ms for s in measured) if measured else None

@@ -21,10 +21,11 @@ from tvm.s_tir import meta_schedule as ms
 from compiler.frontend import import_onnx
 from compiler.pipeline import tuning_input_pipeline
 from schedules.resolved_target import resolve
-from schedules.rules import ChannelVectorized, SpatialVectorized
+from schedules.rules import ChannelVectorized, Int8Tensorized, SpatialVectorized
 from schedules.rules.common import SPACE_ANNOTATION, space_of
 from schedules.space import MutateDecision, design_spaces, tunable_rule
 from schedules.tune import tuning_target
+from targets.registry import cpu_flags
 from tests.onnx_graphs import const, model
 
 
@@ -159,3 +160,54 @@ def test_kernels_without_a_tunable_rule_have_no_kiln_space():  # strided pooling
     funcs = [t.dispatched[0]["main"] for t in ms.relax_integration.extract_tasks(mod, target)]
     assert funcs and all(design_spaces(f, target) == [] for f in funcs)
     assert SPACE_ANNOTATION == "kiln.space"
+
+
+def int8_kernels(preset_name: str) -> tuple[list[tvm.tirx.PrimFunc], tvm.target.Target]:
+    """Int8Tensorized's tuning tasks for a 3x3 conv, a 1x1 conv and a matmul, as the quantizer emits them."""
+    from schedules.intrinsics import import_tensor_intrinsics
+    from tests.test_int8_kernels import conv_model, matmul_model
+
+    import_tensor_intrinsics()
+    preset = resolve(preset_name, None, "int8")
+    target = tuning_target(preset, 2)
+    funcs = []
+    for mod, _ in (conv_model(c=16, f=32, size=14), conv_model(c=32, f=64, size=7, k=1, pad=0),
+                   matmul_model(16, 128, 64, None)):
+        with tvm.transform.PassContext(opt_level=3):
+            lowered = tuning_input_pipeline(preset, "fp32", None)(mod)
+        funcs += [t.dispatched[0]["main"] for t in ms.relax_integration.extract_tasks(lowered, target)
+                  if isinstance(tunable_rule(t.dispatched[0]["main"], target), Int8Tensorized)]
+    return funcs, target
+
+
+@pytest.mark.parametrize("preset", ["x86-avx2", "x86-vnni"])
+def test_int8_first_space_with_its_decisions_is_the_default_schedule(preset):
+    funcs, target = int8_kernels(preset)
+    assert len(funcs) == 3
+    for func in funcs:
+        spaces = design_spaces(func, target)
+        assert len(spaces) == 2  # the row blocks inside or in the parallel loop
+        trace = spaces[0].trace.simplified(remove_postproc=True)
+        assert len(trace.decisions) >= 1  # the tile's channel blocks, its rows
+        tvm.ir.assert_structural_equal(replay(func, trace).mod, Int8Tensorized().apply(func, target, False).mod)
+        other = with_decisions(trace, lambda inst: (int(trace.decisions[inst]) + 1) % len(inst.attrs[0]))
+        assert not tvm_ffi.structural_equal(replay(func, other).mod, spaces[0].mod)
+
+
+@pytest.mark.skipif("avx2" not in cpu_flags(), reason="this CPU has no AVX2")
+def test_int8_sampled_points_of_every_space_are_exact():
+    funcs, target = int8_kernels("x86-avx2")
+    rng = np.random.default_rng(0)
+    pick = random.Random(0)
+    checked = 0
+    for func in funcs:
+        inputs = [rng.integers(0 if str(p.dtype) == "uint8" else -64, 64, [int(d) for d in p.shape]).astype(str(p.dtype))
+                  for p in func.params[:-1]]
+        expected = run_kernel(Int8Tensorized().apply(func, target, False).mod, target, inputs)
+        for space in design_spaces(func, target):
+            for _ in range(2):
+                trace = with_decisions(space.trace.simplified(remove_postproc=True),
+                                       lambda inst: pick.randrange(len(inst.attrs[0])))
+                np.testing.assert_array_equal(run_kernel(replay(func, trace).mod, target, inputs), expected)
+                checked += 1
+    assert checked == 12

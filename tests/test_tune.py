@@ -210,3 +210,34 @@ def load_shape(path: Path) -> tuple[int, ...]:
     """The model's single input shape without its batch dimension."""
     dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
     return tuple(d.dim_value for d in dims[1:])
+
+
+def test_a_record_slower_than_the_default_measured_beside_it_is_not_applied(model_path, tmp_path):
+    # A slow first measurement of the default lets in records that only beat that measurement.
+    # Here a naive record claims a nanosecond: compile would apply it, until the default and the
+    # record are measured side by side.
+    from types import SimpleNamespace
+
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from schedules.builder import ForkedBuilder
+    from schedules.resolved_target import resolve
+    from schedules.tune import confirm_best_records, tuning_target
+
+    db = tmp_path / "db"
+    tune_model(model_path, db, TuneOptions(trials=4, trials_per_iter=4, progress=False, population=64))
+    database = DurableDatabase(db, writable=True)
+    target = tuning_target(resolve("host"), 2)
+    matmul = next(r.workload for r in database.get_all_tuning_records()
+                  if "matmul" in r.workload.mod.script() and "sample_categorical" in str(r.trace))
+    naive = s_tir.Schedule(matmul.mod)
+    naive.get_sblock("matmul")  # one instruction: TVM's database ignores a record with an empty trace
+    naive = ms.database.TuningRecord(naive.trace, matmul, [1e-9], target,
+                                     ms.arg_info.ArgInfo.from_prim_func(matmul.mod["main"]))
+    database.commit_tuning_record(naive)
+    assert database.query_tuning_record(matmul.mod, target, "main") is not None
+    runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40))
+    task = SimpleNamespace(mod=matmul.mod, task_name="matmul")
+    assert confirm_best_records([task], database, target, ForkedBuilder(), runner) == ["matmul"]
+    assert DurableDatabase(db).query_tuning_record(matmul.mod, target, "main") is None  # kept on disk too

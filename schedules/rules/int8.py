@@ -38,7 +38,7 @@ for any int8 weight.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import tvm
 from tvm import s_tir, tirx
@@ -64,6 +64,7 @@ from schedules.int8 import (
 )
 from schedules.rules.common import (
     CPUScheduleRule,
+    choose,
     divisor_at_most,
     inline_epilogue,
     inline_producers,
@@ -134,6 +135,19 @@ class Int8Plan:
     row_var: tirx.Var | None  # output axis only the data indexes (conv x, matmul M): register-tiled
     depth_var: tirx.Var  # reduction axis both index plainly (conv C, matmul K): 4 per call
     intrin: DotIntrin
+
+
+@dataclass(frozen=True)
+class Int8Tiling:
+    """The accumulator tile of an int8 kernel: ``vectors`` x ``rows`` (``int8_tile``'s choice),
+    the values a tuning search may give each instead, and whether the row blocks run in the
+    parallel loop (decided with the default tile, so every point of the space has the same loops)."""
+
+    vectors: int
+    rows: int
+    vector_choices: tuple[int, ...] = ()
+    row_choices: tuple[int, ...] = ()
+    rows_parallel: bool = False
 
 
 def _cast_load(expr: tirx.PrimExpr) -> tirx.Buffer | None:
@@ -247,12 +261,17 @@ def _pack_last(dim: int, ndim: int, factor: int):
     return index_map
 
 
-def schedule_int8(a: _Anchor, p: Int8Plan, vectors: int, rows: int) -> s_tir.Schedule:
-    """Pack, tile, tensorize and parallelize the kernel of ``a`` as ``p`` says.
+def schedule_int8(a: _Anchor, p: Int8Plan, tiling: Int8Tiling) -> s_tir.Schedule:
+    """Pack, tile, tensorize and parallelize the kernel of ``a`` as ``p`` and ``tiling`` say.
 
+    The tile's vectors and rows are ``sample_categorical`` decisions over ``tiling``'s choices
+    (decided as ``tiling`` says; ``common.choose``), so a tuning search can move them.
     Raises ``ScheduleError`` when a schedule primitive refuses (the rule then declines).
     """
     sch = a.sch
+    vectors = choose(sch, tiling.vector_choices, tiling.vectors)
+    rows = choose(sch, tiling.row_choices, tiling.rows) if p.row_var is not None else tiling.rows
+    sampled = not (isinstance(vectors, int) and isinstance(rows, int))
     L, D = p.intrin.lanes, p.intrin.depth
     kept_producers = inline_producers(sch, a.producers)
     consumers = inline_epilogue(sch, a.consumers)
@@ -313,10 +332,7 @@ def schedule_int8(a: _Anchor, p: Int8Plan, vectors: int, rows: int) -> s_tir.Sch
     # allocated per row block and kept in registers (fused into the parallel loop it cost
     # 1 ms more of 3 ms on the 64x56x56 3x3 conv, one thread). Only when the other axes
     # give fewer than ``MIN_PARALLEL`` tasks (a matmul with one column block) are rows parallel.
-    extent = 1
-    for loop in outer:
-        extent *= int_extent(sch.get(loop).extent) or 1
-    if row_outer is not None and extent < MIN_PARALLEL:
+    if row_outer is not None and tiling.rows_parallel:
         outer.append(row_outer)
         row_outer = None
     sch.reorder(*outer, *([row_outer] if row_outer is not None else []), *reductions, *tile, lane_inner, depth_inner)
@@ -331,7 +347,8 @@ def schedule_int8(a: _Anchor, p: Int8Plan, vectors: int, rows: int) -> s_tir.Sch
         epilogue = consumers[-1].block_rv
     else:
         epilogue = sch.cache_write(block, 0, "global")
-    sch.reverse_compute_at(epilogue, at, preserve_unit_loops=False)
+    # Sampled tiles keep their unit loops, so that every decision gives the same loops to replay.
+    sch.reverse_compute_at(epilogue, at, preserve_unit_loops=sampled)
     out_lane = next(i for i, v in enumerate(a.out_dims) if v is not None and v.same_as(p.lane_var))
     sch.transform_layout(block, ("write", 0), _pack_last(out_lane, len(a.out_dims), L))
     init = sch.decompose_reduction(block, reductions[0])
@@ -425,10 +442,7 @@ class Int8Tensorized(CPUScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not self.is_target_available(target) or not isinstance(func, tirx.PrimFunc):
             return None
-        intrins = self.intrins if self.intrins is not None else dot_intrins_for(target)
-        marked = func.attrs.get(WEIGHT_BITS_ATTR) if func.attrs is not None else None
-        if marked is not None:
-            intrins = tuple(i for i in intrins if i.exact_bits >= int(marked))
+        intrins = self._intrins(func, target)
         if not intrins or not reads_int8(func):
             return None  # float kernels: no analysis
         a = _find_anchor(func)
@@ -437,14 +451,52 @@ class Int8Tensorized(CPUScheduleRule):
         p = plan(a, intrins)
         if p is None:
             return None
+        return self._schedule(a, p, self._default_tiling(a, p))
+
+    def design_spaces(self, func: tirx.PrimFunc, target: Target) -> list[s_tir.Schedule]:
+        """The default tile's space (vectors and rows sampled), then, for kernels with rows, the
+        same with the row blocks' place in the parallel loop flipped; each on a fresh schedule."""
+        first = self.apply(func, target, True)
+        if first is None:
+            return []
+        spaces = [first]
+        a = _find_anchor(func)
+        p = plan(a, self._intrins(func, target))
+        default = self._default_tiling(a, p)
+        if p.row_var is not None:
+            flipped = self._schedule(a, p, replace(default, rows_parallel=not default.rows_parallel))
+            spaces += [flipped] if flipped is not None else []
+        return spaces
+
+    def _intrins(self, func: tirx.PrimFunc, target: Target) -> tuple[DotIntrin, ...]:
+        intrins = self.intrins if self.intrins is not None else dot_intrins_for(target)
+        marked = func.attrs.get(WEIGHT_BITS_ATTR) if func.attrs is not None else None
+        if marked is not None:
+            intrins = tuple(i for i in intrins if i.exact_bits >= int(marked))
+        return intrins
+
+    @staticmethod
+    def _default_tiling(a: _Anchor, p: Int8Plan) -> Int8Tiling:
+        """``int8_tile``'s tile, with the search's choices: every channel-block count ``int8_tile``
+        may take and every row count dividing the rows within the accumulator budget."""
         rows = a.extents[p.row_var] if p.row_var is not None else 1
         tasks = 1
         for v in a.out_vars:
             if not v.same_as(p.lane_var) and (p.row_var is None or not v.same_as(p.row_var)):
                 tasks *= a.extents[v]
-        vectors, tile_rows = int8_tile(a.extents[p.lane_var] // p.intrin.lanes, rows, tasks, p.intrin)
+        lane_blocks = a.extents[p.lane_var] // p.intrin.lanes
+        vectors, tile_rows = int8_tile(lane_blocks, rows, tasks, p.intrin)
+        vector_choices = tuple(n for n in range(1, p.intrin.tile_vectors + 1)
+                               if lane_blocks % n == 0 and (n == 1 or lane_blocks // n * tasks >= MIN_PARALLEL))
+        row_choices = tuple(r for r in range(1, p.intrin.tile_accumulators + 1) if rows % r == 0)
+        # Row blocks join the parallel loop only when the other axes give too few tasks.
+        rows_parallel = p.row_var is not None and tasks * (lane_blocks // vectors) < MIN_PARALLEL
+        return Int8Tiling(vectors, tile_rows, vector_choices, row_choices, rows_parallel)
+
+    @staticmethod
+    def _schedule(a: _Anchor, p: Int8Plan, tiling: Int8Tiling) -> s_tir.Schedule | None:
         try:
-            return schedule_int8(a, p, vectors, tile_rows)
+            return schedule_int8(a, p, tiling)
         # TVM's tensorize reports a body it cannot match as an InternalError, not a ScheduleError
         # (seen with a tile that did not divide its loop): decline, the generic rules are exact.
         except (ScheduleError, tvm.error.InternalError) as err:

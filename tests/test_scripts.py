@@ -162,6 +162,23 @@ def test_bench_tuned(tmp_path: Path, tiny_onnx: Path) -> None:
     assert row["tuned_kernels"] == 0 and row["untuned_p50_ms"] > 0 and row["tuned_with"] == "nothing"
 
 
+def test_bench_tuned_int8(tmp_path: Path, tiny_onnx: Path) -> None:
+    """INT8 builds from a plan: the same plan, with and without an (empty) database, agree exactly."""
+    import numpy as np
+
+    np.save(tmp_path / "cal.npy", np.random.default_rng(0).uniform(0, 1, (4, 1, 3, 32, 32)).astype(np.float32))
+    quantized = subprocess.run([sys.executable, "-m", "compiler", "quantize", str(tiny_onnx), "-o",
+                                str(tmp_path / "tiny.kq"), "--calibration", str(tmp_path / "cal.npy")],
+                               capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert quantized.returncode == 0, quantized.stderr
+    (tmp_path / "db").mkdir()
+    out = tmp_path / "bench_tuned.json"
+    run_script("bench_tuned.py", tiny_onnx, "--db", tmp_path / "db", "--int8-plan", tmp_path / "tiny.kq",
+               "--rounds", "1", "--runs", "2", "--out", out)
+    row = check_envelope(out, "bench_tuned", 1).rows[0]
+    assert row["precision"] == "int8" and row["tuned_vs_untuned_max_rel_diff"] == 0.0
+
+
 def test_runtime_example(tiny_lib: Path) -> None:
     """The deployment script: top-5 and a latency line (it writes no result file)."""
     done = run_script("runtime_example.py", tiny_lib)

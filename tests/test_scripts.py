@@ -166,7 +166,7 @@ def test_bench_tuned_int8(tmp_path: Path, tiny_onnx: Path) -> None:
     """INT8 builds from a plan: the same plan, with and without an (empty) database, agree exactly."""
     import numpy as np
 
-    np.save(tmp_path / "cal.npy", np.random.default_rng(0).uniform(0, 1, (4, 1, 3, 32, 32)).astype(np.float32))
+    np.save(tmp_path / "cal.npy", np.random.default_rng(0).uniform(0, 1, (4, 3, 32, 32)).astype(np.float32))
     quantized = subprocess.run([sys.executable, "-m", "compiler", "quantize", str(tiny_onnx), "-o",
                                 str(tmp_path / "tiny.kq"), "--calibration", str(tmp_path / "cal.npy")],
                                capture_output=True, text=True, timeout=TIMEOUT_S)

@@ -14,9 +14,10 @@ predicated blocks, the body runs unpredicated when ``n >= R``; otherwise (an inp
 than one tile) it runs the same shifted body with its predicates.
 
 What the rewrite expects, checked per top-level loop nest (a nest that does not match is left
-as it is): every predicate is a conjunction of ``base + inner < n`` (or ``<= n - 1``) with ``n`` free of loop
-variables, ``base`` made of the loops outside the guard and ``inner`` a dense iteration
-``[0, R)`` of the loops inside it; the predicated iterator is a spatial one; a block with a
+as it is): every predicate is a conjunction of ``base + inner < n`` (or ``<= n - 1``) with
+``n`` free of loop variables, ``base`` made of the loops outside the guard and ``inner`` a
+dense iteration ``[0, R)`` of the loops inside it (conjuncts on other axes are kept, lower
+bounds the shift satisfies dropped); the predicated iterator is a spatial one; a block with a
 predicate writes global memory only as a plain store (no reduction into global memory, which
 would race with the tile it overlaps); and every block in the guarded body that uses the
 outer loops in its bindings is one of the predicated blocks. Guarantees: the same values as

@@ -212,6 +212,7 @@ def load_shape(path: Path) -> tuple[int, ...]:
     return tuple(d.dim_value for d in dims[1:])
 
 
+@pytest.mark.slow  # about 40 s: a tuning run, then the confirmation's builds and measurements
 def test_a_record_slower_than_the_default_measured_beside_it_is_not_applied(model_path, tmp_path):
     # A slow first measurement of the default lets in records that only beat that measurement.
     # Here a naive record claims a nanosecond: compile would apply it, until the default and the

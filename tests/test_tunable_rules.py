@@ -189,7 +189,9 @@ def test_int8_first_space_with_its_decisions_is_the_default_schedule(preset):
         assert len(spaces) == 2  # the row blocks inside or in the parallel loop
         trace = spaces[0].trace.simplified(remove_postproc=True)
         assert len(trace.decisions) >= 1  # the tile's channel blocks, its rows
-        tvm.ir.assert_structural_equal(replay(func, trace).mod, Int8Tensorized().apply(func, target, False).mod)
+        default = Int8Tensorized().apply(func, target, False)
+        tvm.ir.assert_structural_equal(replay(func, trace).mod, default.mod)
+        assert space_of(default.mod["main"]) == "Int8Tensorized"  # kiln inspect: tuned:Int8Tensorized
         other = with_decisions(trace, lambda inst: (int(trace.decisions[inst]) + 1) % len(inst.attrs[0]))
         assert not tvm_ffi.structural_equal(replay(func, other).mod, spaces[0].mod)
 

@@ -63,6 +63,7 @@ from schedules.int8 import (
     reads_int8,
 )
 from schedules.rules.common import (
+    SPACE_ANNOTATION,
     CPUScheduleRule,
     choose,
     divisor_at_most,
@@ -352,6 +353,8 @@ def schedule_int8(a: _Anchor, p: Int8Plan, tiling: Int8Tiling) -> s_tir.Schedule
     out_lane = next(i for i, v in enumerate(a.out_dims) if v is not None and v.same_as(p.lane_var))
     sch.transform_layout(block, ("write", 0), _pack_last(out_lane, len(a.out_dims), L))
     init = sch.decompose_reduction(block, reductions[0])
+    # On the init block: tensorize replaces the update block, and its annotations with it.
+    sch.annotate(init, SPACE_ANNOTATION, "Int8Tensorized")
     sch.tensorize(lane_inner, p.intrin.name)
     for loop in tile:
         sch.unroll(loop)

@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from targets.errors import KilnError
@@ -289,9 +289,6 @@ def seed_default_schedules(contexts, database, target, builder, runner, kiln_spa
     starts from it. Returns how many baselines were measured.
     """
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-    from tvm.s_tir.meta_schedule.builder import BuilderInput
-    from tvm.s_tir.meta_schedule.runner import RunnerInput
-
     from tvm.s_tir.meta_schedule.database import TuningRecord
 
     from schedules.defaults import rule_schedule
@@ -311,33 +308,63 @@ def seed_default_schedules(contexts, database, target, builder, runner, kiln_spa
                         context.task_name in kiln_space))
     if not pending:
         return 0
-    built = builder.build([BuilderInput(sch.mod, target) for _, sch, _, _ in pending])
-    for (workload, _, _, _), b in zip(pending, built):
-        if b.error_msg is not None:
-            log.warning("default schedule of a task did not build: %s", b.error_msg[-300:])
-            database.record_baseline(workload, float("inf"))
-    runs = [(item, b) for item, b in zip(pending, built) if b.error_msg is None]
-    device = "cuda" if target.kind.name == "cuda" else "cpu"
-    futures = runner.run([RunnerInput(b.artifact_path, device, args) for (_, _, args, _), b in runs])
+    measured = _measure([(sch.mod, args) for _, sch, args, _ in pending], target, builder, runner)
     added = 0
-    for ((workload, sch, args, in_kiln_space), built_result), future in zip(runs, futures):
-        result = future.result()
-        shutil.rmtree(os.path.dirname(built_result.artifact_path), ignore_errors=True)
-        if result.error_msg is not None or not result.run_secs:
-            # The default could not be measured: let tuned records apply (TVM's own behaviour).
-            log.warning("default schedule of a task did not run, so its tuned records apply without the "
-                        "never-slower check: %s", (result.error_msg or "")[-600:])
+    for (workload, sch, args, in_kiln_space), m in zip(pending, measured):
+        if m.build_error is not None:
+            log.warning("default schedule of a task did not build: %s", m.build_error[-300:])
             database.record_baseline(workload, float("inf"))
             continue
-        secs = [float(s) for s in result.run_secs]
+        if m.run_error is not None:
+            # The default could not be measured: let tuned records apply (TVM's own behaviour).
+            log.warning("default schedule of a task did not run, so its tuned records apply without the "
+                        "never-slower check: %s", m.run_error[-600:])
+            database.record_baseline(workload, float("inf"))
+            continue
+        secs = [float(s) for s in m.run_secs]
         database.record_baseline(workload, sum(secs) / len(secs))
         # In MetaSchedule's generic space the default is not a tuning record: the search would start
         # from its trace, and the generic RewriteLayout cannot re-pack a weight the default rule packed.
         if in_kiln_space:
             database.commit_tuning_record(TuningRecord(sch.trace.simplified(remove_postproc=True), workload,
-                                                       result.run_secs, target, args))
+                                                       m.run_secs, target, args))
         added += 1
     return added
+
+
+@dataclass
+class _Measured:
+    """One candidate's measurement: why it did not build or run, else its times of every round."""
+
+    build_error: str | None = None
+    run_error: str | None = None
+    run_secs: list = field(default_factory=list)
+
+
+def _measure(candidates: list, target, builder, runner, rounds: int = 1) -> list[_Measured]:
+    """Build each ``(mod, args)`` candidate once and run them all ``rounds`` times, in the same
+    batches, the order reversed every other round; the build artifacts are removed after."""
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    built = builder.build([BuilderInput(mod, target) for mod, _ in candidates])
+    out = [_Measured(build_error=b.error_msg) for b in built]
+    ok = [i for i, b in enumerate(built) if b.error_msg is None]
+    device = "cuda" if target.kind.name == "cuda" else "cpu"
+    try:
+        for round_ in range(rounds):
+            order = ok if round_ % 2 == 0 else ok[::-1]
+            futures = runner.run([RunnerInput(built[i].artifact_path, device, candidates[i][1]) for i in order])
+            for i, future in zip(order, futures):
+                result = future.result()
+                if result.error_msg is not None or not result.run_secs:
+                    out[i].run_error = result.error_msg or ""
+                else:
+                    out[i].run_secs += list(result.run_secs)
+    finally:
+        for i in ok:
+            shutil.rmtree(os.path.dirname(built[i].artifact_path), ignore_errors=True)
+    return out
 
 
 def confirm_best_records(contexts, database, target, builder, runner, rounds: int = 2) -> list[str]:
@@ -351,44 +378,27 @@ def confirm_best_records(contexts, database, target, builder, runner, rounds: in
     same kernels' records). Here both run in the same batches, their order swapped each round,
     so what differs between two measurements falls on both."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-    from tvm.s_tir.meta_schedule.builder import BuilderInput
-    from tvm.s_tir.meta_schedule.runner import RunnerInput
 
     from schedules.defaults import rule_schedule
 
     pairs = []  # (task name, workload, stored seconds of the record, [default, record] as (mod, args))
     for context in contexts:
         record = database.query_tuning_record(context.mod, target, "main")
-        default, _ = rule_schedule(context.mod["main"], target)
-        tuned = database.query_schedule(context.mod, target, "main") if record is not None else None
-        if tuned is None or default is None:
+        default = rule_schedule(context.mod["main"], target)[0] if record is not None else None
+        if default is None:  # no record compile would apply, or no default to compare it with
             continue
+        tuned = database.query_schedule(context.mod, target, "main")
         stored = [float(s) for s in record.run_secs]
         pairs.append((context.task_name, database.commit_workload(context.mod), sum(stored) / len(stored),
                       [(default.mod, ArgInfo.from_entry_func(default.mod, remove_preproc=True)),
                        (tuned.mod, list(record.args_info))]))
     if not pairs:
         return []
-    flat = [candidate for *_, both in pairs for candidate in both]
-    built = builder.build([BuilderInput(mod, target) for mod, _ in flat])
-    device = "cuda" if target.kind.name == "cuda" else "cpu"
-    seconds: list[list[float]] = [[] for _ in flat]
-    try:
-        ok = [i for i, b in enumerate(built) if b.error_msg is None]
-        for round_ in range(rounds):
-            order = ok if round_ % 2 == 0 else ok[::-1]
-            futures = runner.run([RunnerInput(built[i].artifact_path, device, flat[i][1]) for i in order])
-            for i, future in zip(order, futures):
-                result = future.result()
-                if result.error_msg is None and result.run_secs:
-                    seconds[i] += [float(s) for s in result.run_secs]
-    finally:
-        for b in built:
-            if b.error_msg is None:
-                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+    measured = _measure([candidate for *_, both in pairs for candidate in both], target, builder, runner, rounds)
     demoted = []
     for k, (name, workload, stored, _) in enumerate(pairs):
-        default_secs, record_secs = seconds[2 * k], seconds[2 * k + 1]
+        default_secs = [float(x) for x in measured[2 * k].run_secs]
+        record_secs = [float(x) for x in measured[2 * k + 1].run_secs]
         if not default_secs or not record_secs:
             continue  # not measured this time: the first comparison stands
         default_s, record_s = sum(default_secs) / len(default_secs), sum(record_secs) / len(record_secs)

@@ -72,7 +72,7 @@ def clamp_tail_tiles(func: tirx.PrimFunc) -> tirx.PrimFunc:
             changed = True
         except _NoMatch as why:
             if str(why):
-                log.debug("%s: tail tiles kept (%s)", func.attrs.get("global_symbol", "kernel"), why)
+                log.debug("tail tiles kept (%s)", why)
     if not changed:
         return func
     body = nests[0] if len(nests) == 1 else tirx.SeqStmt(nests)
@@ -99,10 +99,9 @@ def serial_symbolic_vectors(func: tirx.PrimFunc) -> tirx.PrimFunc:
     def serial(loop: tirx.For) -> tirx.For:
         if loop.kind != tirx.ForKind.VECTORIZED or isinstance(loop.extent, tirx.IntImm):
             return loop
-        return tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.SERIAL, loop.body, loop.thread_binding,
-                        loop.annotations, loop.step)
+        return _with_body(loop, loop.body, tirx.ForKind.SERIAL)
 
-    body = _map_loops(root.block.body, serial)
+    body = _map(root.block.body, on_loop=serial)
     return func if body.same_as(root.block.body) else func.with_body(_with_root_body(root, body))
 
 
@@ -163,7 +162,7 @@ def _guarded(nest: tirx.Stmt, guard_loop: tirx.For, realizes: list[SBlockRealize
     full = _replace_realizes(guard_loop.body, plans, keep_bound_checks=False)
     partial = _replace_realizes(guard_loop.body, plans, keep_bound_checks=True)
     guarded = _with_body(guard_loop, tirx.IfThenElse(condition, full, partial))
-    return _replace_loop(nest, guard_loop, guarded)
+    return _map(nest, on_loop=lambda loop: guarded if loop.same_as(guard_loop) else loop)
 
 
 @dataclass(frozen=True)
@@ -269,7 +268,7 @@ def _replace_realizes(stmt: tirx.Stmt, plans: dict, keep_bound_checks: bool) -> 
             predicate = check if _is_true(predicate) else tirx.And(predicate, check)
         return SBlockRealize(values, predicate, realize.block)
 
-    return _map_realizes(stmt, lambda r: rewrite(r) if r in plans else r)
+    return _map(stmt, on_realize=lambda r: rewrite(r) if r in plans else r)
 
 
 # -- small TIR helpers (TVM's Python API has no statement mutator) ---------------------------
@@ -358,9 +357,9 @@ def _common_loops(nest: tirx.Stmt, realizes: list[SBlockRealize]) -> list[tirx.F
     return common
 
 
-def _with_body(loop: tirx.For, body: tirx.Stmt) -> tirx.For:
-    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, loop.annotations,
-                    loop.step)
+def _with_body(loop: tirx.For, body: tirx.Stmt, kind: tirx.ForKind | None = None) -> tirx.For:
+    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind if kind is None else kind, body,
+                    loop.thread_binding, loop.annotations, loop.step)
 
 
 def _rebuild(stmt: tirx.Stmt, children: list[tirx.Stmt]) -> tirx.Stmt:
@@ -373,25 +372,16 @@ def _rebuild(stmt: tirx.Stmt, children: list[tirx.Stmt]) -> tirx.Stmt:
     raise _NoMatch(f"cannot rebuild a {type(stmt).__name__}")
 
 
-def _map_realizes(stmt: tirx.Stmt, fn) -> tirx.Stmt:
+def _map(stmt: tirx.Stmt, on_realize=lambda realize: realize, on_loop=lambda loop: loop) -> tirx.Stmt:
+    """``stmt`` rebuilt bottom-up: ``on_realize`` applied to each block realize (not entered) and
+    ``on_loop`` to each loop; unchanged parts are kept as they are."""
     if isinstance(stmt, SBlockRealize):
-        return fn(stmt)
+        return on_realize(stmt)
     children = _children(stmt)
-    new = [_map_realizes(c, fn) for c in children]
-    if all(a.same_as(b) for a, b in zip(children, new)):
-        return stmt
-    return _rebuild(stmt, new)
-
-
-def _map_loops(stmt: tirx.Stmt, fn) -> tirx.Stmt:
-    """``stmt`` with ``fn`` applied to every loop outside nested blocks, innermost first."""
-    if isinstance(stmt, SBlockRealize):
-        return stmt
-    children = _children(stmt)
-    new = [_map_loops(c, fn) for c in children]
+    new = [_map(c, on_realize, on_loop) for c in children]
     if not all(a.same_as(b) for a, b in zip(children, new)):
         stmt = _rebuild(stmt, new)
-    return fn(stmt) if isinstance(stmt, tirx.For) else stmt
+    return on_loop(stmt) if isinstance(stmt, tirx.For) else stmt
 
 
 def _with_root_body(root: SBlockRealize, body: tirx.Stmt) -> SBlockRealize:
@@ -399,15 +389,3 @@ def _with_root_body(root: SBlockRealize, body: tirx.Stmt) -> SBlockRealize:
     return SBlockRealize(root.iter_values, root.predicate,
                          SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, body, block.init,
                                 block.alloc_buffers, block.match_buffers, block.annotations))
-
-
-def _replace_loop(stmt: tirx.Stmt, old: tirx.For, new: tirx.For) -> tirx.Stmt:
-    if stmt.same_as(old):
-        return new
-    children = _children(stmt)
-    if isinstance(stmt, SBlockRealize) or not children:
-        return stmt
-    updated = [_replace_loop(c, old, new) for c in children]
-    if all(a.same_as(b) for a, b in zip(children, updated)):
-        return stmt
-    return _rebuild(stmt, updated)

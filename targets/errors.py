@@ -37,5 +37,5 @@ class LibraryError(KilnError):
 
 
 class BuildError(KilnError):
-    """TVM failed while lowering or generating code for a kernel: a bug in kiln or TVM, not in
-    the model; the message names the kernel when TVM does and says what to try."""
+    """TVM failed while generating code: a bug in kiln or TVM, not in the model. The message
+    gives TVM's reason and, for a symbolic-size build, what to try."""

@@ -32,7 +32,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from schedules.rules import (ChannelVectorized, Injective, Int8Tensorized, ParallelFallback, RowReduction,
-                             RowSoftmax, SpatialVectorized)
+                             RowSoftmax, SpatialVectorized, StemConv)
 from schedules.tail_tiles import clamp_tail_tiles, fits_symbolic_sizes, serial_symbolic_vectors
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ RULES_VERSION = _rules_version()
 SCHEDULED_ATTR = "tirx.is_scheduled"  # what dlight and MetaScheduleApplyDatabase set
 RULE_ATTR = "kiln.default_schedule"  # which kiln rule scheduled a function
 
-CPU_RULES: tuple[ScheduleRule, ...] = (RowSoftmax(), Int8Tensorized(), ChannelVectorized(), SpatialVectorized(),
-                                        Injective(), RowReduction(), ParallelFallback())
+CPU_RULES: tuple[ScheduleRule, ...] = (RowSoftmax(), Int8Tensorized(), StemConv(), ChannelVectorized(),
+                                        SpatialVectorized(), Injective(), RowReduction(), ParallelFallback())
 
 
 @dataclass
@@ -102,7 +102,16 @@ def schedule_func(func: tirx.PrimFunc, target: Target, rules: tuple[ScheduleRule
     sch, name = rule_schedule(func, target, rules)
     if sch is None:
         return func, None
-    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, name), name
+    scheduled = sch.mod["main"]
+    if _clamps_static_tails(name, rules):
+        scheduled = clamp_tail_tiles(scheduled, static_bounds=True)
+    return scheduled.with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, name), name
+
+
+def _clamps_static_tails(name: str, rules: tuple[ScheduleRule, ...]) -> bool:
+    """Whether rule ``name`` leaves tiles that do not divide a static extent for
+    ``clamp_tail_tiles(static_bounds=True)`` to make full (``StemConv``)."""
+    return any(type(r).__name__ == name and getattr(r, "clamps_static_tails", False) for r in rules)
 
 
 def has_symbolic_shape(func: tirx.PrimFunc) -> bool:
@@ -122,13 +131,14 @@ def replay_twin(func: tirx.PrimFunc, twin: tirx.PrimFunc, target: Target,
     sch, name = rule_schedule(twin, target, rules)
     if sch is None:
         return func, None
-    best = _replay(func, sch, name)
+    static_bounds = _clamps_static_tails(name, rules)
+    best = _replay(func, sch, name, static_bounds)
     if best is None:
         return func, None
     rule = next(r for r in rules if type(r).__name__ == name)
     if not fits_symbolic_sizes(best) and hasattr(rule, "design_spaces"):
         for space in rule.design_spaces(twin, target)[1:]:
-            candidate = _replay(func, space, name)
+            candidate = _replay(func, space, name, static_bounds)
             if candidate is not None and fits_symbolic_sizes(candidate):
                 best = candidate
                 break
@@ -136,8 +146,10 @@ def replay_twin(func: tirx.PrimFunc, twin: tirx.PrimFunc, target: Target,
     return serial_symbolic_vectors(best).with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, replayed), replayed
 
 
-def _replay(func: tirx.PrimFunc, sch: s_tir.Schedule, name: str) -> tirx.PrimFunc | None:
-    """``sch``'s trace applied to ``func``, its tail tiles made full; None if it does not replay."""
+def _replay(func: tirx.PrimFunc, sch: s_tir.Schedule, name: str, static_bounds: bool = False
+            ) -> tirx.PrimFunc | None:
+    """``sch``'s trace applied to ``func``, its tail tiles made full (``static_bounds``: those of
+    static extents too); None if it does not replay."""
     from tvm.s_tir.schedule import ScheduleError
 
     symbolic = s_tir.Schedule(func)
@@ -146,7 +158,7 @@ def _replay(func: tirx.PrimFunc, sch: s_tir.Schedule, name: str) -> tirx.PrimFun
     except (ScheduleError, tvm.TVMError) as err:  # the decisions need static extents: naive loops
         log.debug("%s's schedule does not replay on symbolic sizes (%s)", name, str(err).strip().splitlines()[-1][:200])
         return None
-    return clamp_tail_tiles(symbolic.mod["main"])
+    return clamp_tail_tiles(symbolic.mod["main"], static_bounds)
 
 
 def default_schedule_pass(target: Target | None = None, rules: tuple[ScheduleRule, ...] = CPU_RULES,

@@ -1,17 +1,20 @@
-"""Full tiles for kernels with a symbolic extent: the last tile is shifted back, not cut.
+"""Full tiles where a tile does not divide its extent: the last tile is shifted back, not cut.
 
 A kernel replayed on a symbolic size (``schedules.defaults.replay_twin``) splits that size by
 the register tile ``R`` of its static twin, so each block of the tile carries a predicate
 ``base + inner < n`` for the last, partial tile. TVM then cannot shrink the tile's local
 accumulator to ``R`` rows (``CompactBufferAllocation`` keeps the whole symbolic extent), and the
 predicates stay in the innermost loops: the accumulator lives in memory instead of registers
-and the kernel runs 3-4x slower than its static twin.
+and the kernel runs 3-4x slower than its static twin. A static extent that a rule's tile does
+not divide (``StemConv``: a 111-wide row in 16-lane vectors) gets the same checks;
+``clamp_tail_tiles(static_bounds=True)`` makes those tiles full too.
 
 ``clamp_tail_tiles`` rewrites such a loop nest so that every tile is full: a tile starts at
 ``max(min(base, n - R), 0)``, so the last one ends exactly at ``n`` and recomputes rows the tile
 before it already wrote, with the same values. Inside the innermost loop that holds all
 predicated blocks, the body runs unpredicated when ``n >= R``; otherwise (an input smaller
-than one tile) it runs the same shifted body with its predicates.
+than one tile) it runs the same shifted body with its predicates. Where ``n >= R`` is known
+(a static extent), only the unpredicated body is kept.
 
 What the rewrite expects, checked per top-level loop nest (a nest that does not match is left
 as it is): every predicate is a conjunction of ``base + inner < n`` (or ``<= n - 1``) with
@@ -59,8 +62,12 @@ class _NoMatch(Exception):
     """The nest is not of the form the rewrite handles; it stays as it is."""
 
 
-def clamp_tail_tiles(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with full, shifted tail tiles where a nest allows it (module doc); else ``func``."""
+def clamp_tail_tiles(func: tirx.PrimFunc, static_bounds: bool = False) -> tirx.PrimFunc:
+    """``func`` with full, shifted tail tiles where a nest allows it (module doc); else ``func``.
+
+    ``static_bounds``: also shift tiles whose bound is a constant (a static extent that the tile
+    does not divide, e.g. a 111-wide row in 16-lane tiles); by default only symbolic bounds are
+    tails."""
     root = func.body
     if not (isinstance(root, SBlockRealize) and isinstance(root.block.body, (tirx.For, tirx.SeqStmt))):
         return func
@@ -68,7 +75,7 @@ def clamp_tail_tiles(func: tirx.PrimFunc) -> tirx.PrimFunc:
     changed = False
     for i, nest in enumerate(nests):
         try:
-            nests[i] = _rewrite_nest(nest)
+            nests[i] = _rewrite_nest(nest, static_bounds)
             changed = True
         except _NoMatch as why:
             if str(why):
@@ -124,7 +131,7 @@ def fits_symbolic_sizes(func: tirx.PrimFunc) -> bool:
 
 # -- the rewrite of one nest ---------------------------------------------------------------
 
-def _rewrite_nest(nest: tirx.Stmt) -> tirx.Stmt:
+def _rewrite_nest(nest: tirx.Stmt, static_bounds: bool) -> tirx.Stmt:
     realizes = _predicated(nest)
     if not realizes:
         raise _NoMatch("")
@@ -136,18 +143,19 @@ def _rewrite_nest(nest: tirx.Stmt) -> tirx.Stmt:
         if any(loop.kind == tirx.ForKind.PARALLEL for loop in inner_loops.values()):
             break  # a local buffer allocated above a parallel loop would be shared by its threads
         try:
-            return _guarded(nest, guard_loop, realizes, {loop.loop_var for loop in path[:depth]}, inner_loops)
+            return _guarded(nest, guard_loop, realizes, {loop.loop_var for loop in path[:depth]}, inner_loops,
+                            static_bounds)
         except _NoMatch as err:
             why = err
     raise why
 
 
 def _guarded(nest: tirx.Stmt, guard_loop: tirx.For, realizes: list[SBlockRealize], outer_vars: set,
-             inner_loops: dict) -> tirx.Stmt:
+             inner_loops: dict, static_bounds: bool) -> tirx.Stmt:
     analyzer = sym.Analyzer()
     for loop in _loops_below(nest).values():
         analyzer.bind(loop.loop_var, tvm.ir.Range.from_min_extent(loop.min, loop.extent))
-    plans = {realize: _plan(realize, outer_vars, inner_loops, analyzer) for realize in realizes}
+    plans = {realize: _plan(realize, outer_vars, inner_loops, analyzer, static_bounds) for realize in realizes}
     _check_other_blocks(guard_loop.body, set(realizes), outer_vars)
     distinct: list[_Cut] = []  # one per tiled extent: every block must shift it the same way
     for cut in (c for plan in plans.values() for c in plan.cuts.values()):
@@ -160,8 +168,11 @@ def _guarded(nest: tirx.Stmt, guard_loop: tirx.For, realizes: list[SBlockRealize
     for cut in distinct[1:]:
         condition = tirx.And(condition, cut.guard())
     full = _replace_realizes(guard_loop.body, plans, keep_bound_checks=False)
-    partial = _replace_realizes(guard_loop.body, plans, keep_bound_checks=True)
-    guarded = _with_body(guard_loop, tirx.IfThenElse(condition, full, partial))
+    if analyzer.can_prove(condition):  # static extents at least one tile long: no partial case
+        guarded = _with_body(guard_loop, full)
+    else:
+        partial = _replace_realizes(guard_loop.body, plans, keep_bound_checks=True)
+        guarded = _with_body(guard_loop, tirx.IfThenElse(condition, full, partial))
     return _map(nest, on_loop=lambda loop: guarded if loop.same_as(guard_loop) else loop)
 
 
@@ -174,7 +185,8 @@ class _BlockPlan:
     kept: list[tirx.PrimExpr]
 
 
-def _plan(realize: SBlockRealize, outer_vars: set, inner_loops: dict, analyzer: sym.Analyzer) -> _BlockPlan:
+def _plan(realize: SBlockRealize, outer_vars: set, inner_loops: dict, analyzer: sym.Analyzer,
+          static_bounds: bool) -> _BlockPlan:
     """Split the block's predicate into cuts (``base + inner < bound`` on a spatial iterator),
     conjuncts the loop ranges prove (dropped) and conjuncts on other axes (kept)."""
     block = realize.block
@@ -185,7 +197,8 @@ def _plan(realize: SBlockRealize, outer_vars: set, inner_loops: dict, analyzer: 
     cuts: dict[int, _Cut] = {}
     others = []
     for conjunct in _conjuncts(realize.predicate):
-        cut = _as_cut(realize, conjunct, outer_vars, inner_loops) if isinstance(conjunct, (tirx.LT, tirx.LE)) else None
+        cut = (_as_cut(realize, conjunct, outer_vars, inner_loops, static_bounds)
+               if isinstance(conjunct, (tirx.LT, tirx.LE)) else None)
         if cut is None:
             others.append(conjunct)
         elif cut[0] in cuts:
@@ -211,12 +224,15 @@ def _is_lower_check(conjunct: tirx.PrimExpr, realize: SBlockRealize, cuts: dict[
 
 
 def _as_cut(realize: SBlockRealize, conjunct: tirx.LT | tirx.LE, outer_vars: set,
-            inner_loops: dict) -> tuple[int, _Cut] | None:
+            inner_loops: dict, static_bounds: bool) -> tuple[int, _Cut] | None:
     """(iterator index, cut) when ``conjunct`` is a tile's bound check (``<``, or ``<=`` as TVM's
-    simplifier sometimes writes it), else None."""
+    simplifier sometimes writes it), else None. A check against a constant counts only with
+    ``static_bounds``."""
     lhs, bound = conjunct.a, conjunct.b if isinstance(conjunct, tirx.LT) else conjunct.b + 1
-    if _uses(bound, outer_vars) or _uses(bound, set(inner_loops)) or not tirx.analysis.undefined_vars(bound):
-        return None  # a check against a constant or a loop is not a symbolic tail
+    if _uses(bound, outer_vars) or _uses(bound, set(inner_loops)):
+        return None  # a check against a loop is not a tail
+    if not static_bounds and not tirx.analysis.undefined_vars(bound):
+        return None  # a check against a constant is not a symbolic tail
     index = next((k for k, value in enumerate(realize.iter_values) if tvm_ffi.structural_equal(value, lhs)), None)
     if index is None or realize.block.iter_vars[index].iter_type != tirx.IterVar.DataPar:
         return None

@@ -102,6 +102,14 @@ def shuffle_unit(size: int = 14, channels: int = 40) -> onnx.ModelProto:
                   numpy_helper.from_array(np.array([1, c, size, size], np.int64), "s4")])
 
 
+def stem(size: int = 37, filters: int = 24, kernel: int = 3, pad: int = 1) -> onnx.ModelProto:
+    """A network's first conv: 3 input channels, stride 2, bias and ReLU."""
+    return model([helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[kernel, kernel], strides=[2, 2],
+                                   pads=[pad] * 4),
+                  helper.make_node("Relu", ["c"], ["y"])],
+                 [("x", [1, 3, size, size])], [("y", None)], [const("w", filters, 3, kernel, kernel), const("b", filters)])
+
+
 # graph -> rule expected on its main kernel(s), by a substring of the kernel name
 CASES = {
     "conv_relu": (conv_relu, {"conv2d": "ChannelVectorized"}),
@@ -116,6 +124,7 @@ CASES = {
     "variadic_sum": (variadic_sum, {"conv2d": "ChannelVectorized"}),
     "shuffle_unit_14": (shuffle_unit, {"conv2d": "SpatialVectorized"}),
     "shuffle_unit_7": (lambda: shuffle_unit(7, 24), {"conv2d": "SpatialVectorized"}),
+    "stem_conv": (stem, {"conv2d": "StemConv"}),  # 19 output columns: a shifted last tile
 }
 
 
@@ -477,3 +486,20 @@ def test_row_softmax_is_accurate_on_wide_and_masked_rows(tmp_path):
     assert np.all(np.abs(got - ref) <= 1e-5 * ref + 1e-35)
     assert np.all(got[1, ::7] <= 1e-37)
     np.testing.assert_allclose(got.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_stem_conv_vectorizes_rows_and_shifts_the_last_tile(tmp_path):
+    """A 3-channel 3x3 stride-2 stem (27 multiply-adds per output) is vectorized along its output
+    rows, 8 channels per tile (AVX2): 17 columns are tiles at 0, 8 and 9, so no bound check is
+    left in the kernel. A 7x7 stem (147 multiply-adds per output) stays channel-vectorized.
+    Results equal ONNX Runtime (built for this machine: 16 lanes, tiles at 0 and 1)."""
+    onnx_model = stem(size=35, pad=0)
+    mod, _ = scheduled_module(onnx_model)
+    (f,) = kernels(mod, "conv2d")
+    assert str(f.attrs[RULE_ATTR]) == "StemConv"
+    assert _loop_kinds(f, "conv2d_nchw_update")[-2:] == [("Unrolled", 8), ("Vectorized", 8)]
+    assert "T.where" not in f.script()
+    assert "T.min" in f.script()  # the tile start, clamped to end at column 17
+    mod, _ = scheduled_module(stem(size=38, kernel=7, pad=3))
+    assert [str(f.attrs[RULE_ATTR]) for f in kernels(mod, "conv2d")] == ["ChannelVectorized"]
+    assert_matches_onnxruntime(onnx_model, tmp_path, seed=7)

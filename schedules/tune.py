@@ -260,8 +260,11 @@ class _RunState:
         if self.deadline is not None and time.monotonic() >= self.deadline and not self.budget_hit:
             self.budget_hit = True
             log.info("time budget reached: finishing the tasks in flight")
-            for i in range(len(self.contexts)):
-                task_scheduler.terminate_task(i)
+            for i, task in enumerate(task_scheduler.tasks_):
+                # MetaSchedule has already ended a task whose space is measured through, and
+                # ending a task twice fails its check (a crash at the deadline, not a clean end).
+                if not task.is_terminated:
+                    task_scheduler.terminate_task(i)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -82,6 +82,32 @@ def test_budget_ends_the_run_on_time(model_path, tmp_path):
     assert time.monotonic() - start < 120  # ends after the batch in flight, not after every trial
 
 
+def test_budget_end_leaves_tasks_metaschedule_already_ended(tmp_path):
+    """At the deadline every task still searching is ended, and a task MetaSchedule has ended
+    itself (its space measured through) is not ended again: TVM's check fails on that, and an
+    INT8 ShuffleNet run crashed at its deadline with a traceback."""
+    from types import SimpleNamespace
+
+    from schedules.tune import _RunState
+
+    class Scheduler:
+        def __init__(self):
+            self.tasks_ = [SimpleNamespace(is_terminated=True), SimpleNamespace(is_terminated=False)]
+
+        def terminate_task(self, i):
+            if self.tasks_[i].is_terminated:
+                raise RuntimeError("Check failed: (!task->is_terminated) is false")
+            self.tasks_[i].is_terminated = True
+
+    database = SimpleNamespace(commit_workload=lambda mod: mod, get_top_k=lambda workload, k: [])
+    contexts = [SimpleNamespace(task_name=f"t{i}", mod=i) for i in range(2)]
+    state = _RunState(tmp_path, contexts, [1, 1], database, cost_model=None, total=None,
+                      deadline=time.monotonic() - 1, trials_before=0, progress=False)
+    scheduler = Scheduler()
+    state.after_batch(scheduler, 1, 4)
+    assert state.budget_hit and all(t.is_terminated for t in scheduler.tasks_)
+
+
 @pytest.mark.slow  # over a minute: a tuning run killed mid-batch, then resumed
 def test_sigkill_loses_no_record_and_the_next_run_resumes(model_path, tmp_path):
     db = tmp_path / "db"

@@ -474,6 +474,34 @@ def x_stride(a: _Anchor, x: tirx.Var) -> int:
     return step
 
 
+def lane_group(a: _Anchor, x: tirx.Var) -> int | None:
+    """``G`` when an input read indexes output axis ``x`` through ``x // G`` or ``x % G`` with
+    ``G`` below its extent (a grouped conv in NHWC: input channel ``f // G * Cg + rc``), else None."""
+    found = []
+
+    def visit(expr) -> None:
+        if (isinstance(expr, (tirx.FloorDiv, tirx.FloorMod)) and isinstance(expr.b, tirx.IntImm)
+                and x in set(collect_vars_used_in_prim_expr(expr.a))):
+            found.append(int(expr.b.value))
+        for child in (getattr(expr, "a", None), getattr(expr, "b", None)):
+            if child is not None and not isinstance(child, (tirx.Var, tirx.IntImm)):
+                visit(child)
+
+    for _, region in input_reads(a.sch.get(a.anchor.block_rv)):
+        for r in region.region:
+            visit(r.min)
+    groups = [g for g in found if 1 < g < a.extents[x]]
+    return min(groups) if groups else None
+
+
+def _power_of_two_divisor(n: int, cap: int) -> int:
+    """The largest power of two that divides ``n`` and is at most ``cap``."""
+    p = 1
+    while p * 2 <= cap and n % (p * 2) == 0:
+        p *= 2
+    return p
+
+
 def _plain_indices(region: tirx.BufferRegion) -> bool:
     return all(isinstance(x.min, (tirx.Var, tirx.IntImm)) for x in region.region)
 
@@ -780,9 +808,18 @@ class SpatialVectorized(CPUScheduleRule):
         stmt = a.sch.get(a.anchor.block_rv)
         bits = tvm.DataType(str(stmt.writes[0].source.dtype)).bits
         strided = x_stride(a, x) > 1
-        tile_args = (a.extents[x], a.extents[y] if rows_ok else 1,
-                     a.extents[reg_var] if reg_var is not None else 1, spec, bits, strided)
-        tile = spatial_tile(*tile_args)
+        channels = a.extents[reg_var] if reg_var is not None else 1
+        group = lane_group(a, x)
+        if group is not None and group % spec.lanes(bits):
+            # A grouped conv in NHWC reads input channel ``x // group * Cg + rc``: a vector across a
+            # group boundary loads each lane on its own. The tile is one group, as unrolled vectors
+            # that divide it (INT8 ShuffleNet's 68-channel groups: 4-lane vectors; 14x14 grouped
+            # 1x1 conv 0.76 -> 0.20 ms, same process).
+            tile_args = (group, 1, channels, spec, bits, strided)
+            tile = (1, group, _power_of_two_divisor(group, spec.lanes(bits)), divisor_at_most(channels, 8))
+        else:
+            tile_args = (a.extents[x], a.extents[y] if rows_ok else 1, channels, spec, bits, strided)
+            tile = spatial_tile(*tile_args)
         if tile is None:
             return None
         products = len(input_reads(stmt)) >= 2  # a conv, not a pooling

@@ -17,7 +17,7 @@ row is shifted back to end at the row's end (``schedules.tail_tiles.clamp_tail_t
 in every lane. Padding stays a separate pass.
 
 Expects one float32 reduction block with two reads (data and weight) writing a 4-D output
-``[n, f, y, x]``, ``f`` indexed by the weight only (a dense or grouped conv, not a depthwise
+``[n, f, y, x]``, ``f`` indexed by the weight only (a dense conv, not a grouped or depthwise
 one), a window on the data, at most ``MAX_REDUCTION`` multiply-adds per output and a row at
 least one vector wide. Declines (None) otherwise. The reduction order of every output is
 unchanged. No design spaces: the rule's one decision, channels per tile, is fixed.

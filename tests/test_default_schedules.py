@@ -128,9 +128,15 @@ CASES = {
 }
 
 
-def scheduled_module(onnx_model: onnx.ModelProto, target: str = "x86-avx2") -> tuple[tvm.IRModule, ScheduleStats]:
-    """Run kiln's pipeline up to and including the default-schedule step."""
+def scheduled_module(onnx_model: onnx.ModelProto, target: str = "x86-avx2",
+                     layout: str | None = None) -> tuple[tvm.IRModule, ScheduleStats]:
+    """Run kiln's pipeline up to and including the default-schedule step (``layout``: the
+    activation layout of float convs, default the preset's)."""
+    from dataclasses import replace
+
     preset = resolve_target(target)
+    if layout is not None:
+        preset = replace(preset, conv_layout=layout)
     mod = import_onnx(onnx_model, {}).mod
     stats = ScheduleStats()
     with tvm.transform.PassContext(opt_level=3), preset.tvm_target() as tgt:
@@ -452,19 +458,10 @@ def test_nhwc_depthwise_weights_are_packed_channel_innermost(tmp_path):
     """NHWC depthwise: the vectorized channel axis is the weight's first dim (W[c, kh, kw, 1]), so
     each vector would gather 8 weights 9 apart; the weight is packed channel-innermost at compile
     time (a layout-rewrite block SplitLayoutRewritePreproc moves out) and the results equal ORT's."""
-    from dataclasses import replace
-
     dw = model([helper.make_node("Conv", ["x", "w", "b"], ["d"], pads=[1, 1, 1, 1], group=32),
                 helper.make_node("Relu", ["d"], ["y"])],
                [("x", [1, 32, 12, 12])], [("y", None)], [const("w", 32, 1, 3, 3), const("b", 32)])
-    preset = replace(resolve_target("x86-avx2"), conv_layout="NHWC")
-    mod = import_onnx(dw, {}).mod
-    with tvm.transform.PassContext(opt_level=3), preset.tvm_target() as tgt:
-        for step in pipeline_steps(preset):
-            if step.name == "DefaultCPUSchedule":
-                mod = default_schedule_pass(tgt)(mod)
-                break
-            mod = step.make()(mod)
+    mod, _ = scheduled_module(dw, layout="NHWC")
     (f,) = kernels(mod, "conv2d")
     assert "layout_rewrite_preproc" in f.script()
     assert_matches_onnxruntime(dw, tmp_path, seed=5, layout="NHWC")
@@ -509,19 +506,10 @@ def test_nhwc_grouped_conv_vectors_stay_inside_a_group(tmp_path):
     """NHWC grouped 1x1 conv, 4 groups of 12 channels: a vector of 8 output channels (AVX2)
     across a group boundary would load each input lane on its own (INT8 ShuffleNet's 68-channel
     groups ran 5x slower). The tile is one group, as 4-lane vectors; results equal ORT's."""
-    from dataclasses import replace
-
     grouped = model([helper.make_node("Conv", ["x", "w", "b"], ["c"], group=4),
                      helper.make_node("Relu", ["c"], ["y"])],
                     [("x", [1, 48, 10, 10])], [("y", None)], [const("w", 48, 12, 1, 1), const("b", 48)])
-    preset = replace(resolve_target("x86-avx2"), conv_layout="NHWC")
-    mod = import_onnx(grouped, {}).mod
-    with tvm.transform.PassContext(opt_level=3), preset.tvm_target() as tgt:
-        for step in pipeline_steps(preset):
-            if step.name == "DefaultCPUSchedule":
-                mod = default_schedule_pass(tgt)(mod)
-                break
-            mod = step.make()(mod)
+    mod, _ = scheduled_module(grouped, layout="NHWC")
     (f,) = kernels(mod, "conv2d")
     assert str(f.attrs[RULE_ATTR]) == "SpatialVectorized"
     loops = _loop_kinds(f, "group_conv2d_nhwc_update")

@@ -103,15 +103,20 @@ def schedule_func(func: tirx.PrimFunc, target: Target, rules: tuple[ScheduleRule
     if sch is None:
         return func, None
     scheduled = sch.mod["main"]
-    if _clamps_static_tails(name, rules):
+    if _clamps_static_tails(rule_named(name, rules)):
         scheduled = clamp_tail_tiles(scheduled, static_bounds=True)
     return scheduled.with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, name), name
 
 
-def _clamps_static_tails(name: str, rules: tuple[ScheduleRule, ...]) -> bool:
-    """Whether rule ``name`` leaves tiles that do not divide a static extent for
+def rule_named(name: str | None, rules: tuple[ScheduleRule, ...] = CPU_RULES) -> ScheduleRule | None:
+    """The rule of ``rules`` whose class is called ``name`` (what ``rule_schedule`` returns), or None."""
+    return next((r for r in rules if type(r).__name__ == name), None)
+
+
+def _clamps_static_tails(rule: ScheduleRule | None) -> bool:
+    """Whether ``rule`` leaves tiles that do not divide a static extent for
     ``clamp_tail_tiles(static_bounds=True)`` to make full (``StemConv``)."""
-    return any(type(r).__name__ == name and getattr(r, "clamps_static_tails", False) for r in rules)
+    return getattr(rule, "clamps_static_tails", False)
 
 
 def has_symbolic_shape(func: tirx.PrimFunc) -> bool:
@@ -131,11 +136,11 @@ def replay_twin(func: tirx.PrimFunc, twin: tirx.PrimFunc, target: Target,
     sch, name = rule_schedule(twin, target, rules)
     if sch is None:
         return func, None
-    static_bounds = _clamps_static_tails(name, rules)
+    rule = rule_named(name, rules)
+    static_bounds = _clamps_static_tails(rule)
     best = _replay(func, sch, name, static_bounds)
     if best is None:
         return func, None
-    rule = next(r for r in rules if type(r).__name__ == name)
     if not fits_symbolic_sizes(best) and hasattr(rule, "design_spaces"):
         for space in rule.design_spaces(twin, target)[1:]:
             candidate = _replay(func, space, name, static_bounds)

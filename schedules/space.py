@@ -27,7 +27,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.mutator import PyMutator
 from tvm.target import Target
 
-from schedules.defaults import CPU_RULES, rule_schedule
+from schedules.defaults import rule_named, rule_schedule
 
 SAMPLE_CATEGORICAL = "SampleCategorical"
 
@@ -36,7 +36,7 @@ def tunable_rule(func: tirx.PrimFunc, target: Target):
     """The rule that schedules ``func`` by default, when that rule is tunable (has
     ``design_spaces``); else None."""
     _, name = rule_schedule(func, target)
-    rule = next((r for r in CPU_RULES if type(r).__name__ == name), None)
+    rule = rule_named(name)
     return rule if hasattr(rule, "design_spaces") else None
 
 

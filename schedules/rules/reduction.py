@@ -563,6 +563,38 @@ class _ChannelCase:
     per_step: int  # input channels per step of the first reduction axis
 
 
+def channel_case(func: tirx.PrimFunc) -> _ChannelCase | None:
+    """``func`` read as ``ChannelVectorized`` reads it: one float32 reduction over a data and a
+    weight read, with an output axis that only the weight indexes and one that only the data
+    indexes; None otherwise."""
+    a = _find_anchor(func)
+    if a is None:
+        return None
+    stmt = a.sch.get(a.anchor.block_rv)
+    reads = input_reads(stmt)
+    if len(reads) != 2 or str(stmt.writes[0].source.dtype) != "float32":
+        return None
+    spatial = set(a.out_vars)
+    plain = [_plain_indices(r) for _, r in reads]
+    w, d = sorted(range(2), key=lambda k: weight_rank(a, reads[k][1]))
+    w_vars, d_vars = vars_of(reads[w][1]), vars_of(reads[d][1])
+    only_w = [v for v in a.out_vars if v in w_vars and v not in d_vars]
+    only_d = [v for v in a.out_vars if v in d_vars and v not in w_vars]
+    if not plain[w] or not only_w or not only_d or not (spatial & w_vars) - d_vars:
+        return None
+    v, r = only_w[-1], only_d[-1]
+    windowed = is_windowed(a, reads[d][1])
+    row = None
+    if windowed:
+        r_pos = next(i for i, x in enumerate(a.out_dims) if x is not None and x.same_as(r))
+        row = a.out_dims[r_pos - 1] if r_pos > 0 else None
+        row = row if row is not None and row in only_d else None
+    last = reads[d][1].region[-1].min  # blocked channels: [.., ci] indexed by a reduction axis
+    per_step = a.extents[last] if isinstance(last, tirx.Var) and last not in spatial else 1
+    return _ChannelCase(a, v, r, reads[w][0], reads[w][1], windowed, only_w[-2] if len(only_w) >= 2 else None,
+                        row, per_step)
+
+
 class ChannelVectorized(CPUScheduleRule):
     """conv2d (NCHW) and matmul-like kernels: vectorize the weight-only output axis.
 
@@ -578,48 +610,20 @@ class ChannelVectorized(CPUScheduleRule):
     """
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        c = self._case(func) if self.is_target_available(target) else None
+        c = channel_case(func) if self.is_target_available(target) else None
         default = None if c is None else self._default_tiling(c, target)
         return None if default is None else self._schedule(c, target, default)
 
     def design_spaces(self, func: tirx.PrimFunc, target: Target) -> list[s_tir.Schedule]:
         """The default schedule's space first, then every other tiling that schedules (each on
         a fresh schedule of ``func``)."""
-        c = self._case(func) if self.is_target_available(target) else None
+        c = channel_case(func) if self.is_target_available(target) else None
         default = None if c is None else self._default_tiling(c, target)
         if default is None:
             return []
         tilings = [default, *(t for t in self._tilings(c, target) if t != default)]
-        spaces = (self._schedule(self._case(func), target, tiling) for tiling in tilings)
+        spaces = (self._schedule(channel_case(func), target, tiling) for tiling in tilings)
         return [sch for sch in spaces if sch is not None]
-
-    def _case(self, func: tirx.PrimFunc) -> _ChannelCase | None:
-        a = _find_anchor(func)
-        if a is None:
-            return None
-        stmt = a.sch.get(a.anchor.block_rv)
-        reads = input_reads(stmt)
-        if len(reads) != 2 or str(stmt.writes[0].source.dtype) != "float32":
-            return None
-        spatial = set(a.out_vars)
-        plain = [_plain_indices(r) for _, r in reads]
-        w, d = sorted(range(2), key=lambda k: weight_rank(a, reads[k][1]))
-        w_vars, d_vars = vars_of(reads[w][1]), vars_of(reads[d][1])
-        only_w = [v for v in a.out_vars if v in w_vars and v not in d_vars]
-        only_d = [v for v in a.out_vars if v in d_vars and v not in w_vars]
-        if not plain[w] or not only_w or not only_d or not (spatial & w_vars) - d_vars:
-            return None
-        v, r = only_w[-1], only_d[-1]
-        windowed = is_windowed(a, reads[d][1])
-        row = None
-        if windowed:
-            r_pos = next(i for i, x in enumerate(a.out_dims) if x is not None and x.same_as(r))
-            row = a.out_dims[r_pos - 1] if r_pos > 0 else None
-            row = row if row is not None and row in only_d else None
-        last = reads[d][1].region[-1].min  # blocked channels: [.., ci] indexed by a reduction axis
-        per_step = a.extents[last] if isinstance(last, tirx.Var) and last not in spatial else 1
-        return _ChannelCase(a, v, r, reads[w][0], reads[w][1], windowed, only_w[-2] if len(only_w) >= 2 else None,
-                            row, per_step)
 
     @staticmethod
     def _blocks_var(c: _ChannelCase, base: int) -> tirx.Var | None:

@@ -31,8 +31,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.schedule import ScheduleError
 from tvm.target import Target
 
-from schedules.rules.common import CPUScheduleRule, divisor_at_most, vars_of
-from schedules.rules.reduction import _find_anchor, _tile_anchor, input_reads, is_windowed, weight_rank
+from schedules.rules.common import CPUScheduleRule, divisor_at_most
+from schedules.rules.reduction import _tile_anchor, channel_case
 
 MAX_REDUCTION = 32  # multiply-adds per output: a 3-channel 3x3 stem (27), not a 7x7 one (147)
 MAX_CHANNEL_ROWS = 24  # accumulators per tile (one vector each), within AVX-512's 32 registers
@@ -46,16 +46,12 @@ class StemConv(CPUScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not self.is_target_available(target):
             return None
-        a = _find_anchor(func)
-        if a is None or len(a.out_dims) != 4 or a.out_dims[1] is None or a.out_dims[3] is None:
+        c = channel_case(func)  # data and weight reads, an axis only the weight indexes (f), one only the data (x)
+        if c is None or not c.windowed or len(c.a.out_dims) != 4:
             return None
-        stmt = a.sch.get(a.anchor.block_rv)
-        reads = input_reads(stmt)
-        if len(reads) != 2 or str(stmt.writes[0].source.dtype) != "float32":
-            return None
-        weight, data = sorted((r for _, r in reads), key=lambda r: weight_rank(a, r))
+        a = c.a
         f, x = a.out_dims[1], a.out_dims[3]
-        if f not in vars_of(weight) or f in vars_of(data) or not is_windowed(a, data):
+        if f is None or x is None or not c.v.same_as(f) or not c.r.same_as(x):
             return None
         reduction = math.prod(e for v, e in a.extents.items() if v not in set(a.out_vars))
         spec = self.spec(target)

@@ -778,9 +778,10 @@ def _rows_last(c: _ChannelCase) -> tuple[int, int] | None:
     threads, same process, on ``[32, K] x [K, 4096]`` (with the block-major weights of
     ``_tile_anchor``'s pack): K = 1024 3.16 -> 1.26 ms, 768 0.74x, 512 0.88x, 384 0.93x. Below
     that the copy (its own parallel loop) costs more than it saves: ``[24, 256] x [256, 768]``
-    took 1.30x with it. Convs keep their data:
-    their register axis is the innermost (output columns), and a windowed read cannot be
-    copied this way."""
+    took 1.30x with it. NCHW convs keep their data (their register axis, the output columns, is
+    the innermost), and so do windowed reads, which a copy cannot reorder this way; NHWC 1x1
+    convs with 384 or more input channels are copied too (ResNet-50 in NHWC, whole network:
+    1.00x, same process)."""
     if c.windowed or c.a.extents[c.r] == 1 or not _plain_indices(c.d_region):
         return None
     dims = [i for i, x in enumerate(c.d_region.region) if x.min.same_as(c.r)]

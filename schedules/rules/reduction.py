@@ -765,30 +765,28 @@ class ChannelVectorized(CPUScheduleRule):
         return [d for d in range(1, min(extent, cap) + 1) if extent % d == 0]
 
 
-ROWS_LAST_MIN_BYTES = 1536  # data rows at least this far apart are copied rows-innermost (_rows_last)
+L1_SET_STRIDE = 4096  # bytes: addresses this far apart share an L1 set (x86's 64-set L1 data caches)
 
 
 def _rows_last(c: _ChannelCase) -> tuple[int, int] | None:
     """(read index, dim) of a matmul's data when its register-tiled axis (rows) is not its
-    innermost dim and its rows lie ``ROWS_LAST_MIN_BYTES`` or more apart. Each FMA step of the
-    tile broadcasts one value from each of ``reg`` rows; rows a multiple of 2 or 4 KB apart put
-    those lines in one or two L1 sets, where they evict each other (ddddocr's
-    ``[32, 1024] x [1024, 8224]`` classifier: 83 GFLOP/s with 16 rows 4 KB apart). Copying the
-    data with that dim innermost makes one step's broadcasts consecutive floats. Measured at 2
-    threads, same process, on ``[32, K] x [K, 4096]`` (with the block-major weights of
-    ``_tile_anchor``'s pack): K = 1024 3.16 -> 1.26 ms, 768 0.74x, 512 0.88x, 384 0.93x. Below
-    that the copy (its own parallel loop) costs more than it saves: ``[24, 256] x [256, 768]``
-    took 1.30x with it. NCHW convs keep their data (their register axis, the output columns, is
-    the innermost), and so do windowed reads, which a copy cannot reorder this way; NHWC 1x1
-    convs with 384 or more input channels are copied too (ResNet-50 in NHWC, whole network:
-    1.00x, same process)."""
+    innermost dim and its rows lie a multiple of ``L1_SET_STRIDE`` apart. Each FMA step of the
+    tile broadcasts one value from each of ``reg`` rows; rows 4 KB apart put all those lines in
+    one L1 set, where they evict each other (ddddocr's ``[32, 1024] x [1024, 8224]`` classifier
+    ran at 83 GFLOP/s with 16 rows 4 KB apart). Copying the data with that dim innermost makes
+    one step's broadcasts consecutive floats. Measured at 2 threads, same process, with and
+    without the copy: ``[32, 1024] x [1024, 4096]`` 0.44x, ``[128, 3072] x [3072, 768]`` 0.53x;
+    rows 2 or 3 KB apart gained nothing (K = 512 and 768: 0.98x) and ``[128, 768] x [768, 768]``
+    lost (1.08x: the copy is its own parallel loop). NCHW convs keep their data (their register
+    axis, the output columns, is the innermost), and so do windowed reads, which a copy cannot
+    reorder this way; NHWC 1x1 convs with a multiple of 1024 input channels are copied too."""
     if c.windowed or c.a.extents[c.r] == 1 or not _plain_indices(c.d_region):
         return None
     dims = [i for i, x in enumerate(c.d_region.region) if x.min.same_as(c.r)]
     if len(dims) != 1:
         return None
     row_bytes = math.prod(int(n) for n in c.d_region.source.shape[dims[0] + 1:]) * 4
-    return (c.d_index, dims[0]) if row_bytes >= ROWS_LAST_MIN_BYTES else None
+    return (c.d_index, dims[0]) if row_bytes % L1_SET_STRIDE == 0 else None
 
 
 def _weight_to_pack(a: _Anchor, x: tirx.Var, lanes: int) -> tuple[int, int] | None:

@@ -766,6 +766,7 @@ class ChannelVectorized(CPUScheduleRule):
 
 
 L1_SET_STRIDE = 4096  # bytes: addresses this far apart share an L1 set (x86's 64-set L1 data caches)
+ROWS_LAST_MIN_COLUMNS = 256  # output columns each copied value must feed for the copy to pay
 
 
 def _rows_last(c: _ChannelCase) -> tuple[int, int] | None:
@@ -777,10 +778,13 @@ def _rows_last(c: _ChannelCase) -> tuple[int, int] | None:
     one step's broadcasts consecutive floats. Measured at 2 threads, same process, with and
     without the copy: ``[32, 1024] x [1024, 4096]`` 0.44x, ``[128, 3072] x [3072, 768]`` 0.53x;
     rows 2 or 3 KB apart gained nothing (K = 512 and 768: 0.98x) and ``[128, 768] x [768, 768]``
-    lost (1.08x: the copy is its own parallel loop). NCHW convs keep their data (their register
+    lost (1.08x: the copy is its own parallel loop), and so did DeepFilterNet's per-band
+    ``einsum`` with 16 output columns (0.05 -> 0.17 ms): the copy needs ``ROWS_LAST_MIN_COLUMNS``
+    output columns to pay. NCHW convs keep their data (their register
     axis, the output columns, is the innermost), and so do windowed reads, which a copy cannot
     reorder this way; NHWC 1x1 convs with a multiple of 1024 input channels are copied too."""
-    if c.windowed or c.a.extents[c.r] == 1 or not _plain_indices(c.d_region):
+    if (c.windowed or c.a.extents[c.r] == 1 or c.a.extents[c.v] < ROWS_LAST_MIN_COLUMNS
+            or not _plain_indices(c.d_region)):
         return None
     dims = [i for i, x in enumerate(c.d_region.region) if x.min.same_as(c.r)]
     if len(dims) != 1:

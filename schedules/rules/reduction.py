@@ -780,16 +780,17 @@ def _rows_last(c: _ChannelCase) -> tuple[int, int] | None:
     rows 2 or 3 KB apart gained nothing (K = 512 and 768: 0.98x) and ``[128, 768] x [768, 768]``
     lost (1.08x: the copy is its own parallel loop), and so did DeepFilterNet's per-band
     ``einsum`` with 16 output columns (0.05 -> 0.17 ms): the copy needs ``ROWS_LAST_MIN_COLUMNS``
-    output columns to pay. NCHW convs keep their data (their register
-    axis, the output columns, is the innermost), and so do windowed reads, which a copy cannot
-    reorder this way; NHWC 1x1 convs with a multiple of 1024 input channels are copied too."""
+    output columns to pay. NCHW convs keep their data (their register axis, the output columns,
+    is the innermost), and so do windowed reads, which a copy cannot reorder this way; NHWC 1x1
+    convs with a multiple of 1024 input channels and 256 or more output channels are copied too."""
     if (c.windowed or c.a.extents[c.r] == 1 or c.a.extents[c.v] < ROWS_LAST_MIN_COLUMNS
             or not _plain_indices(c.d_region)):
         return None
     dims = [i for i, x in enumerate(c.d_region.region) if x.min.same_as(c.r)]
     if len(dims) != 1:
         return None
-    row_bytes = math.prod(int(n) for n in c.d_region.source.shape[dims[0] + 1:]) * 4
+    data = c.d_region.source
+    row_bytes = math.prod(int(n) for n in data.shape[dims[0] + 1:]) * tvm.DataType(str(data.dtype)).bits // 8
     return (c.d_index, dims[0]) if row_bytes % L1_SET_STRIDE == 0 else None
 
 

@@ -84,6 +84,107 @@ def has_if_then_else(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> boo
     return bool(_has_if_then_else(sch.get(block)))
 
 
+# The largest stored value (in expression nodes) that inlining may copy into several reads.
+# Inlining a block whose value is read twice copies the value; along a chain of such blocks (x ·
+# sigmoid(x) applied to its own output, tanh of tanh in an unrolled recurrence, where the
+# polynomial reads its input a dozen times) the copies multiply at each step and the kernel grows
+# exponentially. Cheap values (a bias add, a clamp) are still inlined; a polynomial, or a value
+# that holds one, is kept in its own nest.
+COPIED_VALUE_NODES_MAX = 32
+
+_EXPR_FIELDS = ("a", "b", "value", "condition", "true_value", "false_value", "body", "base", "stride")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _walk(expr, budget: list[int], visit) -> None:
+    """Call ``visit`` on every node of ``expr`` as a tree; ``_TooLarge`` after ``budget[0]`` nodes."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge
+    visit(expr)
+    children = [getattr(expr, field, None) for field in _EXPR_FIELDS]
+    children += list(getattr(expr, "args", ()) or ()) + list(getattr(expr, "indices", ()) or ())
+    for child in children:
+        if isinstance(child, tvm.ir.expr.Expr):
+            _walk(child, budget, visit)
+
+
+def _stored_value(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV):
+    body = sch.get(block).body
+    return body.value if isinstance(body, tirx.BufferStore) else None
+
+
+def _copies_too_much(sch: s_tir.Schedule, producer, consumers) -> bool:
+    """Whether inlining ``producer`` into ``consumers`` would copy a value of more than
+    ``COPIED_VALUE_NODES_MAX`` nodes into more than one read."""
+    value = _stored_value(sch, producer)
+    if value is None:
+        return False
+    out = sch.get(producer).writes[0].source
+    reads = [0]
+
+    def count(node) -> None:
+        if hasattr(node, "indices") and hasattr(node, "source") and node.source.same_as(out):
+            reads[0] += 1
+
+    for consumer in consumers:
+        consumer_value = _stored_value(sch, consumer)
+        if consumer_value is None:
+            reads[0] += 1
+            continue
+        try:
+            _walk(consumer_value, [1 << 20], count)
+        except _TooLarge:
+            return True
+    if reads[0] <= 1:
+        return False
+    try:
+        _walk(value, [COPIED_VALUE_NODES_MAX], lambda _: None)
+    except _TooLarge:
+        return True
+    return False
+
+
+def compute_inline_bounded(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> None:
+    """``sch.compute_inline(block)``, refused (``ScheduleError``) where it would copy a large value
+    into several reads (``COPIED_VALUE_NODES_MAX``)."""
+    if _copies_too_much(sch, block, sch.get_consumers(block)):
+        raise ScheduleError(f"inlining {sch.get(block).name_hint} would copy a large value")
+    sch.compute_inline(block)
+
+
+def reverse_compute_inline_bounded(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> None:
+    """``sch.reverse_compute_inline(block)``, refused like ``compute_inline_bounded``."""
+    producers = sch.get_producers(block)
+    if len(producers) == 1 and _copies_too_much(sch, producers[0], [block]):
+        raise ScheduleError(f"inlining {sch.get(block).name_hint} would copy a large value")
+    sch.reverse_compute_inline(block)
+
+
+def inline_all(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> list[SBlockInfo]:
+    """Inline (into consumers, else into the producer) every block that can be, until none can;
+    returns the rest. dlight's ``try_inline`` with the copy bound of ``compute_inline_bounded``."""
+    blocks = list(blocks)
+    progress = True
+    while progress:
+        progress = False
+        for inline in (compute_inline_bounded, reverse_compute_inline_bounded):
+            for i, block in enumerate(blocks):
+                try:
+                    inline(sch, block.block_rv)
+                except ScheduleError:
+                    continue
+                blocks.pop(i)
+                progress = True
+                break
+            if progress:
+                break
+    return blocks
+
+
 def _inline_unless(sch: s_tir.Schedule, blocks: list[SBlockInfo], keep) -> list[SBlockInfo]:
     """Inline each block (in the given order) unless ``keep(i, block)`` or inlining fails; returns the rest."""
     kept = []
@@ -92,7 +193,7 @@ def _inline_unless(sch: s_tir.Schedule, blocks: list[SBlockInfo], keep) -> list[
             kept.append(block)
             continue
         try:
-            sch.compute_inline(block.block_rv)
+            compute_inline_bounded(sch, block.block_rv)
         except ScheduleError:
             kept.append(block)
     return kept

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.base.common_schedules import try_inline
 from tvm.s_tir.schedule import ScheduleError
 from tvm.target import Target
 
-from schedules.rules.common import CPUScheduleRule, int_extent, schedule_injective_nest
+from schedules.rules.common import CPUScheduleRule, inline_all, int_extent, schedule_injective_nest
 
 
 class Injective(CPUScheduleRule):
@@ -26,7 +25,7 @@ class Injective(CPUScheduleRule):
         blocks = normalize_prim_func(sch)
         if not blocks or not all(b.is_injective() for b in blocks):
             return None
-        blocks = try_inline(sch, blocks)
+        blocks = inline_all(sch, blocks)
         lanes = self.spec(target).lanes()
         try:
             for b in blocks:
@@ -51,7 +50,7 @@ class ParallelFallback(CPUScheduleRule):
         blocks = normalize_prim_func(sch)
         if not blocks:
             return None
-        blocks = [b for b in blocks if not b.is_injective()] + try_inline(
+        blocks = [b for b in blocks if not b.is_injective()] + inline_all(
             sch, [b for b in blocks if b.is_injective()])
         done = 0
         try:

@@ -1,0 +1,40 @@
+"""Vectorizable float32 sigmoid and tanh for CPU builds.
+
+TVM legalizes ``relax.sigmoid`` and ``relax.tanh`` to ``T.sigmoid`` and ``T.tanh``, which LLVM
+lowers through ``exp`` as one scalar ``expf`` call per lane: a conv with a fused SiLU epilogue
+(x · sigmoid(x), in YOLO-style detectors and ddddocr's CNN) and a matmul with a fused tanh
+(frspell's seq2seq) spent much of their time in those calls. Here sigmoid is
+``1 / (1 + fast_exp(-x))`` (``schedules.recurrent.fast_exp``: range reduction and a degree-7
+polynomial) and tanh is TOPI's ``fast_tanh`` (Eigen's rational polynomial, clamped at ±9): each
+is elementwise and vectorizes inside the fused kernel.
+
+Both polynomials read their input a dozen times. kiln's schedules inline a value into several
+reads only when it is small (``schedules.rules.common.COPIED_VALUE_NODES_MAX``), so chained
+activations (tanh of tanh in an unrolled recurrence) keep one nest each instead of growing
+exponentially. Expects a ``relax.sigmoid`` / ``relax.tanh`` call; other dtypes keep TVM's
+legalization.
+"""
+
+from __future__ import annotations
+
+from tvm import relax, te, tirx, topi
+
+from schedules.recurrent import fast_exp
+
+
+def fast_sigmoid(x: te.Tensor) -> te.Tensor:
+    """sigmoid(x) = 1 / (1 + fast_exp(-x)), one elementwise stage."""
+    one = tirx.const(1.0, "float32")
+    return te.compute(x.shape, lambda *i: one / (one + fast_exp(-x(*i))), name="T_sigmoid", tag="elemwise")
+
+
+def legalize_sigmoid(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """A ``LegalizeOps`` function for ``relax.sigmoid`` (see the module docstring)."""
+    fast = str(call.args[0].ty.dtype) == "float32"
+    return bb.call_te(fast_sigmoid if fast else topi.sigmoid, call.args[0], primfunc_name_hint="tir_sigmoid")
+
+
+def legalize_tanh(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """A ``LegalizeOps`` function for ``relax.tanh`` (see the module docstring)."""
+    fast = str(call.args[0].ty.dtype) == "float32"
+    return bb.call_te(topi.fast_tanh if fast else topi.tanh, call.args[0], primfunc_name_hint="tir_tanh")

@@ -9,7 +9,7 @@ polynomial) and tanh is TOPI's ``fast_tanh`` (Eigen's rational polynomial, clamp
 is elementwise and vectorizes inside the fused kernel.
 
 Both polynomials read their input a dozen times. kiln's schedules inline a value into several
-reads only when it is small (``schedules.rules.common.COPIED_VALUE_NODES_MAX``), so chained
+reads only while the copies stay small (``schedules.rules.common.COPIED_NODES_MAX``), so chained
 activations (tanh of tanh in an unrolled recurrence) keep one nest each instead of growing
 exponentially. Expects a ``relax.sigmoid`` / ``relax.tanh`` call; other dtypes keep TVM's
 legalization.

@@ -224,7 +224,7 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
     keep_unit = any(not isinstance(x, int) for x in (reg, *(blocking_sizes(blocking))))
     if consumers:
         for c in consumers[:-1]:
-            schedule_injective_nest(sch, c.block_rv, lanes_base)
+            _epilogue_stage_per_tile(sch, c.block_rv, fused, lanes_base)
         epilogue = consumers[-1].block_rv
         sch.reverse_compute_at(epilogue, fused, preserve_unit_loops=keep_unit)
         sch.set_scope(block, 0, "local")
@@ -269,6 +269,22 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
     if moved is not None:
         schedule_injective_nest(sch, moved, lanes_base, parallel=True)
     return sch
+
+
+def _epilogue_stage_per_tile(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, tile: s_tir.schedule.LoopRV,
+                             lanes: int) -> None:
+    """An epilogue block left between the reduction and the last one (a value too large to copy
+    into its several reads, ``COPIED_NODES_MAX``): computed per output tile, its innermost loop
+    vectorized, so its intermediate is one tile; where it cannot follow the tile, its own nest."""
+    try:
+        sch.reverse_compute_at(block, tile, preserve_unit_loops=False)
+    except ScheduleError:
+        schedule_injective_nest(sch, block, lanes)
+        return
+    inner = sch.get_loops(block)[-1]
+    extent = int_extent(sch.get(inner).extent)
+    if extent is not None and extent >= 4:
+        sch.vectorize(inner)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -537,26 +538,34 @@ def test_matmul_weights_stream_by_block_and_far_apart_rows_are_copied(tmp_path):
     assert_matches_onnxruntime(matmul(8, 1024, n=256), tmp_path, seed=9)
 
 
-def test_sigmoid_and_tanh_epilogues_vectorize_and_stay_accurate(tmp_path):
-    """A conv with a SiLU epilogue (x * sigmoid(x)) and a matmul with a tanh compute them with
-    polynomials inside the fused kernel, not ``T.sigmoid``/``T.tanh`` (which LLVM lowers to one
-    scalar ``expf`` call per lane); a lone sigmoid and tanh over [-100, 100] stay within 1e-6 of
-    numpy's."""
+def test_sigmoid_tanh_and_erf_epilogues_vectorize_and_stay_accurate(tmp_path):
+    """A conv with a SiLU epilogue (x * sigmoid(x)), a matmul with a tanh and one with a GELU
+    (x * (1 + erf(x / sqrt 2)) / 2) compute them with polynomials inside the fused kernel, not
+    ``T.sigmoid``/``T.tanh``/``T.erf`` (which LLVM lowers to one scalar ``expf``/``erff`` call per
+    lane); a lone sigmoid, tanh and erf over [-100, 100] stay within 1e-6 of float64's."""
     silu = model([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
                   helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])],
                  [("x", [1, 8, 12, 12])], [("y", None)], [const("w", 16, 8, 3, 3), const("b", 16)])
     dense_tanh = model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])],
                        [("x", [4, 32])], [("y", None)], [const("w", 32, 64)])
-    for onnx_model, part, seed in ((silu, "sigmoid", 10), (dense_tanh, "tanh", 11)):
+    dense_gelu = model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Div", ["h", "r2"], ["d"]),
+                        helper.make_node("Erf", ["d"], ["e"]), helper.make_node("Add", ["e", "one"], ["a"]),
+                        helper.make_node("Mul", ["h", "a"], ["m"]), helper.make_node("Mul", ["m", "half"], ["y"])],
+                       [("x", [4, 32])], [("y", None)],
+                       [const("w", 32, 64)] + [numpy_helper.from_array(np.array(v, np.float32), n)
+                                               for n, v in (("r2", 2 ** 0.5), ("one", 1.0), ("half", 0.5))])
+    for onnx_model, part, seed in ((silu, "sigmoid", 10), (dense_tanh, "tanh", 11), (dense_gelu, "erf", 15)):
         (f,) = [f for gv, f in lowered(onnx_model).functions_items()
                 if isinstance(f, tirx.PrimFunc) and part in gv.name_hint]
         script = f.script()
-        assert "T.sigmoid(" not in script and "T.tanh(" not in script and "T.exp(" not in script, script
+        assert not [c for c in ("T.sigmoid(", "T.tanh(", "T.exp(", "T.erf(") if c in script], script
         assert str(f.attrs[RULE_ATTR]) in ("ChannelVectorized", "SpatialVectorized"), part  # one fused kernel
         assert_matches_onnxruntime(onnx_model, tmp_path, seed=seed)
 
     x = np.linspace(-100, 100, 4001, dtype=np.float32)
-    for op, want in (("Sigmoid", 1 / (1 + np.exp(-x.astype(np.float64)))), ("Tanh", np.tanh(x.astype(np.float64)))):
+    erf = np.vectorize(math.erf)(x.astype(np.float64))
+    for op, want in (("Sigmoid", 1 / (1 + np.exp(-x.astype(np.float64)))), ("Tanh", np.tanh(x.astype(np.float64))),
+                     ("Erf", erf)):
         alone = model([helper.make_node(op, ["x"], ["y"])], [("x", [4001])], [("y", None)])
         compile_model(alone, tmp_path / "a.so", target="host")
         got = load(tmp_path / "a.so", threads=1).run(x)["y"]

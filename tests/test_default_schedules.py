@@ -572,6 +572,21 @@ def test_sigmoid_tanh_and_erf_epilogues_vectorize_and_stay_accurate(tmp_path):
         assert np.abs(got - want).max() < 1e-6, op
 
 
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_onnx_gelu_vectorizes_and_matches_onnxruntime(approximate, tmp_path):
+    """ONNX ``Gelu`` (opset 20; relax ``nn.gelu`` / ``nn.gelu_tanh``) after a matmul: computed with
+    the erf / tanh polynomials inside the matmul's kernel (no ``T.erf``/``T.tanh`` call left),
+    results equal ONNX Runtime's."""
+    gelu = model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                  helper.make_node("Gelu", ["h"], ["y"], approximate=approximate)],
+                 [("x", [4, 32])], [("y", None)], [const("w", 32, 64)], opset=20)
+    (f,) = [f for gv, f in lowered(gelu).functions_items() if isinstance(f, tirx.PrimFunc) and "gelu" in gv.name_hint]
+    assert str(f.attrs[RULE_ATTR]) == "ChannelVectorized"
+    script = f.script()
+    assert "T.erf(" not in script and "T.tanh(" not in script, script
+    assert_matches_onnxruntime(gelu, tmp_path, seed=16)
+
 def activation_chain(depth: int) -> onnx.ModelProto:
     """``depth`` times x -> x * sigmoid(x) then ``depth`` times x -> tanh(x): one elementwise kernel."""
     nodes, prev = [], "x"

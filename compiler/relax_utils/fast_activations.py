@@ -1,4 +1,4 @@
-"""Vectorizable float32 sigmoid, tanh and erf for CPU builds.
+"""Vectorizable float32 sigmoid, tanh, erf and GELU for CPU builds.
 
 TVM legalizes ``relax.sigmoid``, ``relax.tanh`` and ``relax.erf`` to ``T.sigmoid``, ``T.tanh`` and
 ``T.erf``, which LLVM lowers to one scalar ``expf``/``erff`` call per lane: a conv with a fused
@@ -13,12 +13,17 @@ inside the fused kernel.
 The polynomials read their input a dozen times or more. kiln's schedules inline a value into several
 reads only while the copies stay small (``schedules.rules.common.COPIED_NODES_MAX``), so chained
 activations (tanh of tanh in an unrolled recurrence) keep one nest each instead of growing
-exponentially. Expects a ``relax.sigmoid`` / ``relax.tanh`` / ``relax.erf`` call; other dtypes
-keep TVM's legalization.
+exponentially. ``relax.nn.gelu`` and ``relax.nn.gelu_tanh`` (ONNX ``Gelu``) are TVM's formulas on
+``fast_erf`` and ``fast_tanh``. Expects a call of one of these ops; other dtypes keep TVM's
+legalization.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
+import tvm
 from tvm import relax, te, tirx, topi
 
 from schedules.recurrent import fast_exp
@@ -46,3 +51,33 @@ def legalize_erf(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     """A ``LegalizeOps`` function for ``relax.erf`` (see the module docstring)."""
     fast = str(call.args[0].ty.dtype) == "float32"
     return bb.call_te(topi.fast_erf if fast else topi.erf, call.args[0], primfunc_name_hint="tir_erf")
+
+
+def fast_gelu(x: te.Tensor) -> te.Tensor:
+    """x · (1/2 + erf(x/√2) / 2), TVM's ``relax.nn.gelu`` formula on ``fast_erf``."""
+    half = tirx.const(0.5, "float32")
+    return x * (half + topi.fast_erf(x * tirx.const(0.5**0.5, "float32")) * half)
+
+
+def fast_gelu_tanh(x: te.Tensor) -> te.Tensor:
+    """x · (1 + tanh(√(2/π) · x · (1 + 0.044715 x²))) / 2, TVM's ``relax.nn.gelu_tanh`` formula on
+    ``fast_tanh``."""
+    f32 = "float32"
+    inner = tirx.const(math.sqrt(2.0 / math.pi), f32) * x * (tirx.const(1.0, f32) + tirx.const(0.044715, f32) * x * x)
+    return tirx.const(0.5, f32) * x * (tirx.const(1.0, f32) + topi.fast_tanh(inner))
+
+
+def _legalize_float32(op: str, compute: Callable[[te.Tensor], te.Tensor], name: str) -> Callable:
+    """A ``LegalizeOps`` function for ``op``: ``compute`` on a float32 argument, else TVM's own."""
+    stock = tvm.ir.Op.get(op).get_attr("FLegalize")
+
+    def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+        if str(call.args[0].ty.dtype) != "float32":
+            return stock(bb, call)
+        return bb.call_te(compute, call.args[0], primfunc_name_hint=name)
+
+    return legalize
+
+
+legalize_gelu = _legalize_float32("relax.nn.gelu", fast_gelu, "gelu")
+legalize_gelu_tanh = _legalize_float32("relax.nn.gelu_tanh", fast_gelu_tanh, "gelu_tanh")

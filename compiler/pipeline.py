@@ -33,9 +33,7 @@ from compiler.passes.scalar_constants import scalar_constants
 from compiler.passes.shape_functions_noalias import shape_functions_noalias
 from compiler.passes.split_layout_rewrite_preproc_in_place import split_layout_rewrite_preproc_in_place
 from compiler.passes.write_concat_in_place import write_concat_in_place
-from compiler.relax_utils import blocked_conv
-from compiler.relax_utils.fast_activations import (legalize_erf, legalize_gelu, legalize_gelu_tanh,
-                                                     legalize_sigmoid, legalize_tanh)
+from compiler.relax_utils import blocked_conv, fast_activations
 from compiler.relax_utils.row_softmax import legalize_softmax
 from schedules.defaults import default_schedule_pass
 from schedules.database import apply_database_pass
@@ -141,16 +139,12 @@ def precision_steps(precision: str, plan=None, probe: bool = False) -> list[Step
 
 def legalize_map(preset: TargetPreset, symbolic: bool = False) -> dict:
     """kiln's own ``LegalizeOps`` entries: blocked-channel convs, and on CPUs a float32 sigmoid,
-    tanh, erf and GELU that vectorize (``compiler.relax_utils.fast_activations``) and a softmax over the
-    last axis whose passes vectorize (``compiler.relax_utils.row_softmax``; static shapes only, so
+    tanh, erf and GELU that vectorize (``compiler.relax_utils.fast_activations``) and a softmax
+    over the last axis whose passes vectorize (``compiler.relax_utils.row_softmax``; static shapes only, so
     not for a ``symbolic`` build and its twin)."""
     legalize = blocked_conv.legalize_map()
     if preset.device == "cpu" and preset.kind == "llvm":
-        legalize["relax.sigmoid"] = legalize_sigmoid
-        legalize["relax.tanh"] = legalize_tanh
-        legalize["relax.erf"] = legalize_erf
-        legalize["relax.nn.gelu"] = legalize_gelu
-        legalize["relax.nn.gelu_tanh"] = legalize_gelu_tanh
+        legalize.update(fast_activations.legalize_map())
     if preset.device == "cpu" and preset.kind == "llvm" and not symbolic:
         legalize["relax.nn.softmax"] = legalize_softmax(as_resolved(preset).vector_lanes)
     return legalize

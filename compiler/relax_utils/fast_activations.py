@@ -35,24 +35,6 @@ def fast_sigmoid(x: te.Tensor) -> te.Tensor:
     return te.compute(x.shape, lambda *i: one / (one + fast_exp(-x(*i))), name="T_sigmoid", tag="elemwise")
 
 
-def legalize_sigmoid(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    """A ``LegalizeOps`` function for ``relax.sigmoid`` (see the module docstring)."""
-    fast = str(call.args[0].ty.dtype) == "float32"
-    return bb.call_te(fast_sigmoid if fast else topi.sigmoid, call.args[0], primfunc_name_hint="tir_sigmoid")
-
-
-def legalize_tanh(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    """A ``LegalizeOps`` function for ``relax.tanh`` (see the module docstring)."""
-    fast = str(call.args[0].ty.dtype) == "float32"
-    return bb.call_te(topi.fast_tanh if fast else topi.tanh, call.args[0], primfunc_name_hint="tir_tanh")
-
-
-def legalize_erf(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    """A ``LegalizeOps`` function for ``relax.erf`` (see the module docstring)."""
-    fast = str(call.args[0].ty.dtype) == "float32"
-    return bb.call_te(topi.fast_erf if fast else topi.erf, call.args[0], primfunc_name_hint="tir_erf")
-
-
 def fast_gelu(x: te.Tensor) -> te.Tensor:
     """x · (1/2 + erf(x/√2) / 2), TVM's ``relax.nn.gelu`` formula on ``fast_erf``."""
     half = tirx.const(0.5, "float32")
@@ -79,5 +61,12 @@ def _legalize_float32(op: str, compute: Callable[[te.Tensor], te.Tensor], name: 
     return legalize
 
 
-legalize_gelu = _legalize_float32("relax.nn.gelu", fast_gelu, "gelu")
-legalize_gelu_tanh = _legalize_float32("relax.nn.gelu_tanh", fast_gelu_tanh, "gelu_tanh")
+# op -> (its float32 computation, the kernel's name hint)
+_FAST = {"relax.sigmoid": (fast_sigmoid, "tir_sigmoid"), "relax.tanh": (topi.fast_tanh, "tir_tanh"),
+         "relax.erf": (topi.fast_erf, "tir_erf"), "relax.nn.gelu": (fast_gelu, "gelu"),
+         "relax.nn.gelu_tanh": (fast_gelu_tanh, "gelu_tanh")}
+
+
+def legalize_map() -> dict[str, Callable]:
+    """kiln's ``LegalizeOps`` entries for the ops above (see the module docstring)."""
+    return {op: _legalize_float32(op, compute, name) for op, (compute, name) in _FAST.items()}

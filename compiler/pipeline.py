@@ -36,6 +36,7 @@ from compiler.passes.write_concat_in_place import write_concat_in_place
 from compiler.relax_utils import blocked_conv, fast_activations
 from compiler.relax_utils.row_softmax import legalize_softmax
 from schedules.defaults import default_schedule_pass
+from schedules.stack_accumulators import accumulators_on_stack
 from schedules.database import apply_database_pass
 from schedules.resolved_target import as_resolved
 from targets.registry import TargetPreset
@@ -189,6 +190,8 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
                           "vpmaddubsw", lambda: mark_int8_weight_bits))
         steps.append(Step("DefaultCPUSchedule", "kiln's default rules: parallel, vectorized, tiled kernels for "
                           "everything not tuned", lambda: default_schedule_pass(target, twins=twins)))
+        steps.append(Step("AccumulatorsOnStack", "tile accumulators on the stack (in registers), not in TVM's "
+                          "workspace pool once per tile", lambda: accumulators_on_stack(target)))
         steps += [
             Step("SplitLayoutRewritePreproc", "weight packing (marked by the default rules) becomes its own kernel",
                  relax.transform.SplitLayoutRewritePreproc),

@@ -631,3 +631,34 @@ def test_matmul_epilogue_reading_a_sigmoid_many_times_stays_fused(tmp_path):
                 if isinstance(f, tirx.PrimFunc) and "matmul" in gv.name_hint]
         assert str(f.attrs[RULE_ATTR]) == "ChannelVectorized"
         assert_matches_onnxruntime(onnx_model, tmp_path, seed=seed)
+
+
+def _accumulator_scopes(f: tirx.PrimFunc) -> list[str]:
+    """Scopes of the buffers ``f``'s reduction blocks accumulate into (allocated in ``f``)."""
+    from schedules.stack_accumulators import _realizes
+
+    realizes = _realizes(f.body)
+    allocated = {buf for r, _ in realizes for buf in r.block.alloc_buffers}
+    return [w.source.scope() for r, _ in realizes for w in r.block.writes
+            if w.source in allocated and any(x.source.same_as(w.source) for x in r.block.reads)]
+
+
+def test_tiles_that_fit_the_registers_accumulate_on_the_stack(tmp_path):
+    """On AVX2 a 1x1 conv's 1x14 tile (14 accumulators, a weight vector and a broadcast: 16
+    registers) accumulates into a global-scope buffer, which LLVM gets as a stack array: its code
+    calls no TVMBackendAllocWorkspace. A 2x7 tile (14 + 2 + 1 = 17 registers) keeps its local,
+    workspace-allocated accumulator. Both compute what ONNX Runtime computes."""
+    wide = model([helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Add", ["c", "r"], ["y"])],
+                 [("x", [1, 16, 28, 28]), ("r", [1, 32, 28, 28])], [("y", None)], [const("w", 32, 16, 1, 1),
+                                                                                   const("b", 32)])
+    narrow = model([helper.make_node("Conv", ["x", "w"], ["y"])], [("x", [1, 32, 7, 7])], [("y", None)],
+                   [const("w", 64, 32, 1, 1)])
+    for onnx_model, scope, seed in ((wide, "global", 20), (narrow, "local", 21)):
+        mod = lowered(onnx_model)
+        (conv,) = [f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint]
+        assert str(conv.attrs[RULE_ATTR]) == "ChannelVectorized"
+        assert _accumulator_scopes(conv) == [scope]
+        kernel = tvm.compile(tvm.IRModule({"main": conv}), resolve_target("x86-avx2").tvm_target())
+        workspace_calls = kernel.mod.inspect_source("ll").count("TVMBackendAllocWorkspace")
+        assert (workspace_calls == 0) == (scope == "global"), workspace_calls
+        assert_matches_onnxruntime(onnx_model, tmp_path, seed=seed)

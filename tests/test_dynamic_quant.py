@@ -16,6 +16,15 @@ from schedules.resolved_target import as_resolved
 from targets.registry import resolve_target
 
 
+# ONNX Runtime's u8s8 integer kernels use AVX2's saturating vpmaddubsw when the CPU has no VNNI:
+# with 8-bit weights its results are then not the integer math (MatMulIntegerToFloat on an AVX2
+# EPYC: 10.2 off the exact result, kiln 1.4e-6). There it is no reference for these models, and
+# test_matmul_integer_to_float_is_exact_integer_math checks kiln against numpy instead.
+ORT_INT8_EXACT = as_resolved(resolve_target("host")).int8_weight_bits == 8
+needs_exact_ort = pytest.mark.skipif(not ORT_INT8_EXACT, reason="ONNX Runtime's u8s8 kernels saturate on this "
+                                     "CPU (AVX2 without VNNI), so they are not a reference for 8-bit weights")
+
+
 def _quantized(model: onnx.ModelProto, tmp_path, **options) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -36,6 +45,7 @@ def _ops(model: onnx.ModelProto) -> set[str]:
     return {n.op_type for n in model.graph.node}
 
 
+@needs_exact_ort
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_dynamically_quantized_cnn_equals_onnxruntime(per_channel, tmp_path):
     """ConvInteger / MatMulInteger / DynamicQuantizeLinear: integer math equal to ORT's."""
@@ -44,12 +54,7 @@ def test_dynamically_quantized_cnn_equals_onnxruntime(per_channel, tmp_path):
     lib, ours, ref = _compare(model, tmp_path)
     assert max_abs_diff(ours, ref)[1] <= 1e-5
     schedules = lib.metadata.extra["kernel_schedules"]
-    # On AVX2 without VNNI, int8 kernels take vpmaddubsw only for 7-bit weights; these are 8-bit
-    # (MarkInt8WeightBits), so their convs get an exact vectorized rule instead.
-    wanted = {"default:Int8Tensorized"}
-    if as_resolved(resolve_target("host")).int8_weight_bits < 8:
-        wanted |= {"default:SpatialVectorized", "default:ChannelVectorized"}
-    assert any("conv2d" in k and v in wanted for k, v in schedules.items()), schedules
+    assert any("conv2d" in k and v == "default:Int8Tensorized" for k, v in schedules.items()), schedules
 
 
 def test_uint8_weights_with_zero_points(tmp_path):
@@ -96,10 +101,27 @@ def _contrib_model(op: str) -> onnx.ModelProto:
     return model
 
 
+@needs_exact_ort
 @pytest.mark.parametrize("op", ["MatMulIntegerToFloat", "DynamicQuantizeMatMul"])
 def test_onnxruntime_contrib_matmuls(op, tmp_path):
     _, ours, ref = _compare(_contrib_model(op), tmp_path)
     assert max_abs_diff(ours, ref)[1] <= 1e-5
+
+
+def test_matmul_integer_to_float_is_exact_integer_math(tmp_path):
+    """On every CPU: DynamicQuantizeLinear + MatMulIntegerToFloat equal the integer math done in
+    float64 by numpy (uint8 activations, 8-bit int8 weights, float scales and bias)."""
+    model = _contrib_model("MatMulIntegerToFloat")
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    compile_model(model, tmp_path / "m.so", target="host")
+    lib = load(tmp_path / "m.so", threads=2)
+    a = lib.random_inputs(seed=0)["a"]
+    x = a.astype(np.float64)
+    scale = (max(x.max(), 0) - min(x.min(), 0)) / 255
+    zero = np.clip(np.round(-min(x.min(), 0) / scale), 0, 255)
+    q = np.clip(np.round(x / scale) + zero, 0, 255)
+    exact = (q - zero) @ weights["b"].astype(np.float64) * scale * float(weights["b_scale"]) + weights["bias"]
+    assert np.abs(lib.run({"a": a})["y"] - exact).max() <= 1e-5 * np.abs(exact).max()
 
 
 def test_dynamic_quantize_lstm_runs_with_dequantized_weights(tmp_path):
@@ -110,9 +132,10 @@ def test_dynamic_quantize_lstm_runs_with_dequantized_weights(tmp_path):
     assert "DynamicQuantizeLSTM" in _ops(model)
     lib, ours, ref = _compare(model, tmp_path)
     fp32_ref = OnnxRuntimeReference(fp32, 2).run(lib.random_inputs(seed=0))
-    assert max_abs_diff(ours, ref)[1] <= 0.03
     assert max_abs_diff(ours, fp32_ref)[1] <= 0.03
-    assert np.mean(ours["logits"].argmax(-1) == ref["logits"].argmax(-1)) >= 0.9
+    if ORT_INT8_EXACT:  # see needs_exact_ort
+        assert max_abs_diff(ours, ref)[1] <= 0.03
+        assert np.mean(ours["logits"].argmax(-1) == ref["logits"].argmax(-1)) >= 0.9
 
 
 def test_unknown_contrib_op_is_named(tmp_path):

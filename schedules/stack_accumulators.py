@@ -12,7 +12,8 @@ ResNet-50's 64->256 1x1 conv on AVX2: 14 accumulators, two calls and 28 stores p
 896 FMAs.)
 
 On a CPU both scopes are the same memory, so once scheduling is done ``accumulators_on_stack``
-gives the ``global`` scope to each ``local`` accumulator whose tile fits the vector registers:
+gives the ``global`` scope to each ``local`` accumulator of a tile a kiln rule made (its update
+block carries ``kiln.space``) that fits the vector registers:
 its accumulators, the vectors of the operand kept across the tile and one for the operand
 streamed. Those become stack arrays that LLVM keeps in registers. A tile that does not fit is
 left in the workspace: as a stack array LLVM spilled it worse than it spills the workspace
@@ -24,12 +25,14 @@ Values and loop nests are unchanged.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import SBlockRealize
 from tvm.target import Target
 
+from schedules.rules.common import SPACE_ANNOTATION
 from schedules.vector_spec import vector_spec
 
 
@@ -89,9 +92,12 @@ def local_to_global(func: tirx.PrimFunc, registers: int, vector_bits: int) -> ti
     none does)."""
     realizes = _realizes(func.body)
     allocated = {buf for realize, _ in realizes for buf in realize.block.alloc_buffers if buf.scope() == "local"}
+    names = Counter(realize.block.name_hint for realize, _ in realizes)
     fitting = {}  # accumulator -> (name of its update block, index of its write there)
     for realize, loops in realizes:
         block = realize.block
+        if names[block.name_hint] > 1 or SPACE_ANNOTATION not in block.annotations:
+            continue  # tail_tiles' two copies of a nest; a block no kiln rule tiled (hand-written kernels)
         for index, region in enumerate(block.writes):
             acc = region.source
             updates = acc in allocated and any(r.source.same_as(acc) for r in block.reads)

@@ -33,23 +33,15 @@ from tvm.s_tir import SBlockRealize
 from tvm.target import Target
 
 from schedules.rules.common import SPACE_ANNOTATION
+from schedules.tail_tiles import child_statements
 from schedules.vector_spec import vector_spec
 
 
 def _realizes(stmt, loops: tuple = ()) -> list[tuple[SBlockRealize, tuple]]:
     """Every block realize under ``stmt`` with the loops around it (outermost first)."""
-    if isinstance(stmt, SBlockRealize):
-        return [(stmt, loops), *_realizes(stmt.block.body, loops)]
-    if isinstance(stmt, tirx.SeqStmt):
-        return [found for child in stmt.seq for found in _realizes(child, loops)]
-    if isinstance(stmt, tirx.For):
-        return _realizes(stmt.body, (*loops, stmt))
-    found = []
-    for attr in ("body", "then_case", "else_case"):
-        child = getattr(stmt, attr, None)
-        if isinstance(child, tirx.Stmt):
-            found += _realizes(child, loops)
-    return found
+    here = [(stmt, loops)] if isinstance(stmt, SBlockRealize) else []
+    inner = (*loops, stmt) if isinstance(stmt, tirx.For) else loops
+    return here + [found for child in child_statements(stmt) for found in _realizes(child, inner)]
 
 
 def _registers_needed(realize: SBlockRealize, loops: tuple, acc: tirx.Buffer, vector_bits: int) -> int | None:

@@ -318,7 +318,8 @@ def _uses(node, variables: set) -> bool:
     return any(v in variables for v in tirx.analysis.undefined_vars(node))
 
 
-def _children(stmt: tirx.Stmt) -> list[tirx.Stmt]:
+def child_statements(stmt: tirx.Stmt) -> list[tirx.Stmt]:
+    """The statements directly inside ``stmt`` (for a block realize, its block's body)."""
     if isinstance(stmt, tirx.SeqStmt):
         return list(stmt.seq)
     if isinstance(stmt, tirx.For):
@@ -332,7 +333,7 @@ def _children(stmt: tirx.Stmt) -> list[tirx.Stmt]:
 
 def _realizes(stmt: tirx.Stmt) -> list[SBlockRealize]:
     found = [stmt] if isinstance(stmt, SBlockRealize) else []
-    for child in _children(stmt):
+    for child in child_statements(stmt):
         found += _realizes(child)
     return found
 
@@ -344,7 +345,7 @@ def _predicated(stmt: tirx.Stmt) -> list[SBlockRealize]:
 def _loops_below(stmt: tirx.Stmt) -> dict:
     """Loop variable → loop, for every loop inside ``stmt``."""
     loops = {stmt.loop_var: stmt} if isinstance(stmt, tirx.For) else {}
-    for child in _children(stmt):
+    for child in child_statements(stmt):
         loops.update(_loops_below(child))
     return loops
 
@@ -356,7 +357,7 @@ def _common_loops(nest: tirx.Stmt, realizes: list[SBlockRealize]) -> list[tirx.F
             return loops
         if isinstance(stmt, SBlockRealize):
             return None
-        for child in _children(stmt):
+        for child in child_statements(stmt):
             found = path_to(child, target, loops + [stmt] if isinstance(stmt, tirx.For) else loops)
             if found is not None:
                 return found
@@ -393,7 +394,7 @@ def _map(stmt: tirx.Stmt, on_realize=lambda realize: realize, on_loop=lambda loo
     ``on_loop`` to each loop; unchanged parts are kept as they are."""
     if isinstance(stmt, SBlockRealize):
         return on_realize(stmt)
-    children = _children(stmt)
+    children = child_statements(stmt)
     new = [_map(c, on_realize, on_loop) for c in children]
     if not all(a.same_as(b) for a, b in zip(children, new)):
         stmt = _rebuild(stmt, new)

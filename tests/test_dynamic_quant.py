@@ -12,17 +12,7 @@ from compiler.build import compile_model
 from compiler.examples import example_model, recurrent_stack
 from compiler.reference import OnnxRuntimeReference, max_abs_diff
 from compiler.runtime import load
-from schedules.resolved_target import as_resolved
-from targets.registry import resolve_target
-
-
-# ONNX Runtime's u8s8 integer kernels use AVX2's saturating vpmaddubsw when the CPU has no VNNI:
-# with 8-bit weights its results are then not the integer math (MatMulIntegerToFloat on an AVX2
-# EPYC: 10.2 off the exact result, kiln 1.4e-6). There it is no reference for these models, and
-# test_matmul_integer_to_float_is_exact_integer_math checks kiln against numpy instead.
-ORT_INT8_EXACT = as_resolved(resolve_target("host")).int8_weight_bits == 8
-needs_exact_ort = pytest.mark.skipif(not ORT_INT8_EXACT, reason="ONNX Runtime's u8s8 kernels saturate on this "
-                                     "CPU (AVX2 without VNNI), so they are not a reference for 8-bit weights")
+from tests.int8_reference import ORT_INT8_EXACT, needs_exact_ort
 
 
 def _quantized(model: onnx.ModelProto, tmp_path, **options) -> onnx.ModelProto:

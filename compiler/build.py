@@ -23,6 +23,7 @@ from compiler.frontend import ImportedModel, import_onnx, printable
 from targets.library_format import LibraryMetadata, TensorSpec, metadata_source, seal_library
 from compiler.pipeline import PRECISIONS, build_pipeline
 from compiler.pipeline import simplified_module
+from compiler.relax_utils.kernel_flops import kernel_flops
 from compiler.quantization.planner import Int8Options, Int8Result, plan_int8
 from targets.cpu_features import required_features
 from targets.cuda import cuda_compile_hook, enable_cuda_codegen, parse_archs
@@ -49,6 +50,9 @@ class CompileOptions:
     # "NCHW" | "NHWC" | "NCHWc" | "auto" (build each, time here, keep the fastest); None: the preset's
     conv_layout: str | None = None
     # (for precision "int8" the preset's int8_conv_layout: NHWC on x86)
+    # independent branches side by side (CPU): "off" (main alone), "on" (every region), "auto" (the
+    # regions measured faster here; needs --target host). compiler.passes.split_parallel_branches
+    inter_op: str = "off"
 
 
 @dataclass
@@ -69,6 +73,7 @@ class CompileReport:
     conv_layout: str | None = None  # the layout kept by --layout auto
     layout_p50_ms: dict[str, float] = field(default_factory=dict)  # --layout auto: each layout's measured p50
     int8_kernels: int = 0  # conv/matmul kernels computing on int8 data (precision int8, or a QDQ model)
+    inter_op: dict | None = None  # --inter-op: the regions found, measured and kept (metadata "inter_op")
 
     @property
     def seconds_total(self) -> float:
@@ -154,24 +159,6 @@ def kernel_schedules(mod, device: str) -> dict[str, str]:
     return sources
 
 
-def kernel_flops(mod) -> dict[str, float]:
-    """Floating-point (or integer multiply-add) operations per call of each TIR kernel, TVM's
-    estimate on the scheduled kernel. Only for static shapes: the estimate counts a symbolic
-    extent as 1."""
-    import tvm
-    from tvm.s_tir.analysis import estimate_tir_flops
-
-    flops = {}
-    for gvar, func in mod.functions_items():
-        if not isinstance(func, tvm.tirx.PrimFunc):
-            continue
-        try:
-            flops[gvar.name_hint] = float(estimate_tir_flops(tvm.IRModule({"main": func})))
-        except tvm.error.InternalError:  # an expression TVM cannot count (e.g. a vector broadcast in an ARM int8 kernel)
-            continue
-    return flops
-
-
 def _symbolic_twins(imported: ImportedModel, preset: ResolvedTarget, options: CompileOptions) -> dict | None:
     """For a model with symbolic input sizes: its kernels built for one static size (each
     symbolic axis near the middle of its range, rounded up to a multiple of 16 where the range
@@ -208,6 +195,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
     import tvm
 
     preset = resolve(options.target, options.conv_layout, options.precision)
+    _check_inter_op(options.inter_op, preset)
     if options.precision not in PRECISIONS:
         raise KilnError(f"precision '{options.precision}' is not supported; use one of {', '.join(PRECISIONS)}")
     if preset.conv_layout == "NCHWc" and (options.precision != "fp32" or preset.kind != "llvm"):
@@ -242,7 +230,7 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
                          "weight_rounding": int8.plan.weight_rounding}
     with tvm.transform.PassContext(opt_level=3), device_compile:
         lowered = build_pipeline(preset, options.db, options.precision, int8.plan if int8 else None,
-                                 fusion=options.fusion, twins=twins)(imported.mod)
+                                 fusion=options.fusion, twins=twins, inter_op=options.inter_op != "off")(imported.mod)
         schedules = kernel_schedules(lowered, preset.device)
         flops = kernel_flops(lowered) if twins is None else {}
         kernels = len(schedules)
@@ -270,14 +258,62 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
         tuned_kernels=sum(v.startswith("tuned") for v in schedules.values()),
         default_kernels=sum(not v.startswith("tuned") for v in schedules.values()),
         extra=dict(extra, kernel_schedules=schedules, kernel_flops=flops, conv_layout=preset.conv_layout,
-                   cpu_features=_cpu_features(preset),
+                   cpu_features=_cpu_features(preset), **_inter_op_metadata(lowered, options.inter_op),
                    **({"input_values": {k: np.asarray(v).tolist() for k, v in options.input_values.items()}}
                       if options.input_values else {})),
     )
+    _export(executable, meta, output, fcompile)
+    if options.inter_op == "auto" and meta.extra["inter_op"]["plan"] is not None:
+        from compiler.inter_op import choose_side_by_side
+
+        meta.extra["inter_op"]["measured"] = choice = choose_side_by_side(output).to_dict()
+        meta.extra["inter_op"]["side_by_side"] = choice["side_by_side"]
+        _export(executable, meta, output, fcompile)  # again, with what was measured
+    t2 = time.perf_counter()
+    log.info("built %s for %s: %d kernels (%d tuned)", output, preset.name, kernels, meta.tuned_kernels)
+    return CompileReport(output, preset.name, imported.inputs, imported.outputs, kernels, meta.tuned_kernels,
+                         0.0, t1 - t0, t2 - t1, output.stat().st_size, int8, int8_kernels=int8_kernels,
+                         inter_op=meta.extra.get("inter_op"))
+
+
+INTER_OP = ("off", "on", "auto")
+
+
+def _check_inter_op(mode: str, preset: ResolvedTarget) -> None:
+    """``InputError`` for an unknown ``--inter-op`` mode, or ``auto`` for a target this machine does not run."""
+    if mode not in INTER_OP:
+        raise InputError(f"--inter-op '{mode}' is not one of {', '.join(INTER_OP)}")
+    if mode != "off" and preset.device != "cpu":
+        raise InputError(f"--inter-op runs branches on CPU threads; target '{preset.name}' is {preset.device}")
+    if mode == "auto" and (preset.is_cross or preset.target != resolve_target("host").target):
+        raise InputError(f"--inter-op auto times the branches on this machine, so it needs --target host "
+                         f"(not '{preset.name}'); use --inter-op on or off for other targets")
+
+
+def _inter_op_metadata(lowered, mode: str) -> dict:
+    """The metadata entry ``inter_op`` of a build with stage functions: the plan, and the regions
+    to run side by side (all for ``on``; chosen later by measuring for ``auto``). Nothing for a
+    build without them (``off``); no plan where no independent branches were found."""
+    import json
+
+    from compiler.passes.split_parallel_branches import PLAN_ATTR
+
+    attrs = lowered.attrs if lowered.attrs is not None else {}
+    if mode == "off":
+        return {}
+    if PLAN_ATTR not in attrs:
+        return {"inter_op": {"mode": mode, "plan": None, "side_by_side": []}}
+    plan = json.loads(str(attrs[PLAN_ATTR]))
+    regions = sum(1 for stage in plan["stages"] if stage["region"] is not None)
+    return {"inter_op": {"mode": mode, "plan": plan, "side_by_side": list(range(regions)) if mode == "on" else []}}
+
+
+def _export(executable, meta: LibraryMetadata, output: Path, fcompile) -> None:
+    """``export_library`` with kiln's metadata linked in, sealed; written beside ``output`` and
+    renamed, so a failed export never leaves half a library."""
     with tempfile.TemporaryDirectory(prefix="kiln-export-") as tmp:
         meta_cc = Path(tmp) / "kiln_metadata.cc"
         meta_cc.write_text(metadata_source(meta))
-        # Write next to the destination, then rename: a failed export never leaves half a library.
         partial = output.with_name(output.name + ".partial")
         try:
             executable.export_library(str(partial), fcompile=fcompile, addons=[str(meta_cc)])
@@ -285,10 +321,6 @@ def build_imported(imported: ImportedModel, output: str | Path, options: Compile
             partial.replace(output)
         finally:
             partial.unlink(missing_ok=True)
-    t2 = time.perf_counter()
-    log.info("built %s for %s: %d kernels (%d tuned)", output, preset.name, kernels, meta.tuned_kernels)
-    return CompileReport(output, preset.name, imported.inputs, imported.outputs, kernels, meta.tuned_kernels,
-                         0.0, t1 - t0, t2 - t1, output.stat().st_size, int8, int8_kernels=int8_kernels)
 
 
 def compile_model(

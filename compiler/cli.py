@@ -30,7 +30,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                              input_values=parse_input_values(args.input_value), db=args.db, precision=precision,
                              cuda_archs=args.cuda_arch, conv_layout=args.layout,
                              int8=_int8_options(args) if precision == "int8" and not args.int8_plan else None,
-                             int8_plan=args.int8_plan)
+                             int8_plan=args.int8_plan, inter_op=args.inter_op)
     report = compile_model(args.model, args.output, options)
     if report.conv_layout is not None:
         timed = ", ".join(f"{layout} {ms:.2f} ms" for layout, ms in report.layout_p50_ms.items())
@@ -41,6 +41,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         print(f"int8: {report.int8.quantized}/{len(report.int8.layers)} layers quantized "
               f"({c.method} calibration over {c.samples} samples, {c.seconds:.1f} s)"
               + (f"; kept in FP32: {', '.join(fp32)}" if fp32 else ""))
+    if args.inter_op != "off":
+        from compiler.inter_op import describe_inter_op
+
+        print("\n".join(describe_inter_op(report.inter_op)))
     if report.int8 is None and report.int8_kernels:
         print(f"pre-quantized model: {report.int8_kernels} conv/matmul kernels compute on int8 data "
               "(QDQ lowered to int8 with int32 accumulation)")
@@ -439,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "int8: post-training quantization from --calibration data or --int8-plan")
     p.add_argument("--int8-plan", metavar="MODEL.kq", help="int8 from a plan saved by kiln quantize (no calibration)")
     p.add_argument("--cuda-arch", help="CUDA archs to embed SASS for, e.g. sm_80,sm_90 (PTX for the newest)")
+    p.add_argument("--inter-op", choices=["off", "on", "auto"], default="off",
+                   help="run independent branches side by side on split CPU threads (Python runtime): off (default), "
+                        "on (every region), auto (time each region here, keep those faster; needs --target host)")
     _add_int8_arguments(p)
     p.set_defaults(func=_cmd_compile)
 

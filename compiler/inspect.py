@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from compiler.inter_op import describe_inter_op
 from targets.library_format import read_metadata
 
 
@@ -17,6 +18,7 @@ def inspect_library(path: Path) -> dict[str, Any]:
     info["outputs"] = [s.describe() for s in meta.outputs]
     schedules = info["extra"].pop("kernel_schedules", {})
     info["kernels"] = [f"{name}: {source}" for name, source in schedules.items()]
+    info["inter_op"] = describe_inter_op(info["extra"].pop("inter_op", None))  # the stage plan itself is long
     info["file"] = str(path)
     info["size_bytes"] = path.stat().st_size
     if meta.device == "cuda":

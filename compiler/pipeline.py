@@ -27,6 +27,7 @@ from compiler.passes.in_place_calls_as_call_tir import in_place_calls_as_call_ti
 from compiler.passes.int8_conv_layout import int8_conv_layout
 from compiler.passes.mark_int8_weight_bits import mark_int8_weight_bits
 from compiler.passes.pad_output_channels import pad_output_channels
+from compiler.passes.split_parallel_branches import split_parallel_branches
 from compiler.passes.power_as_roots import power_as_roots
 from compiler.passes.quantized_lookup import quantized_lookup
 from compiler.passes.scalar_constants import scalar_constants
@@ -152,13 +153,14 @@ def legalize_map(preset: TargetPreset, symbolic: bool = False) -> dict:
 
 
 def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: bool = True,
-                   twins: dict | None = None, symbolic: bool = False) -> list[Step]:
+                   twins: dict | None = None, symbolic: bool = False, inter_op: bool = False) -> list[Step]:
     """Legalize, fuse, schedule (tuning records first, then defaults) and lower for the VM.
 
     ``twins``: for a module with symbolic sizes, its kernels built for one static size
     (``schedule_twins``), whose default schedules the symbolic kernels replay. ``symbolic``
     (such a module, and its twin): the steps that need static shapes are left out (in-place
-    concatenation, kiln's row softmax), so both build the same kernels."""
+    concatenation, kiln's row softmax), so both build the same kernels. ``inter_op``: stage
+    functions for running independent branches side by side (CPU, static shapes)."""
     target = preset.tvm_target()
     backend = _backend(preset.kind)
     steps = [
@@ -204,6 +206,9 @@ def lowering_steps(preset: TargetPreset, db: str | Path | None = None, fusion: b
     if preset.device == "cuda":
         steps.append(Step("ApplyDefaultSchedule", "dlight's GPU rules schedule untuned kernels onto GPU threads",
                           _gpu_default_schedules))
+    if inter_op and preset.device == "cpu" and not symbolic:
+        steps.append(Step("SplitParallelBranches", "independent branches as stage functions that can run side by "
+                          "side (--inter-op; main unchanged)", lambda: split_parallel_branches))
     steps += [
         *[Step(p.info.name, "lower dataflow for the VM", lambda p=p: p)
           for p in backend.dataflow_lower_passes(target)],
@@ -222,7 +227,8 @@ def int8_weight_bits(preset: TargetPreset, plan=None) -> int:
 
 
 def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
-                   plan=None, fusion: bool = True, twins: dict | None = None, symbolic: bool = False) -> list[Step]:
+                   plan=None, fusion: bool = True, twins: dict | None = None, symbolic: bool = False,
+                   inter_op: bool = False) -> list[Step]:
     """The ordered steps for ``preset`` (optionally applying tuning records from ``db``).
 
     ``precision="fp16"`` computes in float16 with float32 accumulation (TVM's
@@ -236,7 +242,7 @@ def pipeline_steps(preset: TargetPreset, db: str | Path | None = None, precision
     # NHWC tensors (4 consecutive channels contiguous: what the dot-product intrinsics read).
     return (simplify_steps(weight_bits, fusion, preset.int8_channel_multiple) + layout_steps(preset)
             + prequantized_steps(preset) + precision_steps(precision, plan)
-            + lowering_steps(preset, db, fusion, twins, symbolic))
+            + lowering_steps(preset, db, fusion, twins, symbolic, inter_op))
 
 
 def layout_steps(preset: TargetPreset) -> list[Step]:
@@ -294,10 +300,12 @@ def tuning_input_pipeline(preset: TargetPreset, precision: str = "fp32", plan=No
 
 
 def build_pipeline(preset: TargetPreset, db: str | Path | None = None, precision: str = "fp32",
-                   plan=None, fusion: bool = True, twins: dict | None = None) -> tvm.transform.Pass:
-    """The whole pipeline as one pass, run under the target (``twins``: a symbolic build)."""
-    return _as_one_pass(preset, pipeline_steps(preset, db, precision, plan, fusion, twins, symbolic=twins is not None),
-                        "BuildPipeline")
+                   plan=None, fusion: bool = True, twins: dict | None = None,
+                   inter_op: bool = False) -> tvm.transform.Pass:
+    """The whole pipeline as one pass, run under the target (``twins``: a symbolic build;
+    ``inter_op``: with stage functions, ``compiler.passes.split_parallel_branches``)."""
+    return _as_one_pass(preset, pipeline_steps(preset, db, precision, plan, fusion, twins, symbolic=twins is not None,
+                                               inter_op=inter_op), "BuildPipeline")
 
 
 def schedule_twins(preset: TargetPreset, static_mod: tvm.IRModule, precision: str = "fp32",

@@ -27,6 +27,7 @@ import platform
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from targets.errors import DeviceError, InputError, LibraryError
-from targets.library_format import LibraryMetadata, TensorSpec, read_metadata
+from targets.library_format import LibraryMetadata, StagePlan, TensorSpec, read_metadata
 from targets.cpu_features import missing_features, required_features
 from targets.registry import cpu_flags
 
@@ -195,7 +196,7 @@ def _load_module_fresh(tvm, path: Path):
 class CompiledModel:
     """A loaded kiln library. Use ``load`` to make one."""
 
-    def __init__(self, path: Path, meta: LibraryMetadata, threads: int):
+    def __init__(self, path: Path, meta: LibraryMetadata, threads: int, inter_op: bool | None = None):
         import tvm
         import tvm.runtime.vm  # not imported by `tvm` itself in runtime-only mode (TVM_USE_RUNTIME_LIB=1)
 
@@ -212,6 +213,31 @@ class CompiledModel:
         self._vm = tvm.runtime.vm.VirtualMachine(lib, self.device)
         self._main = self._vm["main"]
         self._lock = threading.Lock()
+        self.branches = self._branch_runner(inter_op)
+
+    def _branch_runner(self, inter_op: bool | None):
+        """The ``BranchRunner`` of a library with stage functions (``--inter-op``), or None to run ``main``.
+
+        ``inter_op``: None follows the library (the regions its build chose to run side by side);
+        True runs every region side by side; False runs ``main``."""
+        info = self.metadata.extra.get("inter_op")
+        if inter_op is False or info is None or info.get("plan") is None:
+            if inter_op:
+                raise InputError(f"{self.path.name} has no independent branches to run side by side "
+                                 "(compile it with --inter-op on or auto)")
+            return None
+        from compiler.branch_runner import BranchRunner
+
+        plan = StagePlan.from_dict(info["plan"])
+        regions = set(range(len(plan.regions))) if inter_op else set(info.get("side_by_side", []))
+        if not regions or self.threads < plan.groups:
+            if inter_op:
+                raise InputError(f"running branches side by side needs at least {plan.groups} threads, "
+                                 f"not {self.threads}")
+            return None
+        runner = BranchRunner(self._vm, self._executable, self.device, plan, self.threads, regions)
+        weakref.finalize(self, runner.close)
+        return runner
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -264,7 +290,7 @@ class CompiledModel:
 
     def _call(self, tensors: list):
         with self._lock:
-            result = self._main(*tensors)
+            result = self.branches(tensors) if self.branches is not None else self._main(*tensors)
             if self.metadata.device != "cpu":
                 self.device.sync()
         return result
@@ -511,19 +537,25 @@ def check_streams(streams: int, threads: int | None) -> int:
     return total
 
 
-def load(path: str | Path, threads: int | None = None, streams: int = 1) -> CompiledModel | StreamedModel:
+def load(path: str | Path, threads: int | None = None, streams: int = 1,
+         inter_op: bool | None = None) -> CompiledModel | StreamedModel:
     """Load a library made by ``kiln compile``; ``threads`` defaults to this machine's cores.
 
     ``streams`` > 1: a ``StreamedModel`` serving that many requests at once, the threads split
     evenly between them (``threads`` must be at least ``streams``: one thread per stream at least,
-    never more threads than asked for)."""
+    never more threads than asked for).
+
+    ``inter_op`` (libraries compiled with ``--inter-op``): None runs the independent branches
+    the build chose to run side by side, True every region's, False none (``main`` alone)."""
     path = Path(path)
     meta = read_metadata(path)  # checks the seal before it parses anything
     check_runnable_here(meta, path)
     total = check_streams(streams, threads)
     if streams == 1:
-        return CompiledModel(path, meta, configure_threads(threads))
+        return CompiledModel(path, meta, configure_threads(threads), inter_op)
+    if inter_op:
+        raise InputError("streams and inter-op parallelism both split the threads: use one of them")
     if meta.device != "cpu":
         raise InputError(f"streams run CPU libraries; {path.name} targets {meta.device}")
     # the caller's own thread keeps its pool as it is: the streams' worker threads run the kernels
-    return StreamedModel(CompiledModel(path, meta, total // streams), streams, total // streams)
+    return StreamedModel(CompiledModel(path, meta, total // streams, inter_op=False), streams, total // streams)

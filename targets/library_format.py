@@ -72,6 +72,45 @@ class TensorSpec:
 
 
 @dataclass
+class Stage:
+    """One step of a library's stage plan (``compiler.passes.split_parallel_branches``): its
+    ``functions`` run one after another (one function) or side by side (a parallel region).
+
+    ``inputs``/``outputs``: per function, the names of the values it takes and returns, in
+    order; ``flops``: per function, the kernel FLOPs it runs; ``region``: the index of the
+    parallel region, ``None`` for a sequential stage."""
+
+    functions: list[str]
+    inputs: list[list[str]]
+    outputs: list[list[str]]
+    flops: list[float]
+    region: int | None = None
+
+
+@dataclass
+class StagePlan:
+    """A library's stage functions and how values flow between them (metadata
+    ``extra["inter_op"]["plan"]``). ``inputs``: the library's inputs by name, in order;
+    ``outputs``: the names of its results, in order; ``groups``: functions per region at most."""
+
+    groups: int
+    inputs: list[str]
+    outputs: list[str]
+    stages: list[Stage] = field(default_factory=list)
+
+    @property
+    def regions(self) -> list[Stage]:
+        return [s for s in self.stages if s.region is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StagePlan":
+        return cls(data["groups"], list(data["inputs"]), list(data["outputs"]), [Stage(**s) for s in data["stages"]])
+
+
+@dataclass
 class LibraryMetadata:
     """Everything a runtime needs to call a compiled model, and where it came from."""
 

@@ -54,7 +54,7 @@ def test_schedule_passes_are_named_alike(tmp_path):
 @pytest.mark.parametrize("preset", [resolve_target("x86-avx2"), with_conv_layout(resolve_target("x86-avx2"), "NHWC"),
                                     resolve_target("cuda-sm80")], ids=["cpu", "cpu-nhwc", "cuda"])
 def test_every_step_is_named_by_its_pass(preset, tmp_path):
-    steps = pipeline.pipeline_steps(preset, db=tmp_path)
+    steps = pipeline.pipeline_steps(preset, db=tmp_path, inter_op=True)
     int8 = pipeline.pipeline_steps(preset, precision="int8", plan=QuantizationPlan({}))
     assert {"FuseTIR", "LegalizeOps"} <= {step.name for step in steps}
     assert {"InsertQDQ", "LowerQDQ", "FoldReluIntoQuantize"} <= {step.name for step in int8}

@@ -558,4 +558,5 @@ def load(path: str | Path, threads: int | None = None, streams: int = 1,
     if meta.device != "cpu":
         raise InputError(f"streams run CPU libraries; {path.name} targets {meta.device}")
     # the caller's own thread keeps its pool as it is: the streams' worker threads run the kernels
-    return StreamedModel(CompiledModel(path, meta, total // streams, inter_op=False), streams, total // streams)
+    per_stream = total // streams
+    return StreamedModel(CompiledModel(path, meta, per_stream, inter_op=False), streams, per_stream)

@@ -104,6 +104,23 @@ def test_auto_times_every_region_and_keeps_only_the_faster(libs):
     assert "inter_op:" in out and "regions of independent branches" in out and "region 1:" in out
 
 
+def test_branches_straight_from_the_input_get_their_buffer_from_a_stage_of_its_own(tmp_path):
+    rng = np.random.default_rng(3)
+    nodes = [*_conv("x", "w_a", "a", 3), *_conv("x", "w_b", "b", 1),
+             helper.make_node("Concat", ["a", "b"], ["y"], axis=1)]
+    inits = [const("w_a", 16, 8, 3, 3, rng=rng), const("w_a_b", 16, rng=rng),
+             const("w_b", 16, 8, 1, 1, rng=rng), const("w_b_b", 16, rng=rng)]
+    onnx.save(model(nodes, [("x", [1, 8, 12, 12])], [("y", None)], inits), tmp_path / "fork.onnx")
+    compile_model(tmp_path / "fork.onnx", tmp_path / "fork.so", target="host", inter_op="on")
+    plan = StagePlan.from_dict(read_metadata(tmp_path / "fork.so").extra["inter_op"]["plan"])
+    first, region = plan.stages[:2]
+    assert first.inputs == [[]] and first.outputs[0][0].startswith("buf")  # allocates, computes nothing
+    assert region.region == 0 and all(first.outputs[0][0] in names for names in region.inputs)
+    x = {"x": np.random.default_rng(0).standard_normal((1, 8, 12, 12)).astype(np.float32)}
+    np.testing.assert_array_equal(load(tmp_path / "fork.so", threads=2).run(x)["y"],
+                                  load(tmp_path / "fork.so", threads=2, inter_op=False).run(x)["y"])
+
+
 def test_one_thread_runs_main_and_forcing_side_by_side_needs_two(libs):
     one = load(libs["on"], threads=1)
     assert one.branches is None

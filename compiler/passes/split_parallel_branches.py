@@ -163,15 +163,29 @@ def _deal(branches: list[list[int]], cost: list[float], groups: int) -> list[lis
 def _partition(graph: _Graph, groups: int) -> list[list[list[int]]]:
     """The block's bindings as stages: each a list of groups (one group: sequential)."""
     n = len(graph.bindings)
-    chain = graph.chain
+    # how many values cross each point: a value (a chain's buffer counts once) crosses the points
+    # after its first binding up to its last use
+    first: dict[int, int] = {}
     last_use: dict[int, int] = {}
     for i in range(n):
+        first.setdefault(graph.chain[i], i)
+        if graph.chain[i] != i:  # a buffer lives at least until its last writer
+            last_use[graph.chain[i]] = max(last_use.get(graph.chain[i], -1), i)
         for j in graph.relaxed[i]:
-            last_use[chain[j]] = max(last_use.get(chain[j], -1), i)
-    cuts = [0]
+            last_use[graph.chain[j]] = max(last_use.get(graph.chain[j], -1), i)
+    change = [0] * (n + 2)
+    for c, last in last_use.items():
+        change[first[c] + 1] += 1
+        change[last + 1] -= 1
+    params = set(graph.params)
+    param_last_use = {v: i for i, b in enumerate(graph.bindings) for v in _reads(b.value) if v in params}
+    for last in param_last_use.values():  # an input crosses every point up to its last use
+        change[1] += 1
+        change[last + 1] -= 1
+    cuts, crossing = [0], 0
     for p in range(1, n + 1):
-        crossing = {chain[j] for j in range(p) if last_use.get(chain[j], -1) >= p}
-        if len(crossing) <= 1:
+        crossing += change[p]
+        if crossing <= 1:
             cuts.append(p)
     stages: list[list[list[int]]] = []
     for start, end in zip(cuts, cuts[1:]):
@@ -231,7 +245,7 @@ class _Emitter:
             return f"buf{self.graph.chain[i]}"
         return self.names[var]
 
-    def _split(self, i: int | None) -> bool:
+    def _in_split_chain(self, i: int | None) -> bool:
         return i is not None and self.graph.chain[i] in self.split_chains
 
     def _function_reads(self, members: list[int]) -> list[str]:
@@ -241,14 +255,13 @@ class _Emitter:
         reads: list[str] = []
         for i in members:
             names = [self._value_of(v) for v in _reads(self.graph.bindings[i].value)
-                     if not (self.graph.index.get(v) in inside and not self._split(self.graph.index.get(v)))]
-            if self._split(i):
+                     if not (self.graph.index.get(v) in inside and not self._in_split_chain(self.graph.index.get(v)))]
+            if self._in_split_chain(i):
                 names.append(f"buf{self.graph.chain[i]}")
             reads += [n for n in dict.fromkeys(names) if n not in reads]
         return reads
 
     def build(self) -> tuple[tvm.IRModule, list[Stage]]:
-        needed_later: dict[int, set[str]] = defaultdict(set)  # stage -> names read by later stages
         reads_of: dict[tuple[int, int], list[str]] = {}
         for s, stage in enumerate(self.stages):
             for g, members in enumerate(stage):
@@ -272,7 +285,7 @@ class _Emitter:
             for g, members in enumerate(stage):
                 name = f"{STAGE_PREFIX}{s}" if len(stage) == 1 else f"{STAGE_PREFIX}{s}_{g}"
                 # a split chain's writers return nothing: their buffer is passed from its allocation
-                produced = [self._value_of(self.graph.bindings[i].var) for i in members if not self._split(i)]
+                produced = [self._value_of(self.graph.bindings[i].var) for i in members if not self._in_split_chain(i)]
                 produced += [f"buf{c}" for c in allocs.get(s, [])] if g == 0 else []
                 outs = list(dict.fromkeys(p for p in produced if p in later))
                 self._emit(bb, name, members, reads_of[(s, g)], outs, allocs.get(s, []) if g == 0 else [])

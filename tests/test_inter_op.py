@@ -151,17 +151,15 @@ def test_auto_needs_this_machine_and_modes_are_checked(tmp_path):
 
 def test_without_a_region_the_module_is_left_alone():
     import tvm
-    from tvm.script import relax as R
+    from tvm import relax
 
-    @tvm.script.ir_module
-    class Chain:
-        @R.function
-        def main(x: R.Tensor((4,), "float32")) -> R.Tensor((4,), "float32"):
-            with R.dataflow():
-                y = R.add(x, x)
-                z = R.multiply(y, y)
-                R.output(z)
-            return z
-
-    mod, plan = plan_stages(Chain, {})
-    assert plan is None and mod.same_as(Chain)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4,), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(x, x))
+            z = bb.emit_output(relax.op.multiply(y, y))
+        bb.emit_func_output(z)
+    chain = bb.get()
+    mod, plan = plan_stages(chain, {})
+    assert plan is None and mod.same_as(chain)

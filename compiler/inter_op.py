@@ -44,8 +44,7 @@ class InterOpChoice:
 
 def choose_side_by_side(path: str | Path, threads: int | None = None, rounds: int = 3, runs: int = 10) -> InterOpChoice:
     """Time the library at ``path`` (built with stage functions) here and choose its regions."""
-    from compiler.branch_runner import BranchRunner
-    from compiler.runtime import alternating_calls_p50_ms, load
+    from compiler.runtime import BranchRunner, alternating_calls_p50_ms, load
     from targets.library_format import StagePlan
 
     model = load(path, threads=threads, inter_op=False)

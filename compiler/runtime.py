@@ -18,6 +18,9 @@ threads, each with its own VM (its own workspace) and its own share of the threa
     m = load("model.so", streams=2)    # 2 streams of 1 thread each on a 2-core machine
     futures = [m.submit(x) for x in batch]
     outs = [f.result() for f in futures]
+
+A library compiled with ``--inter-op on|auto`` also runs a request's independent branches side
+by side (``BranchRunner``, the regions its build kept; ``load(path, inter_op=...)`` overrides).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from targets.errors import DeviceError, InputError, LibraryError
-from targets.library_format import LibraryMetadata, StagePlan, TensorSpec, read_metadata
+from targets.library_format import LibraryMetadata, Stage, StagePlan, TensorSpec, read_metadata
 from targets.cpu_features import missing_features, required_features
 from targets.registry import cpu_flags
 
@@ -193,6 +196,107 @@ def _load_module_fresh(tvm, path: Path):
         return tvm.runtime.load_module(str(copy))  # stays mapped after the copy is removed
 
 
+class _BranchWorker:
+    """A thread with its own VM and thread pool, calling stage functions handed to it."""
+
+    def __init__(self, executable, device, threads: int, functions: list[str], name: str):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        ready: Future = Future()
+        self._thread = threading.Thread(target=self._serve, args=(executable, device, threads, functions, ready),
+                                        name=name, daemon=True)
+        self._thread.start()
+        ready.result()
+
+    def _serve(self, executable, device, threads: int, names: list[str], ready: Future) -> None:
+        import tvm
+        import tvm.runtime.vm
+
+        try:
+            configure_threads(threads)
+            vm = tvm.runtime.vm.VirtualMachine(executable, device)
+            functions = {name: vm[name] for name in names}
+        except Exception as err:  # TVM's own error types
+            ready.set_exception(LibraryError(f"could not start an inter-op worker: {err}"))
+            return
+        ready.set_result(None)
+        while (job := self._jobs.get()) is not None:
+            future, name, args = job
+            try:
+                future.set_result(functions[name](*args))
+            except BaseException as err:  # handed to the caller through the future
+                future.set_exception(err)
+
+    def submit(self, name: str, args: list) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, name, args))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+
+class BranchRunner:
+    """Runs a library's stage plan (``--inter-op``) on ``threads`` threads; the regions in
+    ``side_by_side`` run their groups at once.
+
+    The plan's stage functions (``compiler.passes.split_parallel_branches``) run in order, TVM
+    tensors passed from one to the next: a sequential stage on the caller's thread with all its
+    threads; a region run side by side hands each group to a worker thread with its own VM and
+    a pool of ``threads // groups`` threads (TVM keeps one pool per calling thread) and waits
+    for all; a region not chosen runs its groups one after another on the caller's thread.
+    ``vm``: the caller's Relax VM of the library. ``close`` stops the workers."""
+
+    def __init__(self, vm, executable, device, plan: StagePlan, threads: int, side_by_side: set[int]):
+        self.plan = plan
+        self.threads = threads
+        self.side_by_side = set(side_by_side)
+        names = [f for stage in plan.stages for f in stage.functions]
+        try:
+            self._functions = {name: vm[name] for name in names}
+        except Exception as err:  # TVM's AttributeError/ValueError for a missing function
+            raise LibraryError(f"the library's metadata lists stage functions it does not have: {err}") from None
+        self._workers: list[_BranchWorker] = []
+        if self.side_by_side:
+            groups = max(len(plan.stages[i].functions) for i in self._region_stages())
+            if threads < groups:
+                raise ValueError(f"{groups} groups side by side need at least {groups} threads, not {threads}")
+            self._workers = [_BranchWorker(executable, device, threads // groups, names, f"kiln-inter-op-{g}")
+                             for g in range(groups)]
+
+    def _region_stages(self) -> list[int]:
+        return [i for i, s in enumerate(self.plan.stages) if s.region in self.side_by_side]
+
+    def values(self, tensors: list) -> dict[str, object]:
+        """Every value of one run, by name: the inputs, each stage's results."""
+        values = dict(zip(self.plan.inputs, tensors))
+        for stage in self.plan.stages:
+            self.run_stage(stage, values, stage.region in self.side_by_side)
+        return values
+
+    def __call__(self, tensors: list) -> list:
+        """One run: the library's outputs, in order."""
+        values = self.values(tensors)
+        return [values[name] for name in self.plan.outputs]
+
+    def run_stage(self, stage: Stage, values: dict, side_by_side: bool) -> None:
+        """Run one stage on ``values`` (adds its results): its groups at once or one after another."""
+        args = [[values[name] for name in names] for names in stage.inputs]
+        if side_by_side and len(stage.functions) > 1:
+            futures = [worker.submit(name, a) for worker, name, a in zip(self._workers, stage.functions, args)]
+            results = [f.result() for f in futures]
+        else:
+            results = [self._functions[name](*a) for name, a in zip(stage.functions, args)]
+        for names, result in zip(stage.outputs, results):
+            values.update(zip(names, result))
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        for worker in self._workers:
+            worker.stop()
+        self._workers = []
+
+
 class CompiledModel:
     """A loaded kiln library. Use ``load`` to make one."""
 
@@ -226,8 +330,6 @@ class CompiledModel:
                 raise InputError(f"{self.path.name} has no independent branches to run side by side "
                                  "(compile it with --inter-op on or auto)")
             return None
-        from compiler.branch_runner import BranchRunner
-
         plan = StagePlan.from_dict(info["plan"])
         regions = set(range(len(plan.regions))) if inter_op else set(info.get("side_by_side", []))
         if not regions or self.threads < plan.groups:

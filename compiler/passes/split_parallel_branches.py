@@ -6,7 +6,7 @@ two expands, a residual block's projection), those branches could run at the sam
 disjoint cores. This pass finds such regions in ``main`` and adds *stage functions* to the
 module: per region, its branches dealt into ``GROUPS`` functions (longest first, each to the
 group with least work, by kernel FLOPs), and between regions the sequential parts as one
-function each. ``compiler.branch_runner`` calls them in order, a region's group functions
+function each. ``compiler.runtime.BranchRunner`` calls them in order, a region's group functions
 on separate threads. ``main`` itself is not changed: a runtime that does not read the plan
 (the C API) runs ``main`` as before.
 

@@ -163,3 +163,25 @@ def test_without_a_region_the_module_is_left_alone():
     chain = bb.get()
     mod, plan = plan_stages(chain, {})
     assert plan is None and mod.same_as(chain)
+
+
+def test_a_real_speech_model_runs_its_branches_side_by_side(tmp_path):
+    """silero-vad (If on the sample rate, LSTM) from its PyPI wheel: same outputs either way."""
+    from compiler.real_models import REAL_MODELS, real_model_path, sample_inputs
+    from targets.errors import KilnError
+
+    spec = REAL_MODELS["silero_vad"]
+    try:
+        path = real_model_path("silero_vad")
+    except KilnError as err:
+        pytest.skip(str(err))
+    compile_model(path, tmp_path / "vad.so", target="host", input_shapes=spec.input_shapes,
+                  input_values=spec.input_values, inter_op="on")
+    staged = load(tmp_path / "vad.so", threads=2)
+    assert staged.branches is not None and len(staged.branches.plan.regions) >= 1
+    main = load(tmp_path / "vad.so", threads=2, inter_op=False)
+    for seed in range(2):
+        x = sample_inputs(spec, main.inputs, seed=seed)
+        expected, got = main.run(x), staged.run(x)
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name])

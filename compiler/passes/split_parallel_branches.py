@@ -129,12 +129,14 @@ class _Graph:
 
     def _concat_chains(self) -> list[int]:
         """Each binding's chain id: a writer whose buffer version is read by it alone joins the
-        chain of that version's writer (disjoint slices of one buffer); every other binding is a
-        chain of its own."""
+        chain of that version's writer (disjoint slices of one buffer), when the chain starts
+        with the writer that allocated the buffer (a plain ``call_tir``); every other binding is
+        a chain of its own."""
         chain = list(range(len(self.bindings)))
         for i in range(len(self.bindings)):
             found = self.inplace_arg(i)
-            if found is not None and self.users[found[1]] == [i]:
+            if (found is not None and self.users[found[1]] == [i]
+                    and _is_op(self.bindings[chain[found[1]]].value, "relax.call_tir")):
                 chain[i] = chain[found[1]]
         return chain
 

@@ -42,6 +42,7 @@ import tvm
 from tvm import relax
 from tvm.relax import Call, Expr, Var
 
+from compiler.relax_utils.fused_groups import is_op
 from compiler.relax_utils.kernel_flops import kernel_flops
 from targets.library_format import Stage, StagePlan
 
@@ -50,10 +51,6 @@ log = logging.getLogger(__name__)
 PLAN_ATTR = "kiln.inter_op_plan"
 STAGE_PREFIX = "kiln_stage"
 GROUPS = 2  # groups per region; on more cores each group gets threads // GROUPS
-
-
-def _is_op(expr: Expr, name: str) -> bool:
-    return isinstance(expr, Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
 
 
 def _reads(expr: Expr) -> list[Var]:
@@ -113,19 +110,16 @@ class _Graph:
 
     @staticmethod
     def _flops(value: Expr, flops: dict[str, float]) -> float:
-        if _is_op(value, "relax.call_tir") or _is_op(value, "relax.call_tir_inplace"):
+        if is_op(value, "relax.call_tir") or is_op(value, "relax.call_tir_inplace"):
             return flops.get(value.args[0].name_hint, 0.0)
         return 0.0
 
-    def inplace_arg(self, i: int) -> tuple[int, int] | None:
-        """(argument position, defining binding) of binding ``i``'s in-place argument, if it has one
-        defined in this block."""
+    def inplace_source(self, i: int) -> int | None:
+        """The binding that defines binding ``i``'s in-place argument, if it has one in this block."""
         value = self.bindings[i].value
-        if not _is_op(value, "relax.call_tir_inplace") or len(value.attrs.inplace_indices) != 1:
+        if not is_op(value, "relax.call_tir_inplace") or len(value.attrs.inplace_indices) != 1:
             return None
-        pos = int(value.attrs.inplace_indices[0])
-        arg = value.args[1].fields[pos]
-        return (pos, self.index[arg]) if arg in self.index else None
+        return self.index.get(value.args[1].fields[int(value.attrs.inplace_indices[0])])
 
     def _concat_chains(self) -> list[int]:
         """Each binding's chain id: a writer whose buffer version is read by it alone joins the
@@ -134,10 +128,10 @@ class _Graph:
         a chain of its own."""
         chain = list(range(len(self.bindings)))
         for i in range(len(self.bindings)):
-            found = self.inplace_arg(i)
-            if (found is not None and self.users[found[1]] == [i]
-                    and _is_op(self.bindings[chain[found[1]]].value, "relax.call_tir")):
-                chain[i] = chain[found[1]]
+            source = self.inplace_source(i)
+            if (source is not None and self.users[source] == [i]
+                    and is_op(self.bindings[chain[source]].value, "relax.call_tir")):
+                chain[i] = chain[source]
         return chain
 
     def _relaxed_deps(self, i: int) -> set[int]:
@@ -239,6 +233,9 @@ class _Emitter:
         for i in range(len(graph.bindings)):
             self.names[graph.bindings[i].var] = f"v{i}"
         self.outputs = outputs
+        self.types = {self.names[p]: p.ty for p in graph.params}  # by plan name
+        for b in graph.bindings:
+            self.types[self._value_of(b.var)] = b.var.ty
 
     def _value_of(self, var: Var) -> str:
         """The plan's name of ``var``; a split chain's versions are all its buffer."""
@@ -301,8 +298,7 @@ class _Emitter:
     def _emit(self, bb: relax.BlockBuilder, name: str, members: list[int], reads: list[str], outs: list[str],
               allocs: list[int]) -> None:
         graph = self.graph
-        types = self._types()
-        params = [Var(r, types[r]) for r in reads]
+        params = [Var(r, self.types[r]) for r in reads]
         values: dict[str, Expr] = dict(zip(reads, params))
         with bb.function(name, params, private=False):
             with bb.dataflow():
@@ -326,12 +322,6 @@ class _Emitter:
                                                                             name_hint=f"v{i}")
                 out = bb.emit_output(relax.Tuple([values[o] for o in outs]))
             bb.emit_func_output(out)
-
-    def _types(self) -> dict[str, relax.Type]:
-        types = {self.names[p]: p.ty for p in self.graph.params}
-        for i, b in enumerate(self.graph.bindings):
-            types[self._value_of(b.var)] = b.var.ty
-        return types
 
 
 def plan_stages(mod: tvm.IRModule, flops: dict[str, float], groups: int = 2) -> tuple[tvm.IRModule, StagePlan | None]:

@@ -520,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", help=".npz keyed by input name (default: seeded random inputs)")
     p.add_argument("--threads", type=int, help="CPU threads (default: this machine's cores)")
     p.add_argument("--repeat", type=int, default=5, help="timings per kernel call; the median is kept")
-    p.add_argument("--runs", type=int, default=30, help="end-to-end runs per round (and ONNX Runtime profiled runs)")
+    p.add_argument("--runs", type=int, default=30,
+                   help="end-to-end runs per round; also the runs timing kernels in sequence, and ONNX Runtime's")
     p.add_argument("--rounds", type=int, default=3, help="rounds of end-to-end and per-kernel timing; medians kept")
     p.add_argument("--reference", metavar="MODEL.onnx", help="profile ONNX Runtime on the same model and inputs")
     p.add_argument("--top", type=int, default=25, metavar="N", help="kernels to list (the rest are summed)")

@@ -3,9 +3,12 @@
 One run of the library goes through the Relax VM with an instrument hook. Before each kernel
 call the hook times that kernel alone, on the very arguments the VM is about to pass (real
 shapes, real data, the library's thread count), with TVM's ``time_evaluator``: the median of
-``repeat`` timings, each at least ``min_repeat_ms`` long. The VM's own calls (allocation,
-shape checks, reshapes as views) are not kernels; what the kernels do not account for of the
-end-to-end median is reported as ``other_ms``.
+``repeat`` timings, each at least ``min_repeat_ms`` long. Then each kernel is timed again as it
+runs in sequence, inside ordinary runs of the whole library: its inputs come from the kernel
+before it and its weights from wherever the last run left them, so the difference to the time
+alone is what running in the network costs it (``cache_ms``). The VM's own calls (allocation,
+shape checks, reshapes as views) are not kernels; what the kernels in sequence do not account
+for of the end-to-end median is ``vm_ms``.
 
 With an ONNX model as reference, ONNX Runtime's per-node profile of the same model, same
 thread count, sits beside it, both grouped by operator class (convolution, matmul, pooling,
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,6 +91,12 @@ class KernelTime:
     schedule: str  # "default:<rule>", "tuned", "tuned:<rule>", "naive", or "" when the library does not say
     flops: float | None  # per call, TVM's estimate on the scheduled kernel; None when unknown
     arguments: list[str] = field(default_factory=list)  # "float32[1x64x56x56]" per argument
+    in_sequence_ms: float | None = None  # all its calls of one run, each timed inside whole runs
+
+    @property
+    def sequence_over_alone(self) -> float | None:
+        """In-sequence time over time alone: above 1 when the network's cold caches slow it down."""
+        return self.in_sequence_ms / self.total_ms if self.in_sequence_ms is not None and self.total_ms > 0 else None
 
     @property
     def gflops_per_s(self) -> float | None:
@@ -133,6 +143,7 @@ class Profile:
     rounds: int = 1
     machine: dict = field(default_factory=dict)  # compiler.benchmark.Machine.to_json()
     reference: OrtProfile | None = None
+    instrumented_ms: float | None = None  # end-to-end median of the runs that timed kernels in sequence
 
     @property
     def kernel_sum_ms(self) -> float:
@@ -140,9 +151,27 @@ class Profile:
 
     @property
     def other_ms(self) -> float:
-        """End-to-end time the kernels do not account for: the VM's calls between kernels
-        (allocation, shape checks, views) and cache effects of running kernels in sequence."""
+        """End-to-end time the kernels timed alone do not account for: ``cache_ms + vm_ms``."""
         return self.end_to_end_ms - self.kernel_sum_ms
+
+    @property
+    def in_sequence_sum_ms(self) -> float | None:
+        times = [k.in_sequence_ms for k in self.kernels]
+        return None if any(t is None for t in times) else sum(times)
+
+    @property
+    def cache_ms(self) -> float | None:
+        """What running in sequence costs the kernels: their in-sequence sum minus their sum alone
+        (inputs and weights no longer in the caches; negative when they run faster in sequence)."""
+        seq = self.in_sequence_sum_ms
+        return None if seq is None else seq - self.kernel_sum_ms
+
+    @property
+    def vm_ms(self) -> float | None:
+        """Time outside the kernels in the runs that timed them in sequence: the VM's own calls
+        (allocation, shape checks, views) and the timing hook's."""
+        seq = self.in_sequence_sum_ms
+        return None if seq is None or self.instrumented_ms is None else self.instrumented_ms - seq
 
     def classes(self) -> list[ClassTime]:
         """kiln's kernels and (with a reference) ONNX Runtime's nodes per operator class, slowest first."""
@@ -163,7 +192,10 @@ class Profile:
             "library": self.library, "threads": self.threads, "machine": self.machine, "repeat": self.repeat,
             "rounds": self.rounds,
             "end_to_end_ms": self.end_to_end_ms, "kernel_sum_ms": self.kernel_sum_ms, "other_ms": self.other_ms,
-            "kernels": [dict(asdict(k), gflops_per_s=k.gflops_per_s) for k in self.kernels],
+            "in_sequence_sum_ms": self.in_sequence_sum_ms, "cache_ms": self.cache_ms, "vm_ms": self.vm_ms,
+            "instrumented_ms": self.instrumented_ms,
+            "kernels": [dict(asdict(k), gflops_per_s=k.gflops_per_s, sequence_over_alone=k.sequence_over_alone)
+                        for k in self.kernels],
             "classes": [dict(asdict(c), ratio=c.ratio) for c in self.classes()],
         }
         if self.reference is not None:
@@ -210,6 +242,47 @@ def time_kernels(model: CompiledModel, inputs: dict[str, np.ndarray], repeat: in
     return timed
 
 
+def time_in_sequence(model: CompiledModel, inputs: dict[str, np.ndarray], runs: int = 10,
+                     warmup: int = 2) -> tuple[dict[str, list[float]], float]:
+    """Each kernel call timed as it runs inside whole runs of the library: (name → ms of each of
+    its calls in one run, the median over ``runs`` runs after ``warmup`` untimed ones; the median
+    time of those runs).
+
+    An instrument hook reads the clock just before and just after each kernel call, so a time
+    includes the call's own overhead (microseconds) but none of the VM's work between kernels.
+    The hook runs Python around every VM call: those runs are slower than plain ones, and their
+    time minus the kernels' is the VM's work plus the hook's."""
+    kernels = model._executable.imports[0]
+    samples: dict[str, list[float]] = defaultdict(list)
+    started = [0.0]
+
+    def instrument(_func, symbol, before_run, _ret, *args):
+        if kernels.implements_function(symbol):
+            if before_run:
+                started[0] = time.perf_counter()
+            else:
+                samples[symbol].append((time.perf_counter() - started[0]) * 1e3)
+        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+    tensors = model._to_device(model._ordered_arrays(inputs))
+    with model._lock:
+        for _ in range(warmup):
+            model._main(*tensors)
+        run_ms = []
+        model._vm.set_instrument(instrument)
+        try:
+            for _ in range(max(runs, 1)):
+                start = time.perf_counter()
+                model._main(*tensors)
+                run_ms.append((time.perf_counter() - start) * 1e3)
+        finally:
+            model._vm.set_instrument(None)
+    runs = max(runs, 1)
+    per_call = {name: [float(x) for x in np.median(np.asarray(t).reshape(runs, len(t) // runs), axis=0)]
+                for name, t in samples.items()}
+    return per_call, float(np.median(run_ms))
+
+
 def profile_library(model: CompiledModel, inputs: dict[str, np.ndarray] | None = None, repeat: int = 5,
                     runs: int = 30, reference: str | Path | None = None, rounds: int = 3) -> Profile:
     """Profile ``model`` (see the module docstring); ``reference``: the ONNX model to profile
@@ -222,13 +295,17 @@ def profile_library(model: CompiledModel, inputs: dict[str, np.ndarray] | None =
 
     inputs = inputs if inputs is not None else model.random_inputs(seed=0)
     call = model.timed_call(inputs)
-    block_p50s, per_round = [], []
+    block_p50s, per_round, in_sequence, instrumented = [], [], [], []
     for _ in range(max(rounds, 1)):
         block_p50s.append(time_calls(call, runs).p50_ms)
+        per_call, run_ms = time_in_sequence(model, inputs, runs)
+        in_sequence.append(per_call)
+        instrumented.append(run_ms)
         per_round.append(time_kernels(model, inputs, repeat))
     end_to_end = float(np.median(block_p50s))
     timed = {name: ([float(np.median(samples)) for samples in zip(*(r[name][0] for r in per_round))], arguments)
              for name, (_, arguments) in per_round[0].items()}
+    sequence_ms = {name: float(np.median([sum(r[name]) for r in in_sequence])) for name in in_sequence[0]}
     schedules = model.metadata.extra.get("kernel_schedules", {})
     flops = model.metadata.extra.get("kernel_flops", {})
     kernels = []
@@ -236,14 +313,16 @@ def profile_library(model: CompiledModel, inputs: dict[str, np.ndarray] | None =
         total = float(sum(times))
         kernels.append(KernelTime(name=name, op_class=kernel_class(name), calls=len(times),
                                   ms_per_call=total / len(times), total_ms=total, share=total / end_to_end,
-                                  schedule=schedules.get(name, ""), flops=flops.get(name), arguments=arguments))
+                                  schedule=schedules.get(name, ""), flops=flops.get(name), arguments=arguments,
+                                  in_sequence_ms=sequence_ms.get(name)))
     kernels.sort(key=lambda k: -k.total_ms)
     ort = None
     if reference is not None:
         ort = profile_onnxruntime(reference, inputs, model.threads, runs,
                                   fixed=model.metadata.extra.get("input_values"))
     return Profile(library=str(model.path), threads=model.threads, end_to_end_ms=end_to_end, kernels=kernels,
-                   repeat=repeat, rounds=max(rounds, 1), machine=describe_machine().to_json(), reference=ort)
+                   repeat=repeat, rounds=max(rounds, 1), machine=describe_machine().to_json(), reference=ort,
+                   instrumented_ms=float(np.median(instrumented)))
 
 
 def profile_onnxruntime(model, inputs: dict[str, np.ndarray], threads: int, runs: int,
@@ -303,24 +382,41 @@ def parse_ort_trace(events: list[dict], skip_runs: int, unprofiled_ms: float) ->
 def format_profile(profile: Profile, top: int | None = None) -> str:
     """The profile as text: kernels slowest first, then the operator classes (beside ONNX Runtime's)."""
     lines = [f"{profile.library}: {profile.threads} threads, end-to-end p50 {profile.end_to_end_ms:.3f} ms; "
-             f"each kernel timed alone (median of {profile.repeat}, then of {profile.rounds} rounds)",
+             f"each kernel timed alone (median of {profile.repeat}, then of {profile.rounds} rounds) "
+             f"and in sequence, inside whole runs",
              "",
-             f"{'kernel':<48} {'calls':>5} {'ms/call':>9} {'total ms':>9} {'share':>6} {'GFLOP/s':>8}  schedule"]
+             f"{'kernel':<48} {'calls':>5} {'ms/call':>9} {'total ms':>9} {'share':>6} {'GFLOP/s':>8} "
+             f"{'in seq':>9} {'seq/alone':>9}  schedule"]
+
+    def in_sequence(ms: float | None, alone: float) -> str:
+        return f"{ms:>9.3f} {ms / alone:>8.2f}x" if ms is not None and alone > 0 else f"{'-':>9} {'-':>9}"
+
     shown = profile.kernels if top is None else profile.kernels[:top]
     for k in shown:
         rate = f"{k.gflops_per_s:8.1f}" if k.gflops_per_s is not None else f"{'-':>8}"
         lines.append(f"{k.name[:48]:<48} {k.calls:>5} {k.ms_per_call:>9.3f} {k.total_ms:>9.3f} "
-                     f"{k.share:>6.1%} {rate}  {k.schedule or '-'}")
+                     f"{k.share:>6.1%} {rate} {in_sequence(k.in_sequence_ms, k.total_ms)}  {k.schedule or '-'}")
     hidden = profile.kernels[len(shown):]
     if hidden:
         ms = sum(k.total_ms for k in hidden)
+        seq = None if any(k.in_sequence_ms is None for k in hidden) else sum(k.in_sequence_ms for k in hidden)
         lines.append(f"{f'({len(hidden)} more kernels)':<48} {sum(k.calls for k in hidden):>5} {'':>9} {ms:>9.3f} "
-                     f"{ms / profile.end_to_end_ms:>6.1%}")
-    lines += [f"{'kernels, sum':<48} {sum(k.calls for k in profile.kernels):>5} {'':>9} "
-              f"{profile.kernel_sum_ms:>9.3f} {profile.kernel_sum_ms / profile.end_to_end_ms:>6.1%}",
-              f"{'other (VM calls between kernels, cache effects)':<48} {'':>5} {'':>9} {profile.other_ms:>9.3f} "
-              f"{profile.other_ms / profile.end_to_end_ms:>6.1%}",
-              ""]
+                     f"{ms / profile.end_to_end_ms:>6.1%} {'':>8} {in_sequence(seq, ms)}")
+    e2e = profile.end_to_end_ms
+    lines.append(f"{'kernels, sum':<48} {sum(k.calls for k in profile.kernels):>5} {'':>9} "
+                 f"{profile.kernel_sum_ms:>9.3f} {profile.kernel_sum_ms / e2e:>6.1%} {'':>8} "
+                 f"{in_sequence(profile.in_sequence_sum_ms, profile.kernel_sum_ms)}")
+    if profile.vm_ms is not None:
+        lines += [f"{'in sequence, not alone (inputs, weights not cached)':<48} {'':>5} {'':>9} "
+                  f"{profile.cache_ms:>9.3f} {profile.cache_ms / e2e:>6.1%}",
+                  f"{'VM calls between kernels, timing hook':<48} {'':>5} {'':>9} {profile.vm_ms:>9.3f} "
+                  f"{profile.vm_ms / e2e:>6.1%}",
+                  f"(the runs that timed kernels in sequence took {profile.instrumented_ms:.3f} ms, "
+                  f"plain runs {e2e:.3f} ms)"]
+    else:
+        lines.append(f"{'other (VM calls between kernels, cache effects)':<48} {'':>5} {'':>9} "
+                     f"{profile.other_ms:>9.3f} {profile.other_ms / e2e:>6.1%}")
+    lines.append("")
     ort = profile.reference
     header = f"{'operator class':<24} {'kiln ms':>9} {'kernels':>7}"
     if ort is not None:

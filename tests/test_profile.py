@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compiler.build import compile_model
 from targets.library_format import read_metadata
-from compiler.profile import kernel_class, ort_class, parse_ort_trace, profile_library
+from compiler.profile import kernel_class, ort_class, parse_ort_trace, profile_library, time_in_sequence
 from compiler.runtime import load
 
 
@@ -33,6 +33,11 @@ def test_every_kernel_call_of_a_run_is_timed_with_its_schedule_and_flops(tiny_li
     first = next(k for k in convs if "float32[1x3x32x32]" in k.arguments)
     assert 2 * 16 * 27 * 1024 <= first.flops < 1.2 * 2 * 16 * 27 * 1024
     assert [k.total_ms for k in profile.kernels] == sorted((k.total_ms for k in profile.kernels), reverse=True)
+    # the same kernels timed inside whole runs: the in-sequence sum and the VM's time make up those runs
+    assert all(k.in_sequence_ms > 0 and k.sequence_over_alone > 0 for k in profile.kernels)
+    assert profile.in_sequence_sum_ms == pytest.approx(sum(k.in_sequence_ms for k in profile.kernels))
+    assert profile.kernel_sum_ms + profile.cache_ms == pytest.approx(profile.in_sequence_sum_ms)
+    assert profile.in_sequence_sum_ms + profile.vm_ms == pytest.approx(profile.instrumented_ms)
 
 
 def _twice_the_same_block() -> onnx.ModelProto:
@@ -52,6 +57,9 @@ def test_a_kernel_called_twice_counts_both_calls(tmp_path):
     convs = [k for k in profile.kernels if k.op_class == "conv"]
     assert len(convs) == 1 and convs[0].calls == 2
     assert convs[0].total_ms == pytest.approx(2 * convs[0].ms_per_call)
+    per_call, run_ms = time_in_sequence(load(tmp_path / "m.so", threads=1), {"x": np.ones((1, 8, 16, 16), np.float32)},
+                                        runs=3)
+    assert len(per_call[convs[0].name]) == 2 and run_ms > sum(sum(t) for t in per_call.values()) > 0
 
 
 def test_cli_profile_writes_json_with_the_onnxruntime_side(tiny_lib, tiny_onnx, tmp_path):
@@ -60,10 +68,12 @@ def test_cli_profile_writes_json_with_the_onnxruntime_side(tiny_lib, tiny_onnx, 
                            "--threads", "2", "--runs", "5", "--repeat", "2", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "other (VM calls between kernels" in done.stdout and "kiln/ORT" in done.stdout
+    assert "VM calls between kernels" in done.stdout and "seq/alone" in done.stdout and "kiln/ORT" in done.stdout
     data = json.loads(out.read_text())
     assert data["threads"] == 2 and data["machine"]
     assert data["kernel_sum_ms"] + data["other_ms"] == pytest.approx(data["end_to_end_ms"])
+    assert data["kernel_sum_ms"] + data["cache_ms"] + data["vm_ms"] == pytest.approx(data["instrumented_ms"])
+    assert all(k["in_sequence_ms"] > 0 for k in data["kernels"])
     ort_nodes = data["onnxruntime"]["nodes"]
     assert ort_nodes and all(n["ms"] > 0 and n["op_type"] for n in ort_nodes)
     assert data["onnxruntime"]["node_sum_ms"] == pytest.approx(sum(n["ms"] for n in ort_nodes))

@@ -310,7 +310,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc_trust=tuple(args.rpc_trust or ()),
         progress=not args.no_progress, population=args.population, space=args.space, conv_layout=args.layout,
         precision=precision, int8=_int8_options(args) if precision == "int8" and not args.int8_plan else None,
-        int8_plan=args.int8_plan,
+        int8_plan=args.int8_plan, network_check=not args.no_network_check,
     )
     report = tune_model(args.model, args.db, options)
     print(f"tuned {args.model} for '{report.target}' with {report.threads} threads into {report.db}: "
@@ -321,7 +321,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         best = f"{t.best_ms * 1e3:10.1f}" if t.best_ms is not None else f"{'-':>10s}"
         print(f"{t.name[:48]:48s} {t.weight:6.0f} {t.trials:6d} {best}  {t.note}")
     if report.estimated_ms is not None:
-        print(f"estimated end-to-end kernel time: {report.estimated_ms:.3f} ms")
+        print(f"estimated end-to-end kernel time: {report.estimated_ms:.3f} ms (each kernel alone, warm caches)")
+    if report.network is not None:
+        from compiler.network_check import format_network_check
+
+        print(format_network_check(report.network))
     if args.int8_plan:
         int8 = f" --int8-plan {args.int8_plan}"
     elif precision == "int8":
@@ -489,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kiln: search kiln's default rules with their decisions open where a kernel's rule allows it "
                         "(MetaSchedule's space for the others); generic: MetaSchedule's space for every kernel")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument("--no-network-check", action="store_true",
+                   help="skip the check that builds the model with and without the records and keeps only the "
+                        "records whose kernels are faster inside the whole network (host targets)")
     p.add_argument("--precision", choices=["fp32", "int8"],
                    help="fp32 (default); int8: tune the quantized model's kernels (calibrated from --calibration, "
                         "or --int8-plan); compile with the same int8 plan or options to use the records")

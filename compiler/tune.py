@@ -29,6 +29,9 @@ class TuneOptions(SearchOptions):
     int8: object = None  # compiler.quantization.Int8Options
     int8_plan: str | Path | None = None  # or a saved plan (kiln quantize -o model.kq): compile with the same
     conv_layout: str | None = None  # as CompileOptions.conv_layout: compile with the same to use the records
+    # After the search, build the model with and without the records and keep only the records whose
+    # kernels are faster inside the network (compiler.network_check); host targets, not over RPC.
+    network_check: bool = True
 
 
 def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> TuneReport:
@@ -60,4 +63,21 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
         plan = int8_plan_for(imported, preset, options.int8, options.int8_plan).plan
     with tvm.transform.PassContext(opt_level=3):
         mod = tuning_input_pipeline(preset, options.precision, plan)(imported.mod)
-    return tune_module(mod, db, preset, threads, int8_weight_bits(preset, plan), options)
+    report = tune_module(mod, db, preset, threads, int8_weight_bits(preset, plan), options)
+    if options.network_check and runs_here(preset) and not options.rpc_tracker:
+        from compiler.build import CompileOptions
+        from compiler.network_check import check_in_network
+
+        compile_options = CompileOptions(
+            target=options.target, input_shapes=options.input_shapes, input_values=options.input_values,
+            precision=options.precision, int8=options.int8, int8_plan=options.int8_plan,
+            conv_layout=options.conv_layout)
+        report.network = check_in_network(model, db, compile_options, mod, preset, threads)
+    return report
+
+
+def runs_here(preset) -> bool:
+    """Whether libraries for ``preset`` are built for this very machine (the host CPU's target)."""
+    from targets.registry import resolve_target
+
+    return preset.device == "cpu" and not preset.is_cross and preset.target == resolve_target("host").target

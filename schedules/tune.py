@@ -75,6 +75,9 @@ class TuneReport:
     estimated_ms: float | None
     builder_seconds: float
     tasks: list[TaskSummary]
+    # the whole-network check that follows a CPU search on this machine (compiler.network_check's
+    # NetworkCheck; schedules/ does not import compiler/)
+    network: object | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -411,6 +414,34 @@ def confirm_best_records(contexts, database, target, builder, runner, rounds: in
             log.info("%s: its best record (%.3f ms) is not faster than the default (%.3f ms) measured beside it; "
                      "compile keeps the default", name, 1e3 * record_s, 1e3 * default_s)
     return demoted
+
+
+def keep_defaults(mod, db: str | Path, preset, threads: int, task_names: set[str]) -> list[str]:
+    """Make ``kiln compile --db`` keep the default schedule of the tasks ``task_names`` of ``mod``
+    (the module ``tune_module`` tuned): each task's baseline is lowered to its best record's
+    stored time, as ``confirm_best_records`` does, so neither that record nor a slower one applies.
+    Returns the names of the tasks changed (those with a record compile applied)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from schedules.database import DurableDatabase
+
+    target = tuning_target(preset, threads)
+    changed = []
+    database = DurableDatabase(db, writable=True)
+    try:
+        for task in ms.relax_integration.extract_tasks(mod, target):
+            if task.task_name not in task_names:
+                continue
+            context_mod = task.dispatched[0]
+            record = database.query_tuning_record(context_mod, target, "main")
+            if record is None:
+                continue
+            stored = [float(s) for s in record.run_secs]
+            database.record_baseline(database.commit_workload(context_mod), sum(stored) / len(stored))
+            changed.append(task.task_name)
+    finally:
+        database.close()
+    return changed
 
 
 def _runner(options: SearchOptions):

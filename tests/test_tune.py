@@ -43,6 +43,8 @@ def test_tune_then_compile_applies_records(model_path, tmp_path):
     assert report.trials_run > 0 and report.trials_before >= 0
     assert report.stopped_by == "trials"
     assert any(t.best_ms is not None for t in report.tasks)
+    # the network check ran (host target): both libraries timed end to end
+    assert report.network is not None and report.network.untuned_ms > 0 and report.network.tuned_ms > 0
     assert len(DurableDatabase(db)) >= report.trials_run
     # Every kernel's default schedule was measured (a finite baseline), so a record applies only
     # when it beats it. (A bug once made every packed-weight conv default fail to run: infinite
@@ -55,7 +57,7 @@ def test_tune_then_compile_applies_records(model_path, tmp_path):
     x = m.random_inputs(seed=1)
     _, rel = max_abs_diff(m.run(x), OnnxRuntimeReference(model_path, 2).run(x))
     assert rel <= 1e-4
-    again = tune_model(model_path, db, TuneOptions(trials=8, trials_per_iter=4, progress=False, population=64))
+    again = tune_model(model_path, db, TuneOptions(trials=8, trials_per_iter=4, progress=False, network_check=False, population=64))
     assert again.stopped_by == "already done" and again.trials_run == 0  # trials in the db count
     # The matmul was searched in kiln's own space (ChannelVectorized's): its records are that rule's
     # traces, the default schedule first. With every baseline made unbeatable-by-nothing (as if each
@@ -77,7 +79,7 @@ def test_tune_then_compile_applies_records(model_path, tmp_path):
 
 def test_budget_ends_the_run_on_time(model_path, tmp_path):
     start = time.monotonic()
-    report = tune_model(model_path, tmp_path / "db", TuneOptions(budget_seconds=5, trials_per_iter=4, progress=False, population=64))
+    report = tune_model(model_path, tmp_path / "db", TuneOptions(budget_seconds=5, trials_per_iter=4, progress=False, network_check=False, population=64))
     assert report.stopped_by == "budget"
     assert time.monotonic() - start < 120  # ends after the batch in flight, not after every trial
 
@@ -131,7 +133,7 @@ def test_sigkill_loses_no_record_and_the_next_run_resumes(model_path, tmp_path):
         assert len(DurableDatabase(db)) == len(lines)  # every complete line parses
         survived = lines
     assert kills == 3 and len(survived) > 0
-    report = tune_model(model_path, db, TuneOptions(trials=len(survived) + 4, trials_per_iter=4, progress=False, population=64))
+    report = tune_model(model_path, db, TuneOptions(trials=len(survived) + 4, trials_per_iter=4, progress=False, network_check=False, population=64))
     assert report.trials_before == len(survived)
     assert complete_lines(db)[: len(survived)] == survived
 
@@ -145,7 +147,7 @@ def test_tuning_a_concat_model_tunes_the_in_place_writers(tmp_path):
     path = tmp_path / "fire.onnx"
     onnx.save(fire(), path)
     db = tmp_path / "db"
-    report = tune_model(path, db, TuneOptions(trials=24, trials_per_iter=4, progress=False, population=64))
+    report = tune_model(path, db, TuneOptions(trials=24, trials_per_iter=4, progress=False, network_check=False, population=64))
     assert report.stopped_by == "trials"
     assert any(t.best_ms is not None for t in report.tasks if "_into_concat" in t.name)
     compile_model(path, tmp_path / "fire.so", db=db)
@@ -174,7 +176,7 @@ def test_tune_int8_then_compile_int8_with_the_records(model_path, tmp_path):
     result = plan_int8(simplified_module(imported, preset), imported, preset, int8)
     plan = save_plan(result, tmp_path / "m.kq", imported.sha256, model_input_shapes(imported), preset.name, int8)
     db = tmp_path / "db"
-    report = tune_model(model_path, db, TuneOptions(trials=8, trials_per_iter=4, progress=False, population=64,
+    report = tune_model(model_path, db, TuneOptions(trials=8, trials_per_iter=4, progress=False, network_check=False, population=64,
                                                     precision="int8", int8_plan=plan))
     assert report.trials_run > 0
     # The tuned kernels are the quantized ones: some record's workload reads int8 buffers.
@@ -192,7 +194,7 @@ def test_tune_int8_then_compile_int8_with_the_records(model_path, tmp_path):
     x = plain.random_inputs(seed=3)
     np.testing.assert_allclose(tuned.run(x)["y"], plain.run(x)["y"], rtol=1e-5, atol=1e-6)
     with pytest.raises(Exception, match="calibration"):
-        tune_model(model_path, tmp_path / "db2", TuneOptions(trials=4, progress=False, precision="int8"))
+        tune_model(model_path, tmp_path / "db2", TuneOptions(trials=4, progress=False, network_check=False, precision="int8"))
 
 
 @pytest.mark.slow  # over 20 s of tuning
@@ -217,7 +219,7 @@ def test_int8_tuning_tensorizes_with_kiln_dot_intrinsic_and_stays_exact(tmp_path
     calibration = np.random.default_rng(0).uniform(-1, 1, (8, *load_shape(path))).astype("float32")
     int8 = Int8Options(calibration=calibration, method="minmax")
     db = tmp_path / "db"
-    tune_model(path, db, TuneOptions(trials=24, trials_per_iter=8, progress=False, population=32,
+    tune_model(path, db, TuneOptions(trials=24, trials_per_iter=8, progress=False, network_check=False, population=32,
                                      precision="int8", int8=int8))
     records = (db / RECORD_FILE).read_text()
     assert intrins[0].name in records  # tensorized candidates were generated and measured
@@ -253,7 +255,7 @@ def test_a_record_slower_than_the_default_measured_beside_it_is_not_applied(mode
     from schedules.tune import confirm_best_records, tuning_target
 
     db = tmp_path / "db"
-    tune_model(model_path, db, TuneOptions(trials=4, trials_per_iter=4, progress=False, population=64))
+    tune_model(model_path, db, TuneOptions(trials=4, trials_per_iter=4, progress=False, network_check=False, population=64))
     database = DurableDatabase(db, writable=True)
     target = tuning_target(resolve("host"), 2)
     matmul = next(r.workload for r in database.get_all_tuning_records()
@@ -268,3 +270,36 @@ def test_a_record_slower_than_the_default_measured_beside_it_is_not_applied(mode
     task = SimpleNamespace(mod=matmul.mod, task_name="matmul")
     assert confirm_best_records([task], database, target, ForkedBuilder(), runner) == ["matmul"]
     assert DurableDatabase(db).query_tuning_record(matmul.mod, target, "main") is None  # kept on disk too
+
+
+@pytest.mark.slow  # 20-45 s each: a tuning run, then two or three builds and their timing
+@pytest.mark.parametrize("margin, kept", [(0.99, False), (-10.0, True)])
+def test_network_check_keeps_exactly_the_records_whose_kernels_won_in_sequence(model_path, tmp_path, monkeypatch,
+                                                                                margin, kept):
+    """Every record made applicable, then the network check with a margin no record can meet (all
+    dropped: compile builds the defaults again) or one every record meets (all kept)."""
+    import tvm
+
+    from compiler import network_check
+    from compiler.build import CompileOptions
+    from compiler.frontend import import_onnx
+    from compiler.pipeline import tuning_input_pipeline
+    from schedules.resolved_target import resolve
+
+    db = tmp_path / "db"
+    tune_model(model_path, db, TuneOptions(trials=8, trials_per_iter=4, progress=False, population=64,
+                                           network_check=False))
+    baselines_file = db / "default_baselines.json"
+    baselines_file.write_text(json.dumps({k: 1e9 for k in json.loads(baselines_file.read_text())}))
+    preset = resolve("host")
+    with tvm.transform.PassContext(opt_level=3):
+        mod = tuning_input_pipeline(preset, "fp32", None)(import_onnx(str(model_path), {}, preset.tvm_target()).mod)
+    monkeypatch.setattr(network_check, "MARGIN", margin)
+    check = network_check.check_in_network(model_path, db, CompileOptions(target="host"), mod, preset, threads=2,
+                                           rounds=2, runs=3)
+    assert check.kernels and all(k.kept is kept and k.default_ms > 0 and k.tuned_ms > 0 for k in check.kernels)
+    assert (check.confirmed_ms is None) is kept  # rebuilt and timed again only when records were dropped
+    compile_model(model_path, tmp_path / "after.so", db=db)
+    schedules = load(tmp_path / "after.so").metadata.extra["kernel_schedules"]
+    tuned = {k for k, source in schedules.items() if source.startswith("tuned")}
+    assert tuned == ({k.name for k in check.kernels} if kept else set())

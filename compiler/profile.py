@@ -151,7 +151,9 @@ class Profile:
 
     @property
     def other_ms(self) -> float:
-        """End-to-end time the kernels timed alone do not account for: ``cache_ms + vm_ms``."""
+        """End-to-end time the kernels timed alone do not account for: what running in sequence
+        costs them and the VM's calls (``cache_ms`` and ``vm_ms``, which come from the slower runs
+        that timed the kernels in sequence, so they add up to ``instrumented_ms``, not to this)."""
         return self.end_to_end_ms - self.kernel_sum_ms
 
     @property

@@ -28,7 +28,7 @@ from compiler.quantization.planner import Int8Options, Int8Result, plan_int8
 from targets.cpu_features import required_features
 from targets.cuda import cuda_compile_hook, enable_cuda_codegen, parse_archs
 from schedules.resolved_target import ResolvedTarget, as_resolved, resolve
-from targets.registry import TargetPreset, fp16_refusal, resolve_target
+from targets.registry import TargetPreset, fp16_refusal, resolve_target, runs_on_this_machine
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def _check_inter_op(mode: str, preset: ResolvedTarget) -> None:
         raise InputError(f"--inter-op '{mode}' is not one of {', '.join(INTER_OP)}")
     if mode != "off" and preset.device != "cpu":
         raise InputError(f"--inter-op runs branches on CPU threads; target '{preset.name}' is {preset.device}")
-    if mode == "auto" and (preset.is_cross or preset.target != resolve_target("host").target):
+    if mode == "auto" and not runs_on_this_machine(preset):
         raise InputError(f"--inter-op auto times the branches on this machine, so it needs --target host "
                          f"(not '{preset.name}'); use --inter-op on or off for other targets")
 
@@ -360,7 +360,7 @@ def _build_faster_layout(imported: ImportedModel, output: str | Path, options: C
     from targets.registry import CONV_LAYOUTS
 
     preset = resolve_target(options.target)
-    if preset.device != "cpu" or preset.is_cross or preset.target != resolve_target("host").target:
+    if not runs_on_this_machine(preset):
         raise InputError(f"--layout auto times both builds on this machine, so it needs --target host "
                          f"(not '{preset.name}'); choose --layout NCHW, NHWC or NCHWc for other targets")
     reports: dict[str, CompileReport] = {}

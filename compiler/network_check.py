@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +57,6 @@ class NetworkCheck:
     @property
     def dropped(self) -> list[str]:
         return [k.name for k in self.kernels if not k.kept]
-
-    def to_json(self) -> dict:
-        return dict(asdict(self), dropped=self.dropped)
 
 
 def task_name(kernel: str) -> str:
@@ -107,10 +104,10 @@ def check_in_network(model, db: str | Path, compile_options, mod, preset, thread
         models = {n: load(path, threads=threads) for n, path in libs.items()}
         schedules = models["tuned"].metadata.extra.get("kernel_schedules", {})
         tuned_kernels = [k for k, source in schedules.items() if source.startswith("tuned")]
-        if not tuned_kernels:
-            e2e = _end_to_end(models, {n: m.random_inputs(seed=0) for n, m in models.items()}, rounds, runs)
-            return NetworkCheck(untuned_ms=e2e["untuned"], tuned_ms=e2e["tuned"])
         inputs = {n: m.random_inputs(seed=0) for n, m in models.items()}
+        if not tuned_kernels:
+            e2e = _end_to_end(models, inputs, rounds, runs)
+            return NetworkCheck(untuned_ms=e2e["untuned"], tuned_ms=e2e["tuned"])
         sequence = _in_sequence(models, inputs, rounds, runs)
         e2e = _end_to_end(models, inputs, rounds, runs)
         checks = []

@@ -8,7 +8,8 @@ runs in sequence, inside ordinary runs of the whole library: its inputs come fro
 before it and its weights from wherever the last run left them, so the difference to the time
 alone is what running in the network costs it (``cache_ms``). The VM's own calls (allocation,
 shape checks, reshapes as views) are not kernels; what the kernels in sequence do not account
-for of the end-to-end median is ``vm_ms``.
+for of those runs (slower than plain ones: the hook runs Python around every VM call) is
+``vm_ms``.
 
 With an ONNX model as reference, ONNX Runtime's per-node profile of the same model, same
 thread count, sits beside it, both grouped by operator class (convolution, matmul, pooling,
@@ -266,6 +267,7 @@ def time_in_sequence(model: CompiledModel, inputs: dict[str, np.ndarray], runs: 
                 samples[symbol].append((time.perf_counter() - started[0]) * 1e3)
         return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
 
+    runs = max(runs, 1)
     tensors = model._to_device(model._ordered_arrays(inputs))
     with model._lock:
         for _ in range(warmup):
@@ -273,13 +275,12 @@ def time_in_sequence(model: CompiledModel, inputs: dict[str, np.ndarray], runs: 
         run_ms = []
         model._vm.set_instrument(instrument)
         try:
-            for _ in range(max(runs, 1)):
+            for _ in range(runs):
                 start = time.perf_counter()
                 model._main(*tensors)
                 run_ms.append((time.perf_counter() - start) * 1e3)
         finally:
             model._vm.set_instrument(None)
-    runs = max(runs, 1)
     per_call = {name: [float(x) for x in np.median(np.asarray(t).reshape(runs, len(t) // runs), axis=0)]
                 for name, t in samples.items()}
     return per_call, float(np.median(run_ms))

@@ -42,7 +42,7 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     from compiler.pipeline import int8_weight_bits, tuning_input_pipeline
     from schedules.intrinsics import import_tensor_intrinsics
     from schedules.resolved_target import resolve
-    from targets.registry import default_threads, fp16_refusal
+    from targets.registry import default_threads, fp16_refusal, runs_on_this_machine
 
     options = options or TuneOptions()
     check_rpc_options(options)  # before the slow import
@@ -64,7 +64,7 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
     with tvm.transform.PassContext(opt_level=3):
         mod = tuning_input_pipeline(preset, options.precision, plan)(imported.mod)
     report = tune_module(mod, db, preset, threads, int8_weight_bits(preset, plan), options)
-    if options.network_check and runs_here(preset) and not options.rpc_tracker:
+    if options.network_check and runs_on_this_machine(preset) and not options.rpc_tracker:
         from compiler.build import CompileOptions
         from compiler.network_check import check_in_network
 
@@ -75,9 +75,3 @@ def tune_model(model, db: str | Path, options: TuneOptions | None = None) -> Tun
         report.network = check_in_network(model, db, compile_options, mod, preset, threads)
     return report
 
-
-def runs_here(preset) -> bool:
-    """Whether libraries for ``preset`` are built for this very machine (the host CPU's target)."""
-    from targets.registry import resolve_target
-
-    return preset.device == "cpu" and not preset.is_cross and preset.target == resolve_target("host").target

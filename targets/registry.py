@@ -236,6 +236,13 @@ def list_presets() -> list[TargetPreset]:
     return [detect_host(), *PRESETS.values()]
 
 
+def runs_on_this_machine(preset: TargetPreset) -> bool:
+    """Whether libraries for ``preset`` are built for this very machine (a CPU target equal to the
+    detected host's), so they can be timed here (``--layout auto``, ``--inter-op auto``, the
+    tuning network check)."""
+    return preset.device == "cpu" and not preset.is_cross and preset.target == detect_host().target
+
+
 def resolve_target(spec: str | TargetPreset | None) -> TargetPreset:
     """A preset from a name (``host``, ``x86-avx2``, …) or a TVM target JSON string.
 

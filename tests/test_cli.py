@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
 def kiln(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -13,6 +14,7 @@ def kiln(*args: str, cwd=None) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_example_compile_run_roundtrip(tmp_path):
     model, lib = tmp_path / "tiny.onnx", tmp_path / "tiny.so"
     assert kiln("example", "tiny", "-o", str(model)).returncode == 0
@@ -34,6 +36,7 @@ def test_example_compile_run_roundtrip(tmp_path):
     assert info.returncode == 0 and '"source_sha256"' in info.stdout
 
 
+@pytest.mark.slow
 def test_compile_with_nhwc_layout_matches_onnxruntime(tmp_path):
     model, lib = tmp_path / "tiny.onnx", tmp_path / "tiny.so"
     assert kiln("example", "tiny", "-o", str(model)).returncode == 0
@@ -73,6 +76,7 @@ def _assert_user_error(done: subprocess.CompletedProcess, *words: str) -> None:
         assert word in lines[0]
 
 
+@pytest.mark.slow
 def test_user_errors_exit_2_with_one_line(tmp_path, tiny_lib):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x01garbage" * 50)

@@ -67,6 +67,7 @@ def test_input_value_fixes_a_rate_and_folds_its_branch(rate, tmp_path):
         assert max_abs_diff(lib.run(x), ref.run(x))[0] <= 1e-6
 
 
+@pytest.mark.slow
 def test_input_value_from_the_cli_and_the_reference_run(tmp_path):
     model, lib = tmp_path / "rate.onnx", tmp_path / "rate.so"
     onnx.save(graphs.rate_if(), model)

@@ -114,6 +114,7 @@ def test_int8_conv_on_cuda_with_uint8_activations_uses_int32_loops(tmp_path, mon
     assert "wmma" not in source and "uchar" in source
 
 
+@pytest.mark.slow
 def test_int8_tensor_core_rule_declines_non_matmuls_and_small_matmuls():
     import tvm
     from tvm import te

@@ -462,6 +462,7 @@ def test_min_agreement_keeps_sensitive_layers_until_top1_agrees():
                                                      sensitivity="guess"))
 
 
+@pytest.mark.slow
 def test_sensitivity_probe_matches_builds_with_layers_kept_fp32(tmp_path):
     """One probe build answers for every keep set exactly what a build with that set would compute."""
     from compiler.host_runner import HostRunner

@@ -35,6 +35,7 @@ def saved(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow
 def test_a_plan_builds_the_library_that_calibrating_builds(saved):
     """kiln compile --int8-plan gives bit for bit the library's results of calibrating again with
     the same options (GPTQ weights, bias correction and the FP32 layer come from the file)."""

@@ -7,7 +7,7 @@ into ``tmp_path``, and must exit 0 with a valid result envelope (``compiler.benc
 of its kind. The shell scripts get ``bash -n`` (they install packages, download or need a GPU).
 ``test_every_documented_script_has_a_smoke`` keeps this list complete as the docs grow.
 
-Not run by default: scripts whose smallest run takes over ~40 s here (``-m slow``), and scripts
+Not run by default: scripts whose smallest run takes over ~15 s here (``-m slow``), and scripts
 that need what ``.[test]`` does not install (the ``int8`` extra, a GPU, nvcc, the real models
 of ``scripts/prepare_real_models.sh``) skip, saying what is missing.
 """
@@ -106,9 +106,6 @@ SMOKES = [
           "bench_streams", 2),
     Smoke("bench_inter_op.py", ["--models", "tiny", "--runs", "2", "--rounds", "1", "--out", "{out}"],
           "bench_inter_op", 1),
-    Smoke("bench_requantize.py", ["--models", "tiny", "--rounds", "1", "--out", "{out}"], "bench_requantize", 1),
-    Smoke("bench_symbolic.py", ["--cases", "tiny_width", "--quick", "--rounds", "1", "--runs", "2", "--out", "{out}"],
-          "bench_symbolic", 1),
     Smoke("fusion_report.py", ["--models", "tiny", "--latency", "--rounds", "1", "--runs", "2", "--out", "{out}"],
           "fusion_report", 1),
     Smoke("fuzz_files.py", ["--cases", "20", "--seed", "0", "--out", "{out}"], "fuzz_files"),
@@ -121,7 +118,11 @@ SMOKES = [
     Smoke("profile_zoo.py", ["--models", "tiny", "--runs", "2", "--out", "{out}"], "profile_zoo", 1),
 ]
 SLOW_SMOKES = [
-    # over 20 s each: a digits CNN trained, calibrated and built three ways; a tuning run killed and resumed
+    # 15-20 s each: every requantize variant built; symbolic-shape libraries built twice
+    Smoke("bench_requantize.py", ["--models", "tiny", "--rounds", "1", "--out", "{out}"], "bench_requantize", 1),
+    Smoke("bench_symbolic.py", ["--cases", "tiny_width", "--quick", "--rounds", "1", "--runs", "2", "--out", "{out}"],
+          "bench_symbolic", 1),
+    # over 40 s each: a digits CNN trained, calibrated and built three ways; a tuning run killed and resumed
     Smoke("int8_report.py", ["--models", "digits", "--runs", "2", "--calibration", "20", "--json", "{out}"],
           "int8_report", 1, needs=["sympy"]),  # ONNX Runtime's quant_pre_process: the int8 extra
     Smoke("kill_test.py", ["--kills", "1", "--max-delay", "3", "--out", "{out}"], "kill_test", 1),
@@ -162,6 +163,7 @@ def test_bench_tuned(tmp_path: Path, tiny_onnx: Path) -> None:
     assert row["tuned_kernels"] == 0 and row["untuned_p50_ms"] > 0 and row["tuned_with"] == "nothing"
 
 
+@pytest.mark.slow
 def test_bench_tuned_int8(tmp_path: Path, tiny_onnx: Path) -> None:
     """INT8 builds from a plan: the same plan, with and without an (empty) database, agree exactly."""
     import numpy as np

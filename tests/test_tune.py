@@ -37,6 +37,7 @@ def test_parse_budget():
         parse_budget("8 hours")
 
 
+@pytest.mark.slow
 def test_tune_then_compile_applies_records(model_path, tmp_path):
     db = tmp_path / "db"
     report = tune_model(model_path, db, TuneOptions(trials=8, trials_per_iter=4, progress=False, population=64))
@@ -77,6 +78,7 @@ def test_tune_then_compile_applies_records(model_path, tmp_path):
     assert json.loads((db / "report.json").read_text())["records"] == summary["records"]
 
 
+@pytest.mark.slow
 def test_budget_ends_the_run_on_time(model_path, tmp_path):
     start = time.monotonic()
     report = tune_model(model_path, tmp_path / "db", TuneOptions(budget_seconds=5, trials_per_iter=4, progress=False, network_check=False, population=64))
@@ -157,6 +159,7 @@ def test_tuning_a_concat_model_tunes_the_in_place_writers(tmp_path):
     assert rel <= 1e-4
 
 
+@pytest.mark.slow
 def test_tune_int8_then_compile_int8_with_the_records(model_path, tmp_path):
     """`kiln tune --int8-plan` tunes the quantized model's kernels (its int8 matmul among them);
     compiling with the same plan file and the database gives the int8 model's results."""

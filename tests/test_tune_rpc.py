@@ -189,6 +189,7 @@ def _record_lines(db: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
 
 
+@pytest.mark.slow
 def test_tune_measures_through_rpc_tracker(rpc_cluster, tmp_path):
     from compiler.build import compile_model
     from compiler.reference import OnnxRuntimeReference, max_abs_diff

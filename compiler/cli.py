@@ -321,7 +321,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         best = f"{t.best_ms * 1e3:10.1f}" if t.best_ms is not None else f"{'-':>10s}"
         print(f"{t.name[:48]:48s} {t.weight:6.0f} {t.trials:6d} {best}  {t.note}")
     if report.estimated_ms is not None:
-        print(f"estimated end-to-end kernel time: {report.estimated_ms:.3f} ms (each kernel alone, warm caches)")
+        print(f"estimated end-to-end kernel time: {report.estimated_ms:.3f} ms (each kernel alone, as the search timed it)")
     if report.network is not None:
         from compiler.network_check import format_network_check
 

@@ -39,6 +39,9 @@ LOCK_FILE = ".kiln-tune.lock"
 # Measured time of kiln's default schedule per workload (structural hash → seconds); a tuned
 # record is applied only when it beats this, so a partially tuned build is never slower.
 BASELINE_FILE = "default_baselines.json"
+# How ``schedules.tune`` times a candidate (weights flushed from the caches before each call):
+# a baseline timed another way is not comparable with today's records.
+TIMING = "cold-weights"
 
 
 @tvm_ffi.register_error
@@ -223,12 +226,13 @@ class DurableDatabase(PyDatabase):
     def workload_key(workload: Workload) -> str:
         """TVM's structural hash of the workload, tagged with the default rules' version.
 
-        A baseline measured with other default rules does not vouch for today's defaults:
-        records for such kernels are not applied until ``kiln tune`` measures them again.
+        A baseline measured with other default rules, or timed another way, does not vouch for
+        today's defaults: records for such kernels are not applied until ``kiln tune`` measures
+        them again.
         """
         from schedules.defaults import RULES_VERSION
 
-        return f"{workload.as_json()[0]}@{RULES_VERSION}"
+        return f"{workload.as_json()[0]}@{RULES_VERSION}@{TIMING}"
 
     def record_baseline(self, workload: Workload, seconds: float) -> None:
         """Remember the measured time of kiln's default schedule for ``workload`` (atomic write)."""

@@ -148,6 +148,19 @@ def test_records_slower_than_the_default_schedule_are_not_applied(tmp_path):
     assert reader.query_schedule(mod, TARGET, "main") is not None
 
 
+def test_a_baseline_timed_another_way_does_not_vouch_for_records(tmp_path, monkeypatch):
+    import schedules.database as database
+
+    mod = matmul_mod()
+    db = DurableDatabase(tmp_path, writable=True)
+    rec = record(db, mod, 5e-4)
+    db.record_baseline(rec.workload, 1e-3)  # the record beats the default, both timed the same way
+    db.close()
+    assert DurableDatabase(tmp_path).query_tuning_record(mod, TARGET, "main") is not None
+    monkeypatch.setattr(database, "TIMING", "warm-caches")  # the way candidates are timed changed
+    assert DurableDatabase(tmp_path).query_tuning_record(mod, TARGET, "main") is None
+
+
 def test_missing_database_is_a_clear_error(tmp_path):
     with pytest.raises(TuningError, match="does not exist"):
         DurableDatabase(tmp_path / "nope")

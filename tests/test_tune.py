@@ -37,6 +37,14 @@ def test_parse_budget():
         parse_budget("8 hours")
 
 
+def test_cpu_candidates_are_timed_one_call_at_a_time_with_their_weights_flushed():
+    from schedules.tune import COLD_REPEATS, _evaluator
+
+    cpu, gpu = _evaluator("cpu"), _evaluator("cuda")
+    assert cpu.enable_cpu_cache_flush and cpu.number == 1 and cpu.repeat == COLD_REPEATS
+    assert not gpu.enable_cpu_cache_flush  # TVM's flush reads each argument at its host address
+
+
 @pytest.mark.slow
 def test_tune_then_compile_applies_records(model_path, tmp_path):
     db = tmp_path / "db"

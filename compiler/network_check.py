@@ -1,11 +1,11 @@
 """Tuning records confirmed inside the whole network.
 
 ``kiln tune`` measures every candidate alone (on CPUs with its weights flushed from the caches,
-``schedules.tune.COLD_REPEATS``). Inside the network a kernel reads its inputs from the kernel
+``schedules.tune._evaluator``). Inside the network a kernel reads its inputs from the kernel
 before it, shares the caches with its neighbours, and runs between them, and a record that won
 alone can lose there (SqueezeNet, 60 minutes, timed with warm caches: the records' kernel sum
-said 3.79 ms, the tuned library ran 0.99x of the untuned one). This check builds the model twice, with the database and
-without, times every kernel of both in sequence (``compiler.profile.time_in_sequence``) in
+said 3.79 ms, the tuned library ran 0.99x of the untuned one). This check builds the model
+twice, with the database and without, times every kernel of both in sequence (``compiler.profile.time_in_sequence``) in
 alternating rounds, and keeps a record only where its kernel ran faster in sequence than the
 default schedule by ``MARGIN``; for the others ``schedules.tune.keep_defaults`` lowers the
 baseline, so ``kiln compile --db`` builds them with the default.

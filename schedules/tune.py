@@ -449,7 +449,8 @@ def keep_defaults(mod, db: str | Path, preset, threads: int, task_names: set[str
 # "cache_flush_cpu_non_first_arg"), so weights come from memory as they do in a model whose weights
 # outgrow the caches (ResNet-50 holds ~100 MB). Timed warm, back to back, a schedule that re-reads
 # its weight blocks looks fast and then loses in the network (the network check dropped most such
-# records). GPUs keep warm timing: the flush reads host addresses.
+# records). GPUs keep warm timing: the flush reads host addresses. ``schedules.database.TIMING``
+# names this timing in the stored baselines: change it with the timing.
 COLD_REPEATS = 10
 
 

@@ -61,7 +61,8 @@ def test_silero_vad_decisions_over_a_stream_match_onnxruntime(tmp_path):
     assert 0 < (ort_p > 0.5).sum() < len(ort_p)  # the stream has both speech and silence
 
 
-@pytest.mark.parametrize("name", [pytest.param("plate_rec", marks=pytest.mark.slow), "frspell_derive", pytest.param("ddddocr", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name", [pytest.param("plate_rec", marks=pytest.mark.slow), "frspell_derive",
+                                  pytest.param("ddddocr", marks=pytest.mark.slow),
                                   pytest.param("dfn3_enc", marks=pytest.mark.slow),
                                   pytest.param("dfn3_erb_dec", marks=pytest.mark.slow)])
 def test_real_recurrent_model_matches_onnxruntime(name, tmp_path):

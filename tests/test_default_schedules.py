@@ -381,25 +381,29 @@ def test_windowed_conv_walks_input_channels_in_chunks(tmp_path):
     assert_matches_onnxruntime(blocked, tmp_path, seed=4)
 
 
-def test_pointwise_conv_tasks_step_through_channel_blocks_first():
+@pytest.mark.parametrize("layout", ["NCHW", "NCHWc"])
+def test_pointwise_conv_tasks_step_through_channel_blocks_first(layout):
     """A 1x1 conv's parallel tasks run all output-channel blocks of one spatial tile in a row
-    (one data tile read into L1 for all of them): task 1 is channel block 1 of tile 0."""
+    (one data tile read into L1 for all of them): task 1 is channel block 1 of tile 0. In NCHWc
+    the blocks are an output axis of their own (``fo``), not the vector axis' outer part."""
     from schedules.rules.common import _substitute
 
     onnx_model = model([helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[1, 1])],
                        [("x", [1, 32, 28, 28])], [("y", [1, 64, 28, 28])], [const("w", 64, 32, 1, 1), const("b", 64)])
-    mod, _ = scheduled_module(onnx_model)
+    mod, _ = scheduled_module(onnx_model, layout=layout)
     (f,) = kernels(mod, "conv2d")
+    block = "conv2d_nchw_update" if layout == "NCHW" else "conv2d_nchwc_update"
     sch = tvm.s_tir.Schedule(f)
-    loops = sch.get_loops(sch.get_sblock("conv2d_nchw_update"))
-    assert _loop_kinds(f, "conv2d_nchw_update")[0][0] == "Parallel"
+    loops = sch.get_loops(sch.get_sblock(block))
+    assert _loop_kinds(f, block)[0][0] == "Parallel"
     realize = sch.get(loops[-1]).body
     at_task_1 = [(sch.get(loop).loop_var, tirx.IntImm(sch.get(loop).loop_var.ty.dtype, int(loop == loops[0])))
                  for loop in loops]
-    channel = next(val for iv, val in zip(realize.block.iter_vars, realize.iter_values)
-                   if iv.iter_type == tirx.IterVar.DataPar and int(iv.dom.extent) == 64)
-    first_channel = tvm.sym.Analyzer().simplify(_substitute(channel, at_task_1))
-    assert int(first_channel) > 0, first_channel  # task 1 starts at channel block 1, not at tile 1
+    # the accumulator is [n, channel block, y, x, lanes] in both layouts
+    block_index = _substitute(realize.block.writes[0].region[1].min,
+                              list(zip([iv.var for iv in realize.block.iter_vars], realize.iter_values)))
+    first_block = tvm.sym.Analyzer().simplify(_substitute(block_index, at_task_1))
+    assert int(first_block) == 1, first_block  # task 1 starts at channel block 1, not at tile 1
 
 
 def test_prime_width_conv_tiles_with_a_tail(tmp_path):

@@ -125,7 +125,7 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
                  chunk: int | None = None, inline_padding: bool = False,
                  blocking: ReductionBlocking | None = None, vec_blocks_last: bool = False,
                  vec_blocks: tuple[tirx.Var, int] | None = None,
-                 rows_last: tuple[int, int] | None = None) -> s_tir.Schedule:
+                 rows_last: tuple[int, int] | None = None, channel_blocks: tirx.Var | None = None) -> s_tir.Schedule:
     """Tile the anchor as ``parallel(outer) · reductions · unroll(reg) · vectorize(lanes)``.
 
     ``pack=(read_index, dim)`` first copies that read buffer into a layout whose ``dim`` is
@@ -142,7 +142,9 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
     block of rows whose tiles step through the reduction together, chunk by chunk.
     ``vec_blocks_last`` orders the parallel loop so that consecutive tasks are the vector axis'
     blocks of one spatial tile (they share its data, read once into L1) instead of all spatial
-    tiles of one block (which streams all the data again per block). ``vec_blocks=(var, n)``:
+    tiles of one block (which streams all the data again per block); ``channel_blocks`` names the
+    output axis of those blocks when it is not the vector axis' own outer part (NCHWc's ``fo``,
+    a tile of one vector). ``vec_blocks=(var, n)``:
     the vector axis is the inner part of a blocked axis (NCHWc's ``fi`` under ``fo``); ``n``
     values of ``var`` are register-tiled too, ``n`` vectors per tile. ``rows_last=(read_index,
     dim)`` first copies that (data) read into a layout with ``dim`` moved innermost, so that the
@@ -203,7 +205,7 @@ def _tile_anchor(a: _Anchor, vec_var: tirx.Var, lanes: int, reg_var: tirx.Var | 
     red_loops = [loop_of[v] for v in iter_vars if v not in set(a.out_vars)]
     inner = [x for x in (inner_blocks, inner_reg, inner_rows, inner_vec) if x is not None]
     if vec_blocks_last and blocking is None:
-        channel_var = vec_blocks[0] if vec_blocks is not None else vec_var
+        channel_var = vec_blocks[0] if vec_blocks is not None else channel_blocks if channel_blocks is not None else vec_var
         k = next(i for i, v in enumerate(a.out_vars) if v.same_as(channel_var))
         outer = outer[:k] + outer[k + 1:] + [outer[k]]
     if block_rows is not None:
@@ -781,7 +783,7 @@ class ChannelVectorized(CPUScheduleRule):
             # at 56x56: 1.18 -> 1.00 ms; whole network 84.95 -> 79.95 ms, same process).
             return _tile_anchor(a, c.v, lanes, c.r, reg, spec, pack=None if prepacked else (c.w_index, dim),
                                 blocking=blocking, vec_blocks_last=tiling.vec_blocks_last, vec_blocks=vec_blocks,
-                                rows_last=_rows_last(c))
+                                rows_last=_rows_last(c), channel_blocks=blocks_var)
         except ScheduleError:
             return None
 

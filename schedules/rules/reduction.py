@@ -297,7 +297,8 @@ class ReductionBlocking:
     of each tile streaming the whole filter from L2. Measured (AVX2, 2 threads, 3x3 convs):
     ResNet-50's 256-channel 14x14 2.05 -> 1.50 ms, 128-channel 28x28 2.21 -> 1.43 ms,
     64-channel 56x56 2.02 -> 1.60 ms; slower with a single tile per row (512-channel 7x7,
-    1.78 -> 2.03 ms); no gain for 1x1 convs."""
+    1.78 -> 2.03 ms). 1x1 convs gain nothing with a 1-vector tile, much with a 4-vector one
+    (``pointwise_tile``)."""
 
     row_var: tirx.Var
     rows: int
@@ -314,10 +315,11 @@ CHUNK_CHANNELS = 16
 
 
 def reduction_blocking(a: _Anchor, row_var: tirx.Var | None, tiles_per_row: int,
-                       tasks_per_row_block: int, channels_per_step: int = 1) -> ReductionBlocking | None:
-    """The blocking for a windowed conv whose output rows hold ``tiles_per_row`` register tiles:
-    the fewest rows (a divisor of the height) giving ``MIN_BLOCK_TILES`` tiles, input channels by
-    ``CHUNK_CHANNELS``; None when the rows cannot give that many tiles, the channels are few, or
+                       tasks_per_row_block: int, channels_per_step: int = 1,
+                       chunk_channels: int = CHUNK_CHANNELS) -> ReductionBlocking | None:
+    """The blocking for a conv whose output rows hold ``tiles_per_row`` register tiles: the
+    fewest rows (a divisor of the height) giving ``MIN_BLOCK_TILES`` tiles, input channels by
+    ``chunk_channels``; None when the rows cannot give that many tiles, the channels are few, or
     fewer than ``MIN_TASKS`` parallel tasks would be left (``tasks_per_row_block`` of them per
     block of rows: batch times channel blocks). ``channels_per_step``: input channels per step of
     the first reduction axis (the block size of a blocked-channel conv, else 1)."""
@@ -326,8 +328,8 @@ def reduction_blocking(a: _Anchor, row_var: tirx.Var | None, tiles_per_row: int,
     if row_var is None or not reduction:
         return None
     steps = a.extents[reduction[0].var]
-    chunk = max(1, CHUNK_CHANNELS // channels_per_step)
-    if steps % chunk or steps * channels_per_step < 2 * CHUNK_CHANNELS:
+    chunk = max(1, chunk_channels // channels_per_step)
+    if steps % chunk or steps * channels_per_step < 2 * chunk_channels:
         return None
     height = a.extents[row_var]
     rows = next((d for d in range(1, height + 1) if height % d == 0 and d * tiles_per_row >= MIN_BLOCK_TILES), None)
@@ -470,7 +472,7 @@ def register_tile(vec_extent: int, reg_extent: int, spec: VectorSpec, windowed: 
     (``windowed``) the tile maximizes FMAs per load (``vectors`` weight loads and ``rows``
     broadcasts for ``vectors * rows`` FMAs) within the registers (accumulators, weight vectors,
     one broadcast). Measured on ResNet-50 (AVX2, 2 threads): 3x3 convs 20% faster with 4x2
-    than 1x14, 1x1 convs 10-30% slower.
+    than 1x14, 1x1 convs 10-30% slower (unblocked; blocked 1x1 convs: ``pointwise_tile``).
     """
     base = spec.lanes()
     if not windowed:
@@ -491,6 +493,36 @@ def register_tile(vec_extent: int, reg_extent: int, spec: VectorSpec, windowed: 
                 used = reg_extent / (-(-reg_extent // rows) * rows)
                 best = max(best, (n * rows / (n + rows) * used, n * rows, n, rows))
     return best[2], best[3]
+
+
+POINTWISE_MIN_REDUCTION = 256  # input channels from which a 1x1 conv's default tile is blocked (pointwise_tile)
+POINTWISE_CHUNK = 64  # input channels a blocked 1x1 conv's tiles walk at a time: 8 KB of an AVX2 4-vector tile's weights
+
+
+def reduction_length(a: _Anchor) -> int:
+    """The number of products summed into each output (input channels times window)."""
+    stmt = a.sch.get(a.anchor.block_rv)
+    return math.prod(a.extents[iv.var] for iv in stmt.iter_vars if iv.iter_type != tirx.IterVar.DataPar)
+
+
+def pointwise_tile(vec_extent: int, reg_extent: int, spec: VectorSpec) -> tuple[int, int] | None:
+    """(vectors, rows) of a 1x1 conv's tile when its input channels are blocked: four weight
+    vectors (None unless ``vec_extent`` holds them) and as many rows as leave a register for the
+    broadcast, a tail tile where they do not divide ``reg_extent``. Each broadcast feeds four
+    FMAs: on Zen 3 a broadcast from memory takes an FP pipe an FMA could use (llvm-mca
+    ``znver3``: ``register_tile``'s 1x14 tile issues one FMA per cycle, a 4x2 tile two). Unblocked,
+    the 4x2 tile streams four weight vectors per two FMAs' worth of data from L2 and loses
+    (ResNet-50's 1x1 convs 1.1-1.5x slower); with ``POINTWISE_CHUNK`` channels at a time
+    (``ReductionBlocking``) the chunk's weights stay in L1 across the tiles of a block of rows.
+    Measured on Zen 3 (AVX2, 1 thread, kernels alone, same process): 1024->256 at 14x14 0.81x,
+    256->1024 0.78x, 512->128 at 28x28 0.84x, 2048->512 at 7x7 (a tail tile) 0.58x, 512->2048
+    0.62x of the 1-vector tile; 1x1 convs over 64 or 128 channels gained nothing, hence
+    ``POINTWISE_MIN_REDUCTION``."""
+    base = spec.lanes()
+    if vec_extent % (4 * base):
+        return None
+    rows = min(reg_extent, (spec.registers - 4 - 1) // 4)
+    return (4, rows) if rows >= 2 else None
 
 
 def x_stride(a: _Anchor, x: tirx.Var) -> int:
@@ -612,6 +644,7 @@ class _ChannelCase:
     channels_var: tirx.Var | None  # NCHWc: the outer channel-block axis
     row: tirx.Var | None  # the output axis above ``r`` (rows), when blocking may apply
     per_step: int  # input channels per step of the first reduction axis
+    pointwise: bool  # a 1x1 conv: no window, the weight indexes no output axis but the channels
 
 
 def channel_case(func: tirx.PrimFunc) -> _ChannelCase | None:
@@ -635,15 +668,16 @@ def channel_case(func: tirx.PrimFunc) -> _ChannelCase | None:
         return None
     v, r = only_w[-1], only_d[-1]
     windowed = is_windowed(a, reads[d][1])
+    pointwise = not windowed and len(a.out_dims) >= 4 and (spatial & w_vars) == set(only_w)
     row = None
-    if windowed:
+    if windowed or pointwise:
         r_pos = next(i for i, x in enumerate(a.out_dims) if x is not None and x.same_as(r))
         row = a.out_dims[r_pos - 1] if r_pos > 0 else None
         row = row if row is not None and row in only_d else None
     last = reads[d][1].region[-1].min  # blocked channels: [.., ci] indexed by a reduction axis
     per_step = a.extents[last] if isinstance(last, tirx.Var) and last not in spatial else 1
     return _ChannelCase(a, v, r, reads[w][0], reads[w][1], reads[d][0], reads[d][1], windowed,
-                        only_w[-2] if len(only_w) >= 2 else None, row, per_step)
+                        only_w[-2] if len(only_w) >= 2 else None, row, per_step, pointwise)
 
 
 class ChannelVectorized(CPUScheduleRule):
@@ -692,14 +726,28 @@ class ChannelVectorized(CPUScheduleRule):
         if spec is None:
             return None
         nvec, reg = self._default_tile(c, spec)
-        blocked = c.windowed and self._default_blocking(c, spec, nvec, reg) is not None
+        blocked = self._default_blocking(c, spec, nvec, reg) is not None
         return ChannelTiling(spec.vector_bits, nvec, blocked, not c.windowed and not _weight_heavy(c))
 
+    def _channels(self, c: _ChannelCase, spec: VectorSpec) -> int:
+        """Output channels the vector axis covers (NCHWc: its blocks too)."""
+        blocks_var = self._blocks_var(c, spec.lanes())
+        return c.a.extents[c.v] * (c.a.extents[blocks_var] if blocks_var is not None else 1)
+
     def _default_tile(self, c: _ChannelCase, spec: VectorSpec) -> tuple[int, int]:
-        base = spec.lanes()
-        blocks_var = self._blocks_var(c, base)
-        channels = c.a.extents[c.v] * (c.a.extents[blocks_var] if blocks_var is not None else 1)
-        return register_tile(channels, c.a.extents[c.r], spec, c.windowed)
+        tile = self._pointwise_tile(c, spec)
+        if tile is not None:
+            return tile
+        return register_tile(self._channels(c, spec), c.a.extents[c.r], spec, c.windowed)
+
+    def _pointwise_tile(self, c: _ChannelCase, spec: VectorSpec) -> tuple[int, int] | None:
+        """``pointwise_tile`` for a 1x1 conv whose input channels it blocks (``_pointwise_blocking``)."""
+        if not c.pointwise or reduction_length(c.a) < POINTWISE_MIN_REDUCTION:
+            return None
+        tile = pointwise_tile(self._channels(c, spec), c.a.extents[c.r], spec)
+        if tile is None or self._pointwise_blocking(c, spec, *tile) is None:
+            return None
+        return tile
 
     def _row_tasks(self, c: _ChannelCase, spec: VectorSpec, nvec: int) -> int:
         """Parallel tasks per block of rows: the output axes above the rows, in tiles."""
@@ -712,11 +760,23 @@ class ChannelVectorized(CPUScheduleRule):
         return tasks
 
     def _default_blocking(self, c: _ChannelCase, spec: VectorSpec, nvec: int, reg: int) -> ReductionBlocking | None:
+        if c.pointwise:
+            return self._pointwise_blocking(c, spec, nvec, reg) if (nvec, reg) == self._pointwise_tile(c, spec) else None
+        if not c.windowed:
+            return None
         return reduction_blocking(c.a, c.row, c.a.extents[c.r] // reg, self._row_tasks(c, spec, nvec), c.per_step)
+
+    def _pointwise_blocking(self, c: _ChannelCase, spec: VectorSpec, nvec: int, reg: int) -> ReductionBlocking | None:
+        """A 1x1 conv's rows of tiles (a tail tile counted) walking ``POINTWISE_CHUNK`` input
+        channels at a time."""
+        tiles_per_row = -(-c.a.extents[c.r] // reg)
+        return reduction_blocking(c.a, c.row, tiles_per_row, self._row_tasks(c, spec, nvec), c.per_step,
+                                  chunk_channels=POINTWISE_CHUNK)
 
     def _tilings(self, c: _ChannelCase, target: Target) -> list[ChannelTiling]:
         """Every structural variant: the register widths that fit, 1/2/4 vectors per tile,
-        blocking on and off for windowed convs, both parallel orders for the others."""
+        blocking on and off for windowed convs, both parallel orders for the others and blocking
+        for 1x1 convs."""
         out = []
         full = self.spec(target).vector_bits
         for bits in sorted({full, full // 2}, reverse=True):
@@ -729,12 +789,13 @@ class ChannelVectorized(CPUScheduleRule):
             for nvec in (1, 2, 4):
                 if channels % (base * nvec):
                     continue
+                can_block = c.row is not None and bool(self._blocking_candidates(c, spec, nvec)[1])
                 if c.windowed:
-                    can_block = c.row is not None and bool(self._blocking_candidates(c, spec, nvec)[1])
                     out += [ChannelTiling(bits, nvec, blocked, False) for blocked in (False, True)
                             if can_block or not blocked]
                 else:
                     out += [ChannelTiling(bits, nvec, False, last) for last in (True, False)]
+                    out += [ChannelTiling(bits, nvec, True, False)] if can_block and c.pointwise else []
         return out
 
     def _blocking_candidates(self, c: _ChannelCase, spec: VectorSpec, nvec: int) -> tuple[list[int], list[int]]:

@@ -507,6 +507,22 @@ def test_stem_conv_vectorizes_rows_and_shifts_the_last_tile(tmp_path):
     assert_matches_onnxruntime(onnx_model, tmp_path, seed=7)
 
 
+@pytest.mark.parametrize("pad", [0, 1])
+def test_stride_two_stem_reads_even_and_odd_columns_from_two_planes(tmp_path, pad):
+    """A stride-2 stem on an even-width input reads it laid out as [n, c, y, x % 2, x // 2] (the
+    padding pass writes that layout; unpadded, a copy of the input does), so each vector of
+    output columns is one contiguous load, and its tile is two vectors of columns (16 on AVX2)
+    by 4 channels. Results equal ONNX Runtime."""
+    onnx_model = stem(size=36, pad=pad)
+    mod, _ = scheduled_module(onnx_model)
+    (f,) = kernels(mod, "conv2d")
+    assert str(f.attrs[RULE_ATTR]) == "StemConv"
+    assert _loop_kinds(f, "conv2d_nchw_update")[-2:] == [("Unrolled", 4), ("Vectorized", 16)]
+    planes = [b for b in f.script().splitlines() if "T.sblock_alloc_buffer" in b and "T.int64(2), T.int64(" in b]
+    assert planes, f.script()  # a 5-D buffer with a 2-wide column-parity axis
+    assert_matches_onnxruntime(onnx_model, tmp_path, seed=8)
+
+
 def test_nhwc_grouped_conv_vectors_stay_inside_a_group(tmp_path):
     """NHWC grouped 1x1 conv, 4 groups of 12 channels: a vector of 8 output channels (AVX2)
     across a group boundary would load each input lane on its own (INT8 ShuffleNet's 68-channel

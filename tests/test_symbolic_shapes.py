@@ -101,3 +101,20 @@ def test_a_model_that_declares_batch_1_compiles_for_a_batch_range(tmp_path):
     ours = m.run(x)["prob"]
     one_by_one = np.concatenate([OnnxRuntimeReference(model, 2).run({"data": x[i:i + 1]})["prob"] for i in range(5)])
     assert ours.shape == (5, 10) and np.abs(ours - one_by_one).max() <= 1e-5
+
+
+def test_stride_two_stem_replays_its_column_planes_on_a_symbolic_width(tmp_path):
+    """The stride-2 stem's static twin reads its input as even and odd column planes
+    (``schedules.rules.stem_conv``); replayed on a symbolic width, the layout change pads the odd
+    widths' last plane, so the stem stays scheduled and is right at odd and even widths."""
+    from tests.test_default_schedules import stem
+
+    model = stem(size=64, pad=1)
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "W"
+    compile_model(model, tmp_path / "m.so", target="host", input_shapes=parse_input_shapes(["x:1x3x64x32..96"]))
+    lib, ref = load(tmp_path / "m.so", threads=2), OnnxRuntimeReference(model, 2)
+    schedules = lib.metadata.extra["kernel_schedules"]
+    assert any(v == "default:StemConv (replayed)" for v in schedules.values()), schedules
+    for width in (33, 64, 95):
+        x = {"x": np.random.default_rng(width).standard_normal((1, 3, 64, width)).astype(np.float32)}
+        assert max_abs_diff(lib.run(x), ref.run(x))[1] <= 1e-5

@@ -406,6 +406,31 @@ def test_pointwise_conv_tasks_step_through_channel_blocks_first(layout):
     assert int(first_block) == 1, first_block  # task 1 starts at channel block 1, not at tile 1
 
 
+def conv1x1(channels: int, filters: int, size: int) -> onnx.ModelProto:
+    return model([helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[1, 1]),
+                  helper.make_node("Relu", ["c"], ["y"])],
+                 [("x", [1, channels, size, size])], [("y", [1, filters, size, size])],
+                 [const("w", filters, channels, 1, 1), const("b", filters)])
+
+
+def test_long_pointwise_conv_blocks_input_channels_under_a_four_vector_tile(tmp_path):
+    """A 1x1 conv over 256 input channels (AVX2): each tile is four weight vectors (32 output
+    channels) by 2 columns, a tail tile on the odd width 7 (bound-checked), and the tiles of a
+    block of rows (all 7: 28 tiles) walk the input channels 64 at a time. Over 64 input channels
+    it keeps ``register_tile``'s tile, unblocked. Results equal ONNX Runtime."""
+    long = conv1x1(256, 256, 7)
+    mod, _ = scheduled_module(long)
+    (f,) = kernels(mod, "conv2d")
+    loops = _loop_kinds(f, "conv2d_nchw_update")
+    assert loops[0] == ("Parallel", 256 // 32) and loops[1] == ("Serial", 256 // 64), loops
+    assert loops[-3:] == [("Serial", 64), ("Unrolled", 2), ("Vectorized", 32)], loops
+    assert "T.where" in f.script()  # 7 columns: tiles of 2, the last one checked
+    mod, _ = scheduled_module(conv1x1(64, 64, 7))
+    (f,) = kernels(mod, "conv2d")
+    assert _loop_kinds(f, "conv2d_nchw_update")[1:] == [("Serial", 64), ("Unrolled", 7), ("Vectorized", 16)]
+    assert_matches_onnxruntime(long, tmp_path, seed=9)
+
+
 def test_prime_width_conv_tiles_with_a_tail(tmp_path):
     """13 output columns (SqueezeNet's last fire modules): 5-column tiles with a tail instead of
     one column per tile; the tail's outputs are right (equal to ONNX Runtime)."""

@@ -784,8 +784,7 @@ class ChannelVectorized(CPUScheduleRule):
             if spec is None or spec.vector_bits != bits:
                 continue
             base = spec.lanes()
-            blocks_var = self._blocks_var(c, base)
-            channels = c.a.extents[c.v] * (c.a.extents[blocks_var] if blocks_var is not None else 1)
+            channels = self._channels(c, spec)
             for nvec in (1, 2, 4):
                 if channels % (base * nvec):
                     continue

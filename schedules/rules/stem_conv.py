@@ -32,14 +32,12 @@ unchanged. No design spaces: the rule's one decision, channels per tile, is fixe
 
 from __future__ import annotations
 
-import math
-
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import ScheduleError
 from tvm.target import Target
 
 from schedules.rules.common import CPUScheduleRule, divisor_at_most, has_if_then_else, schedule_injective_nest
-from schedules.rules.reduction import _tile_anchor, channel_case, x_stride
+from schedules.rules.reduction import _tile_anchor, channel_case, reduction_length, x_stride
 
 MAX_REDUCTION = 32  # multiply-adds per output: a 3-channel 3x3 stem (27), not a 7x7 one (147)
 MAX_CHANNEL_ROWS = 24  # accumulators per tile (one vector each), within AVX-512's 32 registers
@@ -60,7 +58,7 @@ class StemConv(CPUScheduleRule):
         f, x = a.out_dims[1], a.out_dims[3]
         if f is None or x is None or not c.v.same_as(f) or not c.r.same_as(x):
             return None
-        reduction = math.prod(e for v, e in a.extents.items() if v not in set(a.out_vars))
+        reduction = reduction_length(a)
         spec = self.spec(target)
         lanes = spec.lanes()
         if reduction > MAX_REDUCTION or a.extents[x] < lanes:
